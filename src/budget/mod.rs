@@ -1,0 +1,449 @@
+//! The upstream call budget: who may call Defender, and when.
+//!
+//! Every upstream call first obtains a [`Grant`] here. [`Budget`] is the interface (a shared,
+//! Redis-backed budget for several replicas is the planned second implementation); [`LocalBudget`]
+//! keeps one [`Ledger`] per route in process memory and a FIFO queue of waiters in front of it.
+//!
+//! A caller is told at once whether it will get a slot within its allowed wait: if the projected
+//! slot (behind everyone queued) is later than that, or the queue is full, it is refused with the
+//! exact time until a slot frees. Otherwise it sleeps until its slot, first come first served. A
+//! waiter that goes away (client disconnected, future dropped) gives its slot to those behind it.
+//! An upstream 429 freezes the route until the time the upstream named.
+
+pub mod ledger;
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::{sync::Notify, time::Instant};
+
+pub use ledger::{Ledger, Quota, WindowStatus};
+
+use crate::{config::BudgetConfig, route::RouteKind};
+
+/// Permission for one upstream call, already counted.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Time spent queued before the slot came.
+    pub queued: Duration,
+    /// The route's quotas right after this call was counted.
+    pub status: Vec<WindowStatus>,
+}
+
+/// Why no slot was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No slot within the allowed wait; one frees up after `retry_after`.
+    Throttled { retry_after: Duration, reason: RefuseReason, status: Vec<WindowStatus> },
+    /// The proxy is shutting down; queued callers are released.
+    Closed,
+}
+
+/// What stood in the way of a slot (a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The quotas have no slot within the allowed wait.
+    Budget,
+    /// The upstream said 429 and the freeze outlasts the allowed wait.
+    Frozen,
+    /// Too many callers already waiting.
+    QueueFull,
+}
+
+impl RefuseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::Budget => "budget",
+            RefuseReason::Frozen => "frozen",
+            RefuseReason::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// A route's state for metrics and readiness detail.
+#[derive(Debug, Clone)]
+pub struct RouteStatus {
+    pub windows: Vec<WindowStatus>,
+    pub queued: usize,
+    pub queue_capacity: usize,
+    pub frozen_for: Option<Duration>,
+}
+
+/// The budget as the proxy uses it; implemented in memory by [`LocalBudget`].
+pub trait Budget: Send + Sync + 'static {
+    /// Waits for a slot on `route` for at most `max_wait`, or refuses at once.
+    fn acquire(&self, route: RouteKind, max_wait: Duration) -> BoxFuture<'_, Result<Grant, Refusal>>;
+    /// The upstream answered 429: no call on `route` until `retry_after` (or a backoff) has passed.
+    fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Duration;
+    /// The upstream answered without throttling (resets the backoff).
+    fn upstream_ok(&self, route: RouteKind);
+    fn status(&self, route: RouteKind) -> RouteStatus;
+    /// Releases every queued caller with [`Refusal::Closed`] and refuses new ones.
+    fn close(&self);
+}
+
+/// The in-process budget: one ledger and one FIFO queue per route.
+pub struct LocalBudget {
+    routes: [RouteBudget; 3],
+}
+
+struct RouteBudget {
+    state: Mutex<State>,
+    max_queue: usize,
+    default_backoff: Duration,
+}
+
+struct State {
+    ledger: Ledger,
+    /// Same order as the ledger's projected slots.
+    waiters: VecDeque<Waiter>,
+    next_id: u64,
+    closed: bool,
+    consecutive_429: u32,
+}
+
+struct Waiter {
+    id: u64,
+    deadline: Instant,
+    notify: Arc<Notify>,
+}
+
+impl State {
+    fn notify_head(&self) {
+        if let Some(w) = self.waiters.front() {
+            w.notify.notify_one();
+        }
+    }
+
+    fn notify_all(&self) {
+        for w in &self.waiters {
+            w.notify.notify_one();
+        }
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        self.waiters.iter().position(|w| w.id == id)
+    }
+
+    fn refusal(&self, now: Instant, slot: Instant, reason: RefuseReason) -> Refusal {
+        let reason = match reason {
+            RefuseReason::Budget if self.ledger.frozen_for(now).is_some_and(|f| now + f >= slot) => {
+                RefuseReason::Frozen
+            }
+            r => r,
+        };
+        Refusal::Throttled { retry_after: slot - now, reason, status: self.ledger.status(now) }
+    }
+}
+
+impl LocalBudget {
+    pub fn new(config: &BudgetConfig) -> LocalBudget {
+        let routes = RouteKind::ALL.map(|kind| {
+            let quotas: Vec<Quota> = config.routes[kind.name()]
+                .quotas
+                .iter()
+                .map(|q| Quota { limit: q.limit, length: q.window })
+                .collect();
+            RouteBudget {
+                state: Mutex::new(State {
+                    ledger: Ledger::new(&quotas, config.safety_margin),
+                    waiters: VecDeque::new(),
+                    next_id: 0,
+                    closed: false,
+                    consecutive_429: 0,
+                }),
+                max_queue: config.max_queue,
+                default_backoff: config.default_backoff,
+            }
+        });
+        LocalBudget { routes }
+    }
+
+    fn route(&self, kind: RouteKind) -> &RouteBudget {
+        &self.routes[kind.index()]
+    }
+}
+
+impl RouteBudget {
+    async fn acquire(&self, max_wait: Duration) -> Result<Grant, Refusal> {
+        let start = Instant::now();
+        let (id, notify) = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(Refusal::Closed);
+            }
+            if st.ledger.try_now(start) {
+                return Ok(Grant { queued: Duration::ZERO, status: st.ledger.status(start) });
+            }
+            let slot = st.ledger.next_slot(start);
+            if st.waiters.len() >= self.max_queue {
+                return Err(st.refusal(start, slot, RefuseReason::QueueFull));
+            }
+            if slot - start > max_wait {
+                return Err(st.refusal(start, slot, RefuseReason::Budget));
+            }
+            st.ledger.enqueue(start);
+            let id = st.next_id;
+            st.next_id += 1;
+            let notify = Arc::new(Notify::new());
+            st.waiters.push_back(Waiter { id, deadline: start + max_wait, notify: notify.clone() });
+            (id, notify)
+        };
+        // From here on, leaving this future early (the caller went away) must free the slot.
+        let mut guard = QueueGuard { route: self, id, done: false };
+        loop {
+            let wake_at = {
+                let mut st = self.state.lock();
+                let now = Instant::now();
+                if st.closed {
+                    return Err(Refusal::Closed);
+                }
+                let Some(pos) = st.position(id) else { return Err(Refusal::Closed) };
+                let waiter_deadline = st.waiters[pos].deadline;
+                let slot = st.ledger.projected(pos).unwrap_or(now);
+                if slot > waiter_deadline {
+                    // A freeze (or a late head) pushed us past what the caller accepted.
+                    return Err(st.refusal(now, slot, RefuseReason::Budget));
+                }
+                if pos == 0 {
+                    match st.ledger.head_ready(now) {
+                        Ok(()) => {
+                            st.ledger.commit_head(now);
+                            st.waiters.pop_front();
+                            st.notify_head();
+                            guard.done = true;
+                            return Ok(Grant { queued: now - start, status: st.ledger.status(now) });
+                        }
+                        Err(t) => Some(t),
+                    }
+                } else {
+                    None
+                }
+            };
+            match wake_at {
+                Some(t) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(t) => {}
+                        _ = notify.notified() => {}
+                    }
+                }
+                None => notify.notified().await,
+            }
+        }
+    }
+}
+
+/// Removes a waiter that leaves without its slot (refused, or its future dropped).
+struct QueueGuard<'a> {
+    route: &'a RouteBudget,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.route.state.lock();
+        if let Some(pos) = st.position(self.id) {
+            st.ledger.cancel(pos, Instant::now());
+            st.waiters.remove(pos);
+            st.notify_head();
+        }
+    }
+}
+
+impl Budget for LocalBudget {
+    fn acquire(&self, route: RouteKind, max_wait: Duration) -> BoxFuture<'_, Result<Grant, Refusal>> {
+        Box::pin(self.route(route).acquire(max_wait))
+    }
+
+    fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Duration {
+        let r = self.route(route);
+        let mut st = r.state.lock();
+        let now = Instant::now();
+        // Without a stated time, back off exponentially (Graph's guidance), capped at 16x.
+        let pause = retry_after.unwrap_or_else(|| r.default_backoff * 2u32.pow(st.consecutive_429.min(4)));
+        st.consecutive_429 = st.consecutive_429.saturating_add(1);
+        st.ledger.freeze(now + pause, now);
+        st.notify_all();
+        pause
+    }
+
+    fn upstream_ok(&self, route: RouteKind) {
+        self.route(route).state.lock().consecutive_429 = 0;
+    }
+
+    fn status(&self, route: RouteKind) -> RouteStatus {
+        let r = self.route(route);
+        let st = r.state.lock();
+        let now = Instant::now();
+        RouteStatus {
+            windows: st.ledger.status(now),
+            queued: st.waiters.len(),
+            queue_capacity: r.max_queue,
+            frozen_for: st.ledger.frozen_for(now),
+        }
+    }
+
+    fn close(&self) {
+        for r in &self.routes {
+            let mut st = r.state.lock();
+            st.closed = true;
+            st.notify_all();
+        }
+    }
+}
+
+/// The quota that binds: the one with the fewest calls left (the longest reset on a tie).
+pub fn binding(windows: &[WindowStatus]) -> Option<&WindowStatus> {
+    windows.iter().min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{QuotaConfig, RouteQuotas};
+
+    fn budget(limit: u32, window: Duration, max_queue: usize) -> LocalBudget {
+        let mut cfg = BudgetConfig { max_queue, safety_margin: Duration::ZERO, ..BudgetConfig::default() };
+        for name in crate::config::ROUTE_NAMES {
+            cfg.routes.insert(name.into(), RouteQuotas { quotas: vec![QuotaConfig { limit, window }] });
+        }
+        LocalBudget::new(&cfg)
+    }
+
+    const G: RouteKind = RouteKind::GetIncident;
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_callers_are_served_in_order_at_their_slots() {
+        let b = Arc::new(budget(2, Duration::from_secs(10), 100));
+        let t0 = Instant::now();
+        b.acquire(G, Duration::ZERO).await.unwrap();
+        b.acquire(G, Duration::ZERO).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..4 {
+            let (b, tx) = (b.clone(), tx.clone());
+            tokio::spawn(async move {
+                let g = b.acquire(G, Duration::from_secs(60)).await.unwrap();
+                tx.send((i, Instant::now() - t0, g.queued)).unwrap();
+            });
+            tokio::task::yield_now().await; // fix the arrival order
+        }
+        drop(tx);
+        let mut got = vec![];
+        while let Some(x) = rx.recv().await {
+            got.push(x);
+        }
+        let order: Vec<_> = got.iter().map(|x| x.0).collect();
+        let at: Vec<_> = got.iter().map(|x| x.1.as_secs()).collect();
+        assert_eq!(order, vec![0, 1, 2, 3]);
+        assert_eq!(at, vec![10, 10, 20, 20]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refuses_at_once_with_exact_retry_after_when_the_slot_is_too_far() {
+        let b = budget(1, Duration::from_secs(60), 100);
+        b.acquire(G, Duration::ZERO).await.unwrap();
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let t = Instant::now();
+        let err = b.acquire(G, Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(Instant::now(), t, "refused without waiting");
+        match err {
+            Refusal::Throttled { retry_after, reason, .. } => {
+                assert_eq!(retry_after, Duration::from_secs(45));
+                assert_eq!(reason, RefuseReason::Budget);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses() {
+        let b = Arc::new(budget(1, Duration::from_secs(10), 1));
+        b.acquire(G, Duration::ZERO).await.unwrap();
+        let b2 = b.clone();
+        let waiting = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60)).await });
+        tokio::task::yield_now().await;
+        let err = b.acquire(G, Duration::from_secs(60)).await.unwrap_err();
+        assert!(matches!(err, Refusal::Throttled { reason: RefuseReason::QueueFull, .. }), "{err:?}");
+        assert!(waiting.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_leaves_gives_its_slot_back() {
+        let b = Arc::new(budget(1, Duration::from_secs(10), 100));
+        let t0 = Instant::now();
+        b.acquire(G, Duration::ZERO).await.unwrap();
+        let b1 = b.clone();
+        let first = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(60)).await });
+        tokio::task::yield_now().await;
+        let b2 = b.clone();
+        let second = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60)).await });
+        tokio::task::yield_now().await;
+        assert_eq!(b.status(G).queued, 2);
+        first.abort(); // the first waiter's client disconnected
+        let _ = first.await;
+        assert_eq!(b.status(G).queued, 1);
+        let g = second.await.unwrap().unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(10), "second took the freed slot");
+        assert_eq!(g.queued, Duration::from_secs(10));
+        assert_eq!(b.status(G).windows[0].remaining, 0, "only one call counted in this window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_429_freezes_the_route_and_refuses_or_delays() {
+        let b = Arc::new(budget(100, Duration::from_secs(60), 100));
+        let pause = b.upstream_throttled(G, Some(Duration::from_secs(8)));
+        assert_eq!(pause, Duration::from_secs(8));
+        let err = b.acquire(G, Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, Refusal::Throttled { reason: RefuseReason::Frozen, retry_after, .. } if retry_after == Duration::from_secs(8)));
+        let t = Instant::now();
+        b.acquire(G, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(Instant::now() - t, Duration::from_secs(8));
+        // No stated time: exponential backoff from the default.
+        assert_eq!(b.upstream_throttled(G, None), Duration::from_secs(20));
+        b.upstream_ok(G);
+        assert_eq!(b.upstream_throttled(G, None), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freeze_refuses_queued_callers_whose_wait_it_exceeds() {
+        let b = Arc::new(budget(1, Duration::from_secs(10), 100));
+        b.acquire(G, Duration::ZERO).await.unwrap();
+        let b1 = b.clone();
+        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(15)).await });
+        tokio::task::yield_now().await;
+        b.upstream_throttled(G, Some(Duration::from_secs(60)));
+        let err = waiter.await.unwrap().unwrap_err();
+        assert!(matches!(err, Refusal::Throttled { reason: RefuseReason::Frozen, .. }), "{err:?}");
+        assert_eq!(b.status(G).queued, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_releases_queued_callers() {
+        let b = Arc::new(budget(1, Duration::from_secs(10), 100));
+        b.acquire(G, Duration::ZERO).await.unwrap();
+        let b1 = b.clone();
+        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(30)).await });
+        tokio::task::yield_now().await;
+        b.close();
+        assert_eq!(waiter.await.unwrap().unwrap_err(), Refusal::Closed);
+        assert_eq!(b.acquire(G, Duration::from_secs(30)).await.unwrap_err(), Refusal::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_have_separate_quotas() {
+        let b = budget(1, Duration::from_secs(10), 100);
+        b.acquire(RouteKind::GetIncident, Duration::ZERO).await.unwrap();
+        b.acquire(RouteKind::ListIncidents, Duration::ZERO).await.unwrap();
+        b.acquire(RouteKind::UpdateIncident, Duration::ZERO).await.unwrap();
+        assert!(b.acquire(RouteKind::GetIncident, Duration::ZERO).await.is_err());
+    }
+}

@@ -1,0 +1,468 @@
+//! Typed configuration: defaults in code (mirrored by `config/default.toml`), then an optional
+//! TOML file, then `DPX_SECTION__KEY` environment variables, each layer overriding the last.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`): a typo in a quota must stop the start, not be
+//! silently ignored while the proxy spends the default. [`Config::validate`] checks what serde
+//! cannot and names the offending key. Secrets are `secrecy` types: they never print, and
+//! `config check` shows them as `[redacted]`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The proxy's whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub token: TokenConfig,
+    pub auth: AuthConfig,
+    pub cache: CacheConfig,
+    pub budget: BudgetConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub max_concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 9090).into(),
+            header_read_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 * 1024,
+            max_concurrency: 1024,
+            grace_period: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub base_url: String,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            base_url: "https://api.security.microsoft.com".into(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenMode {
+    ClientCredentials,
+    Static,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    pub mode: TokenMode,
+    pub authority: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    #[serde(serialize_with = "redact")]
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_certificate_key_file: Option<PathBuf>,
+    pub client_certificate_thumbprint: Option<String>,
+    pub resource: String,
+    #[serde(with = "humantime_serde")]
+    pub refresh_before: Duration,
+    #[serde(serialize_with = "redact")]
+    pub static_token: Option<SecretString>,
+    pub static_token_file: Option<PathBuf>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            mode: TokenMode::ClientCredentials,
+            authority: "https://login.microsoftonline.com".into(),
+            tenant_id: String::new(),
+            client_id: String::new(),
+            client_secret: None,
+            client_secret_file: None,
+            client_certificate_key_file: None,
+            client_certificate_thumbprint: None,
+            resource: "https://api.security.microsoft.com".into(),
+            refresh_before: Duration::from_secs(300),
+            static_token: None,
+            static_token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Right {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub allow_anonymous: bool,
+    pub consumers: BTreeMap<String, ConsumerConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// `sha256:<64 hex digits>` of each accepted key.
+    pub key_hashes: Vec<String>,
+    pub rights: Vec<Right>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub max_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    #[serde(with = "humantime_serde")]
+    pub list_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 256 * 1024 * 1024,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(600),
+            list_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+/// One quota: at most `limit` calls in any sliding window of length `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteQuotas {
+    pub quotas: Vec<QuotaConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_wait_cap: Duration,
+    pub max_queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub safety_margin: Duration,
+    #[serde(with = "humantime_serde")]
+    pub default_backoff: Duration,
+    pub routes: BTreeMap<String, RouteQuotas>,
+}
+
+/// The upstream routes the proxy knows, by the names used in `budget.routes` and in metrics.
+pub const ROUTE_NAMES: [&str; 3] = [
+    crate::route::ROUTES[0].name,
+    crate::route::ROUTES[1].name,
+    crate::route::ROUTES[2].name,
+];
+
+fn quotas(per_minute: u32, per_hour: u32) -> RouteQuotas {
+    RouteQuotas {
+        quotas: vec![
+            QuotaConfig { limit: per_minute, window: Duration::from_secs(60) },
+            QuotaConfig { limit: per_hour, window: Duration::from_secs(3600) },
+        ],
+    }
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            max_wait: Duration::from_secs(30),
+            max_wait_cap: Duration::from_secs(120),
+            max_queue: 1000,
+            safety_margin: Duration::from_millis(500),
+            default_backoff: Duration::from_secs(10),
+            routes: BTreeMap::from([
+                ("get_incident".to_string(), quotas(100, 1500)),
+                ("list_incidents".to_string(), quotas(50, 1500)),
+                ("update_incident".to_string(), quotas(50, 1500)),
+            ]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { log_format: LogFormat::Json, log_level: "info".into() }
+    }
+}
+
+/// Why a configuration was refused; the message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("configuration error at `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+fn redact<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the `DPX_` environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        Self::figment(file, Env::prefixed("DPX_").split("__"))
+    }
+
+    /// Same as [`Config::load`] but with the environment given explicitly (tests).
+    pub fn figment(file: Option<&std::path::Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid("--config", format!("file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let config: Config = fig.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (tests, `config check` of a string).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express; every message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = reqwest::Url::parse(&self.upstream.base_url)
+            .map_err(|e| invalid("upstream.base_url", e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid("upstream.base_url", "must be an http(s) URL with a host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid("upstream.base_url", "must not have a query or fragment"));
+        }
+        for (key, d) in [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.timeout", self.upstream.timeout),
+            ("server.header_read_timeout", self.server.header_read_timeout),
+            ("cache.ttl", self.cache.ttl),
+            ("cache.negative_ttl", self.cache.negative_ttl),
+            ("cache.list_ttl", self.cache.list_ttl),
+            ("budget.default_backoff", self.budget.default_backoff),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if self.server.max_concurrency == 0 {
+            return Err(invalid("server.max_concurrency", "must be at least 1"));
+        }
+        if self.budget.max_queue == 0 {
+            return Err(invalid("budget.max_queue", "must be at least 1"));
+        }
+        if self.budget.max_wait > self.budget.max_wait_cap {
+            return Err(invalid("budget.max_wait", "must not exceed budget.max_wait_cap"));
+        }
+        if self.cache.max_bytes < 1024 * 1024 {
+            return Err(invalid("cache.max_bytes", "must be at least 1 MiB"));
+        }
+        for name in self.budget.routes.keys() {
+            if !ROUTE_NAMES.contains(&name.as_str()) {
+                return Err(invalid(
+                    format!("budget.routes.{name}"),
+                    format!("unknown route; known routes are {}", ROUTE_NAMES.join(", ")),
+                ));
+            }
+        }
+        for name in ROUTE_NAMES {
+            let Some(route) = self.budget.routes.get(name) else {
+                return Err(invalid(format!("budget.routes.{name}"), "missing"));
+            };
+            if route.quotas.is_empty() {
+                return Err(invalid(format!("budget.routes.{name}.quotas"), "needs at least one quota"));
+            }
+            for (i, q) in route.quotas.iter().enumerate() {
+                if q.limit == 0 || q.window.is_zero() {
+                    return Err(invalid(
+                        format!("budget.routes.{name}.quotas[{i}]"),
+                        "limit and window must be greater than zero",
+                    ));
+                }
+            }
+        }
+        for (name, c) in &self.auth.consumers {
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(invalid(
+                    format!("auth.consumers.{name}"),
+                    "name must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if c.key_hashes.is_empty() {
+                return Err(invalid(format!("auth.consumers.{name}.key_hashes"), "needs at least one key hash"));
+            }
+            for h in &c.key_hashes {
+                if crate::auth::parse_key_hash(h).is_none() {
+                    return Err(invalid(
+                        format!("auth.consumers.{name}.key_hashes"),
+                        "each hash must be `sha256:` followed by 64 hex digits (see `defender-proxy hash-key`)",
+                    ));
+                }
+            }
+            if c.rights.is_empty() {
+                return Err(invalid(format!("auth.consumers.{name}.rights"), "needs \"read\" and/or \"write\""));
+            }
+        }
+        if self.token.mode == TokenMode::ClientCredentials {
+            for (key, v) in [
+                ("token.tenant_id", &self.token.tenant_id),
+                ("token.client_id", &self.token.client_id),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(invalid(key, "required when token.mode = \"client_credentials\""));
+                }
+            }
+            reqwest::Url::parse(&self.token.authority).map_err(|e| invalid("token.authority", e.to_string()))?;
+            let has_secret = self.token.client_secret.is_some() || self.token.client_secret_file.is_some();
+            let has_cert = self.token.client_certificate_key_file.is_some();
+            if !has_secret && !has_cert {
+                return Err(invalid(
+                    "token.client_secret",
+                    "set token.client_secret (DPX_TOKEN__CLIENT_SECRET), token.client_secret_file, or a client certificate",
+                ));
+            }
+            if has_cert && self.token.client_certificate_thumbprint.as_deref().unwrap_or("").is_empty() {
+                return Err(invalid("token.client_certificate_thumbprint", "required with token.client_certificate_key_file"));
+            }
+        } else if self.token.static_token.is_none() && self.token.static_token_file.is_none() {
+            return Err(invalid("token.static_token", "required when token.mode = \"static\""));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
+            return Err(invalid("telemetry.log_level", "not a valid tracing filter"));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_matches_defaults_in_code() {
+        // The documented file and the code must not drift: parse the file (plus the credentials it
+        // leaves out) and compare with the defaults.
+        let text = include_str!("../config/default.toml");
+        let parsed: Config = toml::from_str(text).expect("config/default.toml parses");
+        let d = Config::default();
+        assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[cache]\nttl = \"5s\"\nttll = \"1s\"\n").unwrap_err().to_string();
+        assert!(err.contains("ttll"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let base = "[token]\nmode = \"static\"\nstatic_token = \"x\"\n";
+        let err = Config::from_toml(&format!("{base}[budget.routes.get_incident]\nquotas = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("budget.routes.get_incident.quotas"), "{err}");
+        let err = Config::from_toml(&format!("{base}[upstream]\nbase_url = \"ftp://x\"\n")).unwrap_err().to_string();
+        assert!(err.contains("upstream.base_url"), "{err}");
+        let err = Config::from_toml("").unwrap_err().to_string();
+        assert!(err.contains("token.tenant_id"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_toml() {
+        let c = Config::from_toml(
+            "[token]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"hunter2-very-secret\"\n",
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+}
