@@ -3,8 +3,13 @@
 # defender-proxy container image.
 #
 #   docker build -t defender-proxy:dev .
-#   docker run --rm -p 8080:8080 -p 9090:9090 defender-proxy:dev config check --config /etc/defender-proxy/config.toml
+#   docker run --rm -p 8080:8080 -p 9090:9090 \
+#     -v "$PWD/my-config.toml:/etc/defender-proxy/config.toml:ro" defender-proxy:dev
+#   docker run --rm -v "$PWD/my-config.toml:/c.toml:ro" defender-proxy:dev config check --config /c.toml
 #
+# The built-in /etc/defender-proxy/config.toml is config/default.toml, which has no tenant, client
+# or secret: mount a config (Kubernetes: deploy/base/config.toml as a ConfigMap) or set them with
+# DPX_TOKEN__TENANT_ID, DPX_TOKEN__CLIENT_ID and DPX_TOKEN__CLIENT_SECRET_FILE.
 # Two stages: a Rust builder and a distroless runtime (no shell, no package manager, glibc only).
 
 # ---------------------------------------------------------------------------------------------

@@ -208,8 +208,14 @@ pub const ROUTE_NAMES: [&str; 3] = [
 fn quotas(per_minute: u32, per_hour: u32) -> RouteQuotas {
     RouteQuotas {
         quotas: vec![
-            QuotaConfig { limit: per_minute, window: Duration::from_secs(60) },
-            QuotaConfig { limit: per_hour, window: Duration::from_secs(3600) },
+            QuotaConfig {
+                limit: per_minute,
+                window: Duration::from_secs(60),
+            },
+            QuotaConfig {
+                limit: per_hour,
+                window: Duration::from_secs(3600),
+            },
         ],
     }
 }
@@ -247,7 +253,10 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_format: LogFormat::Json, log_level: "info".into() }
+        TelemetryConfig {
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+        }
     }
 }
 
@@ -261,7 +270,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 fn redact<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -277,8 +289,20 @@ impl Config {
         Self::figment(file, Env::prefixed("DPX_").split("__"))
     }
 
+    /// Like [`Config::load`] without [`Config::validate`]: for the demo, which fills in the
+    /// upstream and credentials itself and validates afterwards.
+    pub fn load_unvalidated(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        Self::extract(file, Env::prefixed("DPX_").split("__"))
+    }
+
     /// Same as [`Config::load`] but with the environment given explicitly (tests).
     pub fn figment(file: Option<&std::path::Path>, env: Env) -> Result<Config, ConfigError> {
+        let config = Self::extract(file, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn extract(file: Option<&std::path::Path>, env: Env) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -286,9 +310,7 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        let config: Config = fig.merge(env).extract().map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
+        Ok(fig.merge(env).extract().map_err(Box::new)?)
     }
 
     /// Parses a TOML document on top of the defaults (tests, `config check` of a string).
@@ -303,8 +325,8 @@ impl Config {
 
     /// Checks that serde cannot express; every message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = reqwest::Url::parse(&self.upstream.base_url)
-            .map_err(|e| invalid("upstream.base_url", e.to_string()))?;
+        let url =
+            reqwest::Url::parse(&self.upstream.base_url).map_err(|e| invalid("upstream.base_url", e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(invalid("upstream.base_url", "must be an http(s) URL with a host"));
         }
@@ -315,9 +337,6 @@ impl Config {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.timeout", self.upstream.timeout),
             ("server.header_read_timeout", self.server.header_read_timeout),
-            ("cache.ttl", self.cache.ttl),
-            ("cache.negative_ttl", self.cache.negative_ttl),
-            ("cache.list_ttl", self.cache.list_ttl),
             ("budget.default_backoff", self.budget.default_backoff),
         ] {
             if d.is_zero() {
@@ -349,7 +368,10 @@ impl Config {
                 return Err(invalid(format!("budget.routes.{name}"), "missing"));
             };
             if route.quotas.is_empty() {
-                return Err(invalid(format!("budget.routes.{name}.quotas"), "needs at least one quota"));
+                return Err(invalid(
+                    format!("budget.routes.{name}.quotas"),
+                    "needs at least one quota",
+                ));
             }
             for (i, q) in route.quotas.iter().enumerate() {
                 if q.limit == 0 || q.window.is_zero() {
@@ -371,7 +393,10 @@ impl Config {
                 ));
             }
             if c.key_hashes.is_empty() {
-                return Err(invalid(format!("auth.consumers.{name}.key_hashes"), "needs at least one key hash"));
+                return Err(invalid(
+                    format!("auth.consumers.{name}.key_hashes"),
+                    "needs at least one key hash",
+                ));
             }
             for h in &c.key_hashes {
                 if crate::auth::parse_key_hash(h).is_none() {
@@ -382,7 +407,10 @@ impl Config {
                 }
             }
             if c.rights.is_empty() {
-                return Err(invalid(format!("auth.consumers.{name}.rights"), "needs \"read\" and/or \"write\""));
+                return Err(invalid(
+                    format!("auth.consumers.{name}.rights"),
+                    "needs \"read\" and/or \"write\"",
+                ));
             }
         }
         if self.token.mode == TokenMode::ClientCredentials {
@@ -403,8 +431,18 @@ impl Config {
                     "set token.client_secret (DPX_TOKEN__CLIENT_SECRET), token.client_secret_file, or a client certificate",
                 ));
             }
-            if has_cert && self.token.client_certificate_thumbprint.as_deref().unwrap_or("").is_empty() {
-                return Err(invalid("token.client_certificate_thumbprint", "required with token.client_certificate_key_file"));
+            if has_cert
+                && self
+                    .token
+                    .client_certificate_thumbprint
+                    .as_deref()
+                    .unwrap_or("")
+                    .is_empty()
+            {
+                return Err(invalid(
+                    "token.client_certificate_thumbprint",
+                    "required with token.client_certificate_key_file",
+                ));
             }
         } else if self.token.static_token.is_none() && self.token.static_token_file.is_none() {
             return Err(invalid("token.static_token", "required when token.mode = \"static\""));
@@ -437,7 +475,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml("[cache]\nttl = \"5s\"\nttll = \"1s\"\n").unwrap_err().to_string();
+        let err = Config::from_toml("[cache]\nttl = \"5s\"\nttll = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ttll"), "{err}");
     }
 
@@ -448,7 +488,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("budget.routes.get_incident.quotas"), "{err}");
-        let err = Config::from_toml(&format!("{base}[upstream]\nbase_url = \"ftp://x\"\n")).unwrap_err().to_string();
+        let err = Config::from_toml(&format!("{base}[upstream]\nbase_url = \"ftp://x\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("upstream.base_url"), "{err}");
         let err = Config::from_toml("").unwrap_err().to_string();
         assert!(err.contains("token.tenant_id"), "{err}");

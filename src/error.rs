@@ -32,10 +32,7 @@ pub enum ApiError {
     Forbidden(Arc<str>, &'static str),
     /// The budget (or a frozen route) cannot give a slot within the caller's allowed wait.
     #[error("{message}")]
-    Throttled {
-        retry_after: Duration,
-        message: Arc<str>,
-    },
+    Throttled { retry_after: Duration, message: Arc<str> },
     /// `Cache-Control: only-if-cached` and nothing usable is cached (RFC 9111 §5.2.1.7).
     #[error("the incident is not cached and only-if-cached forbids asking the upstream")]
     NotCached,

@@ -1,1 +1,181 @@
-fn main(){}
+//! The `defender-proxy` command: parse the command line, load configuration, start logging, run.
+//! Everything else lives in the library.
+
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use defender_proxy::{app, auth, config::Config, demo, simulator, telemetry, Application};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A caching, quota-exact proxy for the Microsoft 365 Defender incidents API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// TOML configuration file (defaults apply to missing keys; DPX_* variables override).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the proxy in front of the built-in Defender simulator (no credentials needed).
+    Demo {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where the simulator listens.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        simulator_listen: SocketAddr,
+    },
+    /// Run only the built-in Defender simulator (for benchmarks and manual tests).
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: SocketAddr,
+        /// Simulator settings as TOML (seed, incidents, quotas, ...).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Make a new consumer API key and print it with the hash to put in the configuration.
+    HashKey {
+        /// Hash this key instead of making a new one.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration and print the effective result, secrets redacted.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// sysexits' EX_USAGE / EX_CONFIG family: the configuration was refused.
+const EXIT_CONFIG: u8 = 64;
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("defender-proxy: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("defender-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config } => {
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(&cfg.telemetry);
+            runtime.block_on(async move {
+                let application = Application::build(cfg).await?;
+                app::spawn_reloader(application.state(), config);
+                application.run_until_stopped(app::shutdown_signal()).await
+            })
+        }
+        Command::Demo {
+            config,
+            simulator_listen,
+        } => {
+            // The demo fills in upstream and credentials itself, so the base config may lack them.
+            let base = match Config::load_unvalidated(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("defender-proxy: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            telemetry::init(&base.telemetry);
+            runtime.block_on(async move {
+                let demo = demo::prepare(base, simulator::SimConfig::default(), simulator_listen).await?;
+                let application = Application::build(demo.config.clone()).await?;
+                let (api, admin) = (application.api_addr(), application.admin_addr());
+                println!(
+                    "defender-proxy demo: proxy on http://{api}, admin on http://{admin}, simulated Defender on {}",
+                    demo.simulator.base_url()
+                );
+                println!("consumer key (read+write): {}", demo.key);
+                println!(
+                    "try:\n  curl -si -H 'Authorization: Bearer {}' http://{api}/api/incidents/1",
+                    demo.key
+                );
+                println!("  curl -s http://{admin}/metrics | grep defender_proxy_cache_lookups");
+                application.run_until_stopped(app::shutdown_signal()).await
+            })
+        }
+        Command::Simulate { listen, config } => {
+            let sim: simulator::SimConfig = match config {
+                Some(path) => match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("defender-proxy: simulator config {}: {e}", path.display());
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                None => simulator::SimConfig::default(),
+            };
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                let handle = simulator::Simulator::start(sim, listener).await?;
+                println!("simulated Defender on {}", handle.base_url());
+                app::shutdown_signal().await;
+                handle.shutdown();
+                Ok(())
+            })
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => match load(config.as_deref()) {
+            Ok(cfg) => {
+                println!("# configuration is valid; effective values (secrets redacted):");
+                print!("{}", cfg.to_redacted_toml());
+                Ok(())
+            }
+            Err(code) => return code,
+        },
+        Command::HashKey { key } => {
+            let (key, made) = match key {
+                Some(k) => (k, false),
+                None => (auth::generate_key(), true),
+            };
+            if made {
+                println!("key:  {key}");
+            }
+            println!("hash: {}", auth::hash_key(&key));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("defender-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -26,13 +26,32 @@ pub struct RouteSpec {
 }
 
 pub const ROUTES: [RouteSpec; 3] = [
-    RouteSpec { kind: RouteKind::GetIncident, name: "get_incident", method: Method::GET, writes: false },
-    RouteSpec { kind: RouteKind::ListIncidents, name: "list_incidents", method: Method::GET, writes: false },
-    RouteSpec { kind: RouteKind::UpdateIncident, name: "update_incident", method: Method::PATCH, writes: true },
+    RouteSpec {
+        kind: RouteKind::GetIncident,
+        name: "get_incident",
+        method: Method::GET,
+        writes: false,
+    },
+    RouteSpec {
+        kind: RouteKind::ListIncidents,
+        name: "list_incidents",
+        method: Method::GET,
+        writes: false,
+    },
+    RouteSpec {
+        kind: RouteKind::UpdateIncident,
+        name: "update_incident",
+        method: Method::PATCH,
+        writes: true,
+    },
 ];
 
 impl RouteKind {
-    pub const ALL: [RouteKind; 3] = [RouteKind::GetIncident, RouteKind::ListIncidents, RouteKind::UpdateIncident];
+    pub const ALL: [RouteKind; 3] = [
+        RouteKind::GetIncident,
+        RouteKind::ListIncidents,
+        RouteKind::UpdateIncident,
+    ];
 
     pub fn spec(self) -> &'static RouteSpec {
         &ROUTES[self.index()]

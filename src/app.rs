@@ -1,0 +1,240 @@
+//! Building and running the whole proxy: listeners, state, background tasks, graceful shutdown.
+//!
+//! [`Application::build`] binds both listeners (port 0 works, for tests) and wires the modules
+//! together; [`Application::run_until_stopped`] serves until the shutdown future resolves, then
+//! drains: readiness goes false, queued callers get 503, new connections are refused, in-flight
+//! requests get `server.grace_period` to finish.
+//!
+//! Connections are served by hyper's HTTP/1 builder with a timer and a header-read timeout: a
+//! plain `axum::serve` has none, and one slow client per socket could hold the proxy hostage.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::Router;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
+use parking_lot::RwLock;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    auth::Consumers,
+    budget::{Budget, LocalBudget},
+    cache::{MokaStore, Store},
+    config::Config,
+    proxy::Proxy,
+    routes::{self, AppState},
+    token::TokenSource,
+    upstream::Upstream,
+    Metrics,
+};
+
+/// A built proxy, listeners bound, not yet serving.
+pub struct Application {
+    config: Config,
+    api: TcpListener,
+    admin: TcpListener,
+    state: Arc<AppState>,
+    budget: Arc<dyn Budget>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let metrics = Arc::new(Metrics::new());
+        let tokens = TokenSource::from_config(&config.token).context("upstream token")?;
+        let upstream = Upstream::new(&config.upstream, tokens).context("upstream client")?;
+        let store: Arc<dyn Store> = Arc::new(MokaStore::new(&config.cache));
+        let budget: Arc<dyn Budget> = Arc::new(LocalBudget::new(&config.budget));
+        let proxy = Arc::new(Proxy::new(
+            config.cache.clone(),
+            store,
+            budget.clone(),
+            upstream,
+            metrics.clone(),
+        ));
+        let consumers = Consumers::from_config(&config.auth);
+        if consumers.allows_anonymous() {
+            tracing::warn!(
+                "auth.allow_anonymous is true: anyone who can reach the proxy can read and update every incident"
+            );
+        }
+        let state = Arc::new(AppState {
+            proxy,
+            consumers: RwLock::new(Arc::new(consumers)),
+            metrics,
+            max_wait: config.budget.max_wait,
+            max_wait_cap: config.budget.max_wait_cap,
+            max_body_bytes: config.server.max_body_bytes,
+            accepting: true.into(),
+        });
+        let api = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen = {}", config.server.listen))?;
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on server.admin_listen = {}", config.server.admin_listen))?;
+        Ok(Application {
+            config,
+            api,
+            admin,
+            state,
+            budget,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// A handle for reloading consumers (SIGHUP) while running.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains within the grace period.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Application {
+            config,
+            api,
+            admin,
+            state,
+            budget,
+        } = self;
+        let refresher = state.proxy.upstream().tokens().spawn_refresher();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let header_timeout = config.server.header_read_timeout;
+        let grace = config.server.grace_period;
+        let api_task = tokio::spawn(serve(
+            api,
+            routes::api_router(state.clone(), config.server.max_concurrency),
+            header_timeout,
+            stop_rx.clone(),
+            grace,
+        ));
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn(serve(
+            admin,
+            routes::admin_router(state.clone()),
+            header_timeout,
+            admin_stop_rx,
+            grace,
+        ));
+        tracing::info!(
+            api = %config.server.listen, admin = %config.server.admin_listen,
+            upstream = %config.upstream.base_url, "defender-proxy serving"
+        );
+        shutdown.await;
+        tracing::info!(
+            grace_secs = grace.as_secs_f64(),
+            "shutting down: draining in-flight requests"
+        );
+        state.accepting.store(false, Ordering::SeqCst);
+        budget.close();
+        let _ = stop_tx.send(true);
+        let _ = api_task.await;
+        let _ = admin_stop_tx.send(true);
+        let _ = admin_task.await;
+        if let Some(r) = refresher {
+            r.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Accepts connections until told to stop, then waits up to `grace` for open ones to finish.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// On SIGHUP, re-reads the configuration and applies new consumers and keys. Connections and the
+/// cache are untouched; other changed keys need a restart and are reported as such.
+pub fn spawn_reloader(state: Arc<AppState>, path: Option<std::path::PathBuf>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match Config::load(path.as_deref()) {
+                Ok(config) => {
+                    let consumers = Consumers::from_config(&config.auth);
+                    let n = consumers.names().len();
+                    *state.consumers.write() = Arc::new(consumers);
+                    tracing::info!(consumers = n, "configuration reloaded: consumers and keys applied");
+                }
+                Err(e) => tracing::error!(error = %e, "configuration reload refused; keeping the running one"),
+            }
+        }
+    });
+}

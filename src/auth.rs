@@ -1,0 +1,219 @@
+//! Who is calling: consumers identified by API keys, and what they may do.
+//!
+//! defender-proxy holds an app-only token that reads every incident of the tenant, so it is the
+//! access-control boundary. Keys are configured only as SHA-256 hashes (keys are random 256-bit
+//! values made by `defender-proxy hash-key`, so a fast hash is enough); a presented key is hashed
+//! and compared with every configured hash in constant time, without early exit.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use http::{header, HeaderMap};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthConfig, Right};
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// Configured name; a bounded metrics label.
+    pub name: Arc<String>,
+    pub read: bool,
+    pub write: bool,
+}
+
+/// Why a caller was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no API key presented")]
+    Missing,
+    #[error("malformed Authorization header")]
+    Malformed,
+    #[error("unknown API key")]
+    Unknown,
+}
+
+/// The configured consumers, ready for lookups. Replaced whole on reload.
+#[derive(Debug)]
+pub struct Consumers {
+    keys: Vec<([u8; 32], Arc<Consumer>)>,
+    anonymous: Option<Arc<Consumer>>,
+}
+
+/// Parses `sha256:<64 hex>`.
+pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
+    let hex = s.trim().strip_prefix("sha256:")?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).ok()?;
+    Some(out)
+}
+
+/// The configured form of a key's hash.
+pub fn hash_key(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+/// A new random key (`dpx_` + 43 base64url characters, 256 bits).
+pub fn generate_key() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("dpx_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl Consumers {
+    /// Config validation has already checked every hash.
+    pub fn from_config(config: &AuthConfig) -> Consumers {
+        let mut keys = Vec::new();
+        for (name, c) in &config.consumers {
+            let consumer = Arc::new(Consumer {
+                name: Arc::new(name.clone()),
+                read: c.rights.contains(&Right::Read),
+                write: c.rights.contains(&Right::Write),
+            });
+            for h in &c.key_hashes {
+                if let Some(hash) = parse_key_hash(h) {
+                    keys.push((hash, consumer.clone()));
+                }
+            }
+        }
+        let anonymous = config.allow_anonymous.then(|| {
+            Arc::new(Consumer {
+                name: Arc::new("anonymous".into()),
+                read: true,
+                write: true,
+            })
+        });
+        Consumers { keys, anonymous }
+    }
+
+    pub fn allows_anonymous(&self) -> bool {
+        self.anonymous.is_some()
+    }
+
+    /// Names of all consumers (to pre-register metrics label values).
+    pub fn names(&self) -> BTreeMap<Arc<String>, ()> {
+        self.keys.iter().map(|(_, c)| (c.name.clone(), ())).collect()
+    }
+
+    /// Identifies the caller from `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Consumer>, AuthError> {
+        let presented = match presented_key(headers) {
+            Ok(k) => k,
+            Err(AuthError::Missing) if self.anonymous.is_some() => {
+                return Ok(self.anonymous.clone().expect("checked"));
+            }
+            Err(e) => return Err(e),
+        };
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found: Option<&Arc<Consumer>> = None;
+        for (hash, consumer) in &self.keys {
+            // Every hash is compared; the branch below depends only on the (secret-free) match.
+            if bool::from(hash.ct_eq(&digest)) {
+                found = Some(consumer);
+            }
+        }
+        // With anonymous access on, a wrong key is still an error: it is a misconfigured tool.
+        found.cloned().ok_or(AuthError::Unknown)
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Result<&str, AuthError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| AuthError::Malformed)?;
+        let (scheme, key) = v.split_once(' ').ok_or(AuthError::Malformed)?;
+        let key = key.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        return Ok(key);
+    }
+    if let Some(v) = headers.get("x-api-key") {
+        let key = v.to_str().map_err(|_| AuthError::Malformed)?.trim();
+        return if key.is_empty() {
+            Err(AuthError::Malformed)
+        } else {
+            Ok(key)
+        };
+    }
+    Err(AuthError::Missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConsumerConfig;
+    use http::HeaderValue;
+
+    fn consumers(anon: bool) -> (Consumers, String) {
+        let key = generate_key();
+        let mut cfg = AuthConfig {
+            allow_anonymous: anon,
+            ..Default::default()
+        };
+        cfg.consumers.insert(
+            "soar".into(),
+            ConsumerConfig {
+                key_hashes: vec![hash_key("old-key"), hash_key(&key)],
+                rights: vec![Right::Read],
+            },
+        );
+        (Consumers::from_config(&cfg), key)
+    }
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::try_from(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_and_rotation() {
+        let (c, key) = consumers(false);
+        let who = c
+            .authenticate(&headers("authorization", &format!("Bearer {key}")))
+            .unwrap();
+        assert_eq!(who.name.as_str(), "soar");
+        assert!(who.read && !who.write);
+        assert_eq!(c.authenticate(&headers("x-api-key", &key)).unwrap().name, who.name);
+        assert_eq!(c.authenticate(&headers("x-api-key", "old-key")).unwrap().name, who.name);
+    }
+
+    #[test]
+    fn missing_malformed_unknown() {
+        let (c, _) = consumers(false);
+        assert_eq!(c.authenticate(&HeaderMap::new()), Err(AuthError::Missing));
+        assert_eq!(
+            c.authenticate(&headers("authorization", "Basic abc")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            c.authenticate(&headers("authorization", "Bearer")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            c.authenticate(&headers("authorization", "Bearer nope")),
+            Err(AuthError::Unknown)
+        );
+    }
+
+    #[test]
+    fn anonymous_only_when_configured() {
+        let (c, _) = consumers(true);
+        assert_eq!(c.authenticate(&HeaderMap::new()).unwrap().name.as_str(), "anonymous");
+        assert_eq!(c.authenticate(&headers("x-api-key", "nope")), Err(AuthError::Unknown));
+    }
+
+    #[test]
+    fn hashes_round_trip() {
+        let h = hash_key("abc");
+        assert_eq!(
+            h,
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(parse_key_hash(&h).is_some());
+        assert!(parse_key_hash("sha256:xyz").is_none());
+        assert!(generate_key().starts_with("dpx_"));
+    }
+}

@@ -1,0 +1,302 @@
+//! Prometheus metrics, named `defender_proxy_*`, with bounded labels only (route, status class
+//! or code, configured consumer names, fixed reasons): never incident ids, keys or addresses.
+//!
+//! Counters and histograms are updated where things happen; gauges that mirror state (budget,
+//! queue, cache size, token expiry) are read from their owners at scrape time, so there is one
+//! source of truth and no background updater.
+
+use std::sync::{atomic::AtomicU64, Arc};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+    pub consumer: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub route: &'static str,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    pub route: &'static str,
+    pub window: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub route: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: &'static str,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+/// All metrics of one proxy instance.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histograms<RouteLabels>,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_duration: Histograms<RouteLabels>,
+    pub budget_remaining: Family<WindowLabels, Gauge>,
+    pub budget_limit: Family<WindowLabels, Gauge>,
+    pub queue_depth: Family<RouteLabels, Gauge>,
+    pub queue_capacity: Family<RouteLabels, Gauge>,
+    pub queue_wait: Histograms<RouteLabels>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub upstream_throttled: Family<RouteLabels, Counter>,
+    pub frozen_seconds: Family<RouteLabels, FGauge>,
+    pub token_expiry: Gauge,
+    pub token_refresh_failures: Family<CodeLabels, Counter>,
+}
+
+/// Histogram families with explicit buckets (never summaries: those cannot be aggregated).
+pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn request_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS.iter().copied())
+}
+
+fn upstream_histogram() -> Histogram {
+    Histogram::new(UPSTREAM_BUCKETS.iter().copied())
+}
+
+fn queue_histogram() -> Histogram {
+    Histogram::new(QUEUE_BUCKETS.iter().copied())
+}
+
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const UPSTREAM_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const QUEUE_BUCKETS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("defender_proxy");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "API requests answered, by route, status and consumer",
+            requests.clone(),
+        );
+        let request_duration = Histograms::new_with_constructor(request_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time to answer an API request",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let cache_lookups = Family::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by kind and result",
+            cache_lookups.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register("cache_entries", "Entries in the cache", cache_entries.clone());
+        let cache_bytes = Gauge::default();
+        registry.register_with_unit("cache", "Bytes held by the cache", Unit::Bytes, cache_bytes.clone());
+        let upstream_requests = Family::default();
+        registry.register(
+            "upstream_requests",
+            "Calls sent to Defender, by route and answer",
+            upstream_requests.clone(),
+        );
+        let upstream_duration = Histograms::new_with_constructor(upstream_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "upstream_request_duration",
+            "Time for Defender to answer",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let budget_remaining = Family::default();
+        registry.register(
+            "budget_remaining",
+            "Calls left in the current sliding window, per route and window",
+            budget_remaining.clone(),
+        );
+        let budget_limit = Family::default();
+        registry.register(
+            "budget_limit",
+            "Quota per sliding window, per route and window",
+            budget_limit.clone(),
+        );
+        let queue_depth = Family::default();
+        registry.register(
+            "queue_depth",
+            "Callers waiting for an upstream slot",
+            queue_depth.clone(),
+        );
+        let queue_capacity = Family::default();
+        registry.register(
+            "queue_capacity",
+            "Most callers that may wait per route",
+            queue_capacity.clone(),
+        );
+        let queue_wait = Histograms::new_with_constructor(queue_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "queue_wait",
+            "Time spent waiting for an upstream slot",
+            Unit::Seconds,
+            queue_wait.clone(),
+        );
+        let rejected = Family::default();
+        registry.register(
+            "rejected",
+            "Requests the proxy answered 429 itself, by route and reason",
+            rejected.clone(),
+        );
+        let upstream_throttled = Family::default();
+        registry.register(
+            "upstream_throttled",
+            "429 answers received from Defender",
+            upstream_throttled.clone(),
+        );
+        let frozen_seconds = Family::<RouteLabels, FGauge>::default();
+        registry.register_with_unit(
+            "budget_frozen",
+            "Time until the route may call Defender again after a 429",
+            Unit::Seconds,
+            frozen_seconds.clone(),
+        );
+        let token_expiry = Gauge::default();
+        registry.register_with_unit(
+            "token_expiry_timestamp",
+            "Unix time at which the current upstream token expires",
+            Unit::Seconds,
+            token_expiry.clone(),
+        );
+        let token_refresh_failures = Family::default();
+        registry.register(
+            "token_refresh_failures",
+            "Failed token requests, by the token endpoint's error code",
+            token_refresh_failures.clone(),
+        );
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build_info);
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            cache_lookups,
+            cache_entries,
+            cache_bytes,
+            upstream_requests,
+            upstream_duration,
+            budget_remaining,
+            budget_limit,
+            queue_depth,
+            queue_capacity,
+            queue_wait,
+            rejected,
+            upstream_throttled,
+            frozen_seconds,
+            token_expiry,
+            token_refresh_failures,
+        }
+    }
+
+    pub fn cache_lookup(&self, kind: &'static str, result: &'static str) {
+        self.cache_lookups.get_or_create(&CacheLabels { kind, result }).inc();
+    }
+
+    /// The OpenMetrics text exposition (gauges must have been refreshed by the caller).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4, for scrapers and tools (promtool)
+/// that do not ask for OpenMetrics: counter families are named with their `_total` suffix, and
+/// the `# UNIT` and `# EOF` lines go. Samples are identical in both formats.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let m = Metrics::new();
+        m.cache_lookup("incident", "hit");
+        let text = to_prometheus_text(&m.encode());
+        assert!(
+            text.contains("# TYPE defender_proxy_cache_lookups_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP defender_proxy_cache_lookups_total "));
+        assert!(text.contains("defender_proxy_cache_lookups_total{kind=\"incident\",result=\"hit\"} 1"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(text.contains("# TYPE defender_proxy_cache_bytes gauge"));
+    }
+}

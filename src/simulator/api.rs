@@ -1,0 +1,348 @@
+//! The simulated Defender API routes: authentication, fault injection, quota and the three
+//! incident methods, answered with the upstream's bodies, headers and error envelopes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use tokio::time::Instant;
+
+use crate::odata::ListQuery;
+use crate::simulator::faults::FaultKind;
+use crate::simulator::quota::{throttle_message, Admission};
+use crate::simulator::stats::Outcome;
+use crate::simulator::store::parse_update;
+use crate::simulator::token::{token_endpoint, AuthError};
+use crate::simulator::{admin, Route, Shared};
+
+/// The upstream's OData content type for successful answers.
+pub(crate) const ODATA_JSON: &str =
+    "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8";
+const ERROR_JSON: &str = "application/json; charset=utf-8";
+const LIST_CONTEXT: &str = "https://api.security.microsoft.com/api/$metadata#Incidents";
+/// The documented maximum (and default) page size of the list method.
+const MAX_TOP: u32 = 100;
+
+/// Marks a response that must not be sent: the server closes the connection instead.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("connection closed by the simulator")]
+pub(crate) struct CloseConnection;
+
+pub(crate) fn router(sim: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/incidents", get(list_incidents))
+        .route("/api/incidents/{id}", get(get_incident).patch(update_incident))
+        .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+        .route("/_sim/stats", get(admin::stats))
+        .route("/_sim/stats/reset", post(admin::reset_stats))
+        .route("/_sim/faults", put(admin::set_faults))
+        .route("/_sim/incidents", post(admin::create))
+        .route("/_sim/incidents/{id}/touch", post(admin::touch))
+        .fallback(no_such_route)
+        .with_state(sim)
+}
+
+/// One API call, as received.
+enum Call {
+    Get { id: String },
+    List { query: String },
+    Update { id: String, json: bool, body: Bytes },
+}
+
+async fn get_incident(State(sim): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    handle(sim, Route::Get, &headers, Call::Get { id }).await
+}
+
+async fn list_incidents(State(sim): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let query = query.unwrap_or_default();
+    handle(sim, Route::List, &headers, Call::List { query }).await
+}
+
+async fn update_incident(
+    State(sim): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    handle(sim, Route::Update, &headers, Call::Update { id, json, body }).await
+}
+
+async fn no_such_route() -> Response {
+    envelope(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "The requested resource does not exist.",
+        &tracking_id(),
+    )
+}
+
+/// The order matters and follows the upstream: a call without a valid token is refused before
+/// it reaches the quota; every authenticated call is logged against the quota (even one that
+/// is then throttled, and even one a fault spoils), except a simulated token revocation.
+async fn handle(sim: Arc<Shared>, route: Route, headers: &HeaderMap, call: Call) -> Response {
+    let arrived = Instant::now();
+    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION)) {
+        sim.stats.arrive(route, false);
+        let resp = unauthorized(e);
+        sim.stats.finish(route, Outcome::Answered(resp.status()), false);
+        return resp;
+    }
+    sim.stats.arrive(route, true);
+    let fault = sim.faults.lock().pick(route);
+    let faulted = fault.is_some();
+    let resp = match fault {
+        Some(FaultKind::Unauthorized) => unauthorized(AuthError::Revoked),
+        fault => {
+            let admission = sim.quota(route).admit(arrived);
+            match fault {
+                None => answer(&sim, &admission, &call, false),
+                Some(kind) => apply_fault(&sim, kind, route, &admission, &call).await,
+            }
+        }
+    };
+    let outcome = if resp.extensions().get::<CloseConnection>().is_some() {
+        Outcome::NoAnswer
+    } else {
+        Outcome::Answered(resp.status())
+    };
+    sim.stats.finish(route, outcome, faulted);
+    resp
+}
+
+async fn apply_fault(sim: &Shared, kind: FaultKind, route: Route, admission: &Admission, call: &Call) -> Response {
+    match kind {
+        FaultKind::Latency { ms } => {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => answer(sim, admission, call, false),
+                _ = sim.stopping() => close_connection(),
+            }
+        }
+        FaultKind::Hang => {
+            sim.stopping().await;
+            close_connection()
+        }
+        FaultKind::Status { code } => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            envelope(
+                status,
+                &status_code_name(status),
+                "Simulated upstream failure.",
+                &tracking_id(),
+            )
+        }
+        FaultKind::Malformed => {
+            let real = answer(sim, admission, call, false);
+            let body = axum::body::to_bytes(real.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            // Half a JSON document is never valid JSON.
+            let cut = body.slice(..body.len() / 2);
+            ok_json(cut)
+        }
+        FaultKind::WrongId => answer(sim, admission, call, true),
+        FaultKind::Throttle { retry_after_secs } => {
+            let (limit, window) = sim
+                .quota(route)
+                .quotas()
+                .first()
+                .map_or((100, Duration::from_secs(60)), |q| (q.limit, q.window));
+            throttled(sim, limit, window, retry_after_secs)
+        }
+        FaultKind::Reset => close_connection(),
+        FaultKind::Unauthorized => unauthorized(AuthError::Revoked),
+    }
+}
+
+/// The real answer; with `wrong_id` a successful answer carries other incidents.
+fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> Response {
+    if let Admission::Throttled {
+        retry_after_secs,
+        limit,
+        window,
+    } = admission
+    {
+        return throttled(sim, *limit, *window, *retry_after_secs);
+    }
+    match call {
+        Call::Get { id } => {
+            let Some(id) = parse_id(id) else {
+                return bad_id(id);
+            };
+            let serve = if wrong_id {
+                sim.store.other_id(id).unwrap_or(id)
+            } else {
+                id
+            };
+            match sim.store.body(serve) {
+                Some(body) => ok_json(body),
+                None => not_found(id),
+            }
+        }
+        Call::List { query } => list(sim, query, wrong_id),
+        Call::Update { id, json, body } => {
+            let Some(id) = parse_id(id) else {
+                return bad_id(id);
+            };
+            if !json {
+                return envelope(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "The request body must be JSON (Content-Type: application/json).",
+                    &tracking_id(),
+                );
+            }
+            let update = match parse_update(body) {
+                Ok(u) => u,
+                Err(message) => {
+                    return envelope(StatusCode::BAD_REQUEST, "InvalidRequestBody", &message, &tracking_id())
+                }
+            };
+            if sim.update(id, update).is_none() {
+                return not_found(id);
+            }
+            let serve = if wrong_id {
+                sim.store.other_id(id).unwrap_or(id)
+            } else {
+                id
+            };
+            match sim.store.body(serve) {
+                Some(body) => ok_json(body),
+                None => not_found(id),
+            }
+        }
+    }
+}
+
+fn list(sim: &Shared, raw_query: &str, wrong_id: bool) -> Response {
+    let query = match ListQuery::parse(raw_query) {
+        Ok(q) => q,
+        Err(e) => return envelope(StatusCode::BAD_REQUEST, "BadRequest", &e.message, &tracking_id()),
+    };
+    let top = query.top.map_or(MAX_TOP, |t| t.min(MAX_TOP)) as usize;
+    let mut ids = sim.store.select(query.filter.as_ref(), query.skip.unwrap_or(0), top);
+    if wrong_id {
+        ids = ids.into_iter().filter_map(|id| sim.store.other_id(id)).collect();
+    }
+    let bodies = sim.store.bodies(&ids);
+    let mut out = Vec::with_capacity(bodies.iter().flatten().map(Bytes::len).sum::<usize>() + 128);
+    out.extend_from_slice(b"{\"@odata.context\":\"");
+    out.extend_from_slice(LIST_CONTEXT.as_bytes());
+    out.extend_from_slice(b"\",\"value\":[");
+    for (i, body) in bodies.iter().flatten().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+    }
+    out.extend_from_slice(b"]}");
+    ok_json(Bytes::from(out))
+}
+
+fn parse_id(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok()
+}
+
+fn bad_id(raw: &str) -> Response {
+    envelope(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        &format!("The value '{raw}' is not a valid incident id: it must be a 64-bit integer."),
+        &tracking_id(),
+    )
+}
+
+/// A fresh tracking id, as the upstream puts in an error's `target`.
+fn tracking_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn ok_json(body: Bytes) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(ODATA_JSON)),
+            (
+                header::HeaderName::from_static("odata-version"),
+                HeaderValue::from_static("4.0"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The upstream's error envelope.
+pub(crate) fn envelope(status: StatusCode, code: &str, message: &str, target: &str) -> Response {
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "target": target }
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ERROR_JSON))],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn not_found(id: i64) -> Response {
+    envelope(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("Incident {id} was not found."),
+        &tracking_id(),
+    )
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    let mut resp = envelope(StatusCode::UNAUTHORIZED, "Unauthorized", &e.to_string(), &tracking_id());
+    let challenge = match e {
+        AuthError::Missing => "Bearer",
+        AuthError::Unknown | AuthError::Expired | AuthError::Revoked => "Bearer error=\"invalid_token\"",
+    };
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    resp
+}
+
+/// The upstream's 429: its body names the quota and the wait, its target is the tenant id.
+fn throttled(sim: &Shared, limit: u32, window: Duration, retry_after_secs: u64) -> Response {
+    let mut resp = envelope(
+        StatusCode::TOO_MANY_REQUESTS,
+        "429",
+        &throttle_message(limit, window, retry_after_secs),
+        &sim.cfg.tenant_id,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    resp
+}
+
+fn close_connection() -> Response {
+    let mut resp = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    resp.extensions_mut().insert(CloseConnection);
+    resp
+}
+
+fn status_code_name(status: StatusCode) -> String {
+    match status.as_u16() {
+        400 => "BadRequest".into(),
+        500 => "InternalServerError".into(),
+        502 => "BadGateway".into(),
+        503 => "ServiceUnavailable".into(),
+        504 => "GatewayTimeout".into(),
+        _ => status
+            .canonical_reason()
+            .map(|r| r.split_whitespace().collect::<String>())
+            .unwrap_or_else(|| status.as_u16().to_string()),
+    }
+}

@@ -1,0 +1,382 @@
+//! A faithful fake of the Microsoft 365 Defender incidents API and of the Entra ID token
+//! endpoint, served over a real socket: the upstream for the quick-start demo, every
+//! integration test and the benchmarks.
+//!
+//! Submodules: `data` generates incidents from the seed, `store` holds their current truth,
+//! `quota` enforces the per-route sliding windows, `token` is the Entra endpoint, `faults` the
+//! injectable misbehaviour, `stats` what was seen, `api` and `admin` the HTTP routes, and
+//! `server` the accept loop.
+
+mod admin;
+mod api;
+mod clock;
+mod data;
+mod faults;
+mod quota;
+mod server;
+mod stats;
+mod store;
+mod token;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use faults::{FaultKind, FaultRule, Faults};
+pub use stats::{Change, RouteStats, Stats};
+
+use clock::{now_ticks, TICKS_PER_DAY};
+use data::DataParams;
+use faults::FaultPlan;
+use quota::RouteQuota;
+use stats::Recorder;
+use store::Store;
+use token::Tokens;
+
+/// How the simulated tenant looks and behaves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Seeds all generated data: same seed (on the same UTC day), same bytes.
+    pub seed: u64,
+    /// How many ids exist initially (some of them missing, see `missing_share`).
+    pub incidents: u64,
+    pub first_id: i64,
+    /// Share of ids in `[first_id, first_id + incidents)` that do not exist (404).
+    pub missing_share: f64,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// A fake credential for a fake tenant.
+    pub client_secret: String,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    pub quotas: SimQuotas,
+    /// If set, one random existing incident changes every interval.
+    #[serde(with = "humantime_serde")]
+    pub change_interval: Option<Duration>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            incidents: 10_000,
+            first_id: 1,
+            missing_share: 0.05,
+            tenant_id: "00000000-0000-0000-0000-00000000d3f0".into(),
+            client_id: "defender-proxy-demo".into(),
+            client_secret: "demo-secret".into(),
+            token_ttl: Duration::from_secs(3599),
+            quotas: SimQuotas::default(),
+            change_interval: None,
+        }
+    }
+}
+
+/// Per-route quotas; every window of a route must have room for a call to be admitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimQuotas {
+    pub get: Vec<SimQuota>,
+    pub list: Vec<SimQuota>,
+    pub update: Vec<SimQuota>,
+}
+
+impl Default for SimQuotas {
+    /// The documented limits: get 100/min and 1,500/h, list and update 50/min and 1,500/h.
+    fn default() -> Self {
+        let pair = |per_minute| {
+            vec![
+                SimQuota {
+                    limit: per_minute,
+                    window: Duration::from_secs(60),
+                },
+                SimQuota {
+                    limit: 1_500,
+                    window: Duration::from_secs(3_600),
+                },
+            ]
+        };
+        Self {
+            get: pair(100),
+            list: pair(50),
+            update: pair(50),
+        }
+    }
+}
+
+/// At most `limit` calls in any sliding `window`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimQuota {
+    pub limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+/// The three API routes, each with its own quota and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Get,
+    List,
+    Update,
+}
+
+impl Route {
+    pub(crate) const ALL: [Route; 3] = [Route::Get, Route::List, Route::Update];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Route::Get => "get",
+            Route::List => "list",
+            Route::Update => "update",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Route::Get => 0,
+            Route::List => 1,
+            Route::Update => 2,
+        }
+    }
+}
+
+/// State shared by all requests of one simulator.
+pub(crate) struct Shared {
+    pub(crate) cfg: SimConfig,
+    pub(crate) store: Store,
+    quotas: [RouteQuota; 3],
+    pub(crate) faults: Mutex<FaultPlan>,
+    pub(crate) tokens: Tokens,
+    pub(crate) stats: Recorder,
+    pub(crate) shutdown: watch::Sender<bool>,
+    addr: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn quota(&self, route: Route) -> &RouteQuota {
+        &self.quotas[route.index()]
+    }
+
+    /// Resolves once `shutdown()` has been called.
+    pub(crate) async fn stopping(&self) {
+        let mut rx = self.shutdown.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    pub(crate) fn touch(&self, id: i64, comment: &str, by: &str) -> Option<String> {
+        let stamp = self.store.touch(id, comment, by)?;
+        self.stats.change(id, stamp.clone());
+        Some(stamp)
+    }
+
+    pub(crate) fn update(&self, id: i64, update: store::Update) -> Option<String> {
+        let by = format!("API-App:{}", self.cfg.client_id);
+        let stamp = self.store.update(id, update, &by)?;
+        self.stats.change(id, stamp.clone());
+        Some(stamp)
+    }
+
+    pub(crate) fn create(&self) -> (i64, String) {
+        let (id, stamp) = self.store.create();
+        self.stats.change(id, stamp.clone());
+        (id, stamp)
+    }
+}
+
+fn validate(cfg: &SimConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&cfg.missing_share),
+        "missing_share must be between 0 and 1"
+    );
+    anyhow::ensure!(!cfg.token_ttl.is_zero(), "token_ttl must be positive");
+    anyhow::ensure!(
+        cfg.change_interval.map_or(true, |d| !d.is_zero()),
+        "change_interval must be positive"
+    );
+    for (name, quotas) in [
+        ("get", &cfg.quotas.get),
+        ("list", &cfg.quotas.list),
+        ("update", &cfg.quotas.update),
+    ] {
+        anyhow::ensure!(
+            quotas.iter().all(|q| !q.window.is_zero()),
+            "quota windows of {name} must be positive"
+        );
+    }
+    Ok(())
+}
+
+/// Starts simulators.
+pub struct Simulator;
+
+impl Simulator {
+    /// Serves a new simulated tenant on `listener` until [`SimHandle::shutdown`].
+    pub async fn start(cfg: SimConfig, listener: TcpListener) -> anyhow::Result<SimHandle> {
+        validate(&cfg)?;
+        let addr = listener.local_addr()?;
+        let params = DataParams {
+            seed: cfg.seed,
+            anchor: now_ticks().div_euclid(TICKS_PER_DAY) * TICKS_PER_DAY,
+            missing_share: cfg.missing_share,
+            tenant_id: cfg.tenant_id.clone(),
+        };
+        let (first_id, incidents) = (cfg.first_id, cfg.incidents);
+        // Drawing every summary takes a moment for large tenants; keep it off the runtime.
+        let store = tokio::task::spawn_blocking(move || Store::new(params, first_id, incidents)).await?;
+        let quota = |q: &Vec<SimQuota>| RouteQuota::new(q.clone());
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            quotas: [
+                quota(&cfg.quotas.get),
+                quota(&cfg.quotas.list),
+                quota(&cfg.quotas.update),
+            ],
+            faults: Mutex::new(FaultPlan::new(cfg.seed)),
+            tokens: Tokens::new(cfg.token_ttl),
+            stats: Recorder::new(Instant::now()),
+            store,
+            shutdown,
+            addr,
+            cfg,
+        });
+        let app = api::router(shared.clone());
+        tokio::spawn(server::serve(listener, app, shared.clone()));
+        if let Some(every) = shared.cfg.change_interval {
+            tokio::spawn(background_changes(shared.clone(), every));
+        }
+        Ok(SimHandle { shared })
+    }
+}
+
+/// Changes one random existing incident every `every`, as analysts and automation would.
+async fn background_changes(sim: Arc<Shared>, every: Duration) {
+    let mut rng = ChaCha8Rng::seed_from_u64(sim.cfg.seed ^ 0xC4A4_6E55);
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Some(id) = sim.store.random_id(&mut rng) {
+                    sim.touch(id, "Automated investigation updated the incident.", "Automation");
+                }
+            }
+            _ = sim.stopping() => break,
+        }
+    }
+}
+
+/// A running simulator. Cheap to clone; all clones control the same simulator.
+#[derive(Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("addr", &self.shared.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// `http://127.0.0.1:port` (a wildcard bind address is replaced by loopback).
+    pub fn base_url(&self) -> String {
+        let addr = self.shared.addr;
+        let ip = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, addr.port()))
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Clears counters, arrival times and changes (quota logs are upstream state and stay).
+    pub fn reset_stats(&self) {
+        self.shared.stats.reset();
+    }
+
+    /// Replaces the fault plan.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.faults.lock().replace(faults);
+    }
+
+    /// Changes an incident now (new lastUpdateTime, a comment appended); returns the new
+    /// lastUpdateTime, or `None` if the incident does not exist.
+    pub fn touch(&self, id: i64) -> Option<String> {
+        self.shared.touch(id, "Simulated change.", "Simulator")
+    }
+
+    /// Creates a brand-new incident with the next id; createdTime = lastUpdateTime = now.
+    pub fn create_incident(&self) -> i64 {
+        self.shared.create().0
+    }
+
+    /// A valid token, for tests that bypass the token endpoint.
+    pub fn issue_token(&self) -> String {
+        self.shared.tokens.issue()
+    }
+
+    /// The incident as the API would serve it now.
+    pub fn incident_json(&self, id: i64) -> Option<serde_json::Value> {
+        let body = self.shared.store.body(id)?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// Stops accepting connections and closes the open ones gracefully (in the background).
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_with_defaults_and_humantime() {
+        let cfg: SimConfig = serde_json::from_str(
+            r#"{"seed":1,"token_ttl":"10s","change_interval":"500ms",
+                "quotas":{"get":[{"limit":3,"window":"1s"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.seed, 1);
+        assert_eq!(cfg.token_ttl, Duration::from_secs(10));
+        assert_eq!(cfg.change_interval, Some(Duration::from_millis(500)));
+        assert_eq!(
+            cfg.quotas.get,
+            vec![SimQuota {
+                limit: 3,
+                window: Duration::from_secs(1)
+            }]
+        );
+        assert_eq!(cfg.quotas.list, SimQuotas::default().list);
+        assert_eq!(cfg.incidents, 10_000);
+        assert!(serde_json::from_str::<SimConfig>(r#"{"seeed":1}"#).is_err());
+        assert!(validate(&SimConfig {
+            missing_share: 1.5,
+            ..SimConfig::default()
+        })
+        .is_err());
+        assert!(validate(&SimConfig::default()).is_ok());
+    }
+}

@@ -1,0 +1,415 @@
+//! The upstream access token: fetched from Entra ID with the client-credentials grant, cached,
+//! refreshed ahead of expiry in the background, and refreshed by exactly one request however
+//! many callers need it at once.
+//!
+//! The client secret is read from its file on every token request, so rotating a mounted
+//! Kubernetes Secret needs no restart. The secret and the token live in `secrecy` types: they are
+//! never formatted, logged or exported; failures are reported with the endpoint's error code.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::config::{TokenConfig, TokenMode};
+
+/// Why no token could be had. Carries the token endpoint's error code, never a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    #[error("token endpoint refused the request: {code}: {description}")]
+    Refused { code: String, description: String },
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("token endpoint answered HTTP {status} without a usable body")]
+    BadAnswer { status: u16 },
+    #[error("cannot read credential file {path}: {reason}")]
+    Credential { path: String, reason: String },
+}
+
+impl TokenError {
+    /// A short, bounded label for metrics.
+    pub fn code(&self) -> String {
+        match self {
+            TokenError::Refused { code, .. } => code
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(40)
+                .collect(),
+            TokenError::Unreachable(_) => "unreachable".into(),
+            TokenError::BadAnswer { .. } => "bad_answer".into(),
+            TokenError::Credential { .. } => "credential".into(),
+        }
+    }
+}
+
+/// A token with the generation it was issued in (for refresh-after-401).
+#[derive(Clone)]
+pub struct Token {
+    pub secret: SecretString,
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(generation {}, [redacted])", self.generation)
+    }
+}
+
+/// Where upstream tokens come from.
+pub enum TokenSource {
+    /// A fixed token from config (tests and special set-ups).
+    Static(SecretString),
+    /// Entra ID client credentials.
+    Broker(Arc<Broker>),
+}
+
+impl TokenSource {
+    pub fn from_config(config: &TokenConfig) -> Result<TokenSource, TokenError> {
+        match config.mode {
+            TokenMode::Static => {
+                let secret = match (&config.static_token, &config.static_token_file) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(path)) => read_secret_file(path)?,
+                    (None, None) => SecretString::from(String::new()),
+                };
+                Ok(TokenSource::Static(secret))
+            }
+            TokenMode::ClientCredentials => Ok(TokenSource::Broker(Arc::new(Broker::new(config)?))),
+        }
+    }
+
+    pub async fn token(&self) -> Result<Token, TokenError> {
+        match self {
+            TokenSource::Static(s) => Ok(Token {
+                secret: s.clone(),
+                generation: 0,
+            }),
+            TokenSource::Broker(b) => b.token().await,
+        }
+    }
+
+    /// The upstream rejected `rejected` with 401: get a new one, unless someone already did.
+    pub async fn refresh_after_rejection(&self, rejected: &Token) -> Result<Token, TokenError> {
+        match self {
+            TokenSource::Static(_) => self.token().await,
+            TokenSource::Broker(b) => b.refresh_if(rejected.generation).await,
+        }
+    }
+
+    /// Whether a valid token is at hand (readiness).
+    pub fn ready(&self) -> bool {
+        match self {
+            TokenSource::Static(_) => true,
+            TokenSource::Broker(b) => b.has_valid_token(),
+        }
+    }
+
+    /// Unix time at which the current token expires (metrics).
+    pub fn expires_at_unix(&self) -> Option<u64> {
+        match self {
+            TokenSource::Static(_) => None,
+            TokenSource::Broker(b) => b.current.read().as_ref().map(|c| c.expires_unix),
+        }
+    }
+
+    /// Failed token requests so far, by error code (metrics).
+    pub fn failures(&self) -> BTreeMap<String, u64> {
+        match self {
+            TokenSource::Static(_) => BTreeMap::new(),
+            TokenSource::Broker(b) => b.failures.lock().clone(),
+        }
+    }
+
+    /// Keeps the token fresh in the background until the returned handle is aborted.
+    pub fn spawn_refresher(&self) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            TokenSource::Static(_) => None,
+            TokenSource::Broker(b) => Some(tokio::spawn(b.clone().refresh_loop())),
+        }
+    }
+}
+
+enum Credential {
+    Secret(SecretString),
+    SecretFile(PathBuf),
+    Certificate { key_file: PathBuf, thumbprint: String },
+}
+
+struct Cached {
+    token: SecretString,
+    generation: u64,
+    /// When the background task renews it: `refresh_before` ahead of expiry, but never in the
+    /// first half of the token's life (a short-lived token must not cause a refresh loop).
+    refresh_at: Instant,
+    /// Not handed out after this: it could expire on the way to the upstream.
+    usable_until: Instant,
+    expires_unix: u64,
+}
+
+/// Client-credentials token broker.
+pub struct Broker {
+    http: reqwest::Client,
+    endpoint: String,
+    client_id: String,
+    scope: String,
+    credential: Credential,
+    refresh_before: Duration,
+    current: RwLock<Option<Cached>>,
+    /// Held while a token request is in flight: the single flight of refreshes.
+    refreshing: tokio::sync::Mutex<()>,
+    failures: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A token is not handed out in its last 30 s (or last quarter of a short life).
+const EXPIRY_SKEW: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenFailure {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+fn read_secret_file(path: &PathBuf) -> Result<SecretString, TokenError> {
+    std::fs::read_to_string(path)
+        .map(|s| SecretString::from(s.trim().to_string()))
+        .map_err(|e| TokenError::Credential {
+            path: path.display().to_string(),
+            reason: e.kind().to_string(),
+        })
+}
+
+impl Broker {
+    fn new(config: &TokenConfig) -> Result<Broker, TokenError> {
+        let credential = if let Some(key_file) = &config.client_certificate_key_file {
+            Credential::Certificate {
+                key_file: key_file.clone(),
+                thumbprint: config.client_certificate_thumbprint.clone().unwrap_or_default(),
+            }
+        } else if let Some(s) = &config.client_secret {
+            Credential::Secret(s.clone())
+        } else if let Some(p) = &config.client_secret_file {
+            Credential::SecretFile(p.clone())
+        } else {
+            return Err(TokenError::Credential {
+                path: "token.client_secret".into(),
+                reason: "not configured".into(),
+            });
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| TokenError::Unreachable(e.to_string()))?;
+        Ok(Broker {
+            http,
+            endpoint: format!(
+                "{}/{}/oauth2/v2.0/token",
+                config.authority.trim_end_matches('/'),
+                config.tenant_id.trim()
+            ),
+            client_id: config.client_id.clone(),
+            scope: format!("{}/.default", config.resource.trim_end_matches('/')),
+            credential,
+            refresh_before: config.refresh_before,
+            current: RwLock::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            failures: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn valid(&self) -> Option<Token> {
+        let now = Instant::now();
+        self.current
+            .read()
+            .as_ref()
+            .filter(|c| c.usable_until > now)
+            .map(|c| Token {
+                secret: c.token.clone(),
+                generation: c.generation,
+            })
+    }
+
+    fn has_valid_token(&self) -> bool {
+        self.valid().is_some()
+    }
+
+    async fn token(&self) -> Result<Token, TokenError> {
+        if let Some(t) = self.valid() {
+            return Ok(t);
+        }
+        let _one = self.refreshing.lock().await;
+        if let Some(t) = self.valid() {
+            return Ok(t); // someone else fetched it while we waited
+        }
+        self.fetch().await
+    }
+
+    async fn refresh_if(&self, rejected_generation: u64) -> Result<Token, TokenError> {
+        let _one = self.refreshing.lock().await;
+        let current = self.current.read().as_ref().map(|c| c.generation);
+        if current.is_some_and(|g| g != rejected_generation) {
+            if let Some(t) = self.valid() {
+                return Ok(t);
+            }
+        }
+        self.fetch().await
+    }
+
+    /// One token request. Callers hold `refreshing`.
+    async fn fetch(&self) -> Result<Token, TokenError> {
+        let result = self.request().await;
+        match &result {
+            Ok(t) => tracing::info!(generation = t.generation, "upstream token obtained"),
+            Err(e) => {
+                *self.failures.lock().entry(e.code()).or_default() += 1;
+                tracing::warn!(error.code = %e.code(), error = %e, "upstream token request failed");
+            }
+        }
+        result
+    }
+
+    async fn request(&self) -> Result<Token, TokenError> {
+        let mut form: Vec<(&str, String)> = vec![
+            ("grant_type", "client_credentials".into()),
+            ("client_id", self.client_id.clone()),
+            ("scope", self.scope.clone()),
+        ];
+        match &self.credential {
+            Credential::Secret(s) => form.push(("client_secret", s.expose_secret().to_string())),
+            Credential::SecretFile(p) => form.push(("client_secret", read_secret_file(p)?.expose_secret().to_string())),
+            Credential::Certificate { key_file, thumbprint } => {
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push(("client_assertion", self.client_assertion(key_file, thumbprint)?));
+            }
+        }
+        let resp = self
+            .http
+            .post(&self.endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| TokenError::Unreachable(without_url(e)))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| TokenError::Unreachable(without_url(e)))?;
+        if status != 200 {
+            return Err(match serde_json::from_slice::<TokenFailure>(&body) {
+                Ok(f) => TokenError::Refused {
+                    code: f.error,
+                    // The first line is the human part ("AADSTS7000215: Invalid client secret ...").
+                    description: f
+                        .error_description
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(300)
+                        .collect(),
+                },
+                Err(_) => TokenError::BadAnswer { status },
+            });
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| TokenError::BadAnswer { status })?;
+        let lifetime = Duration::from_secs(answer.expires_in);
+        let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut current = self.current.write();
+        let generation = current.as_ref().map_or(1, |c| c.generation + 1);
+        let secret = SecretString::from(answer.access_token);
+        let now = Instant::now();
+        *current = Some(Cached {
+            token: secret.clone(),
+            generation,
+            refresh_at: now + lifetime - self.refresh_before.min(lifetime / 2),
+            usable_until: now + lifetime - EXPIRY_SKEW.min(lifetime / 4),
+            expires_unix: (unix_now + lifetime).as_secs(),
+        });
+        Ok(Token { secret, generation })
+    }
+
+    /// A JWT client assertion signed with the certificate's private key (RS256, `x5t` header).
+    fn client_assertion(&self, key_file: &PathBuf, thumbprint: &str) -> Result<String, TokenError> {
+        use base64::Engine;
+        let cred_err = |reason: String| TokenError::Credential {
+            path: key_file.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(key_file).map_err(|e| cred_err(e.kind().to_string()))?;
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+            .map_err(|_| cred_err("not an RSA private key in PEM".into()))?;
+        let thumb = hex::decode(thumbprint.trim()).map_err(|_| cred_err("thumbprint is not hex".into()))?;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.x5t = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(thumb));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = serde_json::json!({
+            "aud": self.endpoint, "iss": self.client_id, "sub": self.client_id,
+            "jti": uuid::Uuid::new_v4().to_string(), "nbf": now, "iat": now, "exp": now + 600,
+        });
+        jsonwebtoken::encode(&header, &claims, &key).map_err(|e| cred_err(e.to_string()))
+    }
+
+    /// Refreshes `refresh_before` ahead of expiry; on failure retries with jittered backoff.
+    async fn refresh_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wake = self.current.read().as_ref().map_or_else(Instant::now, |c| c.refresh_at);
+            tokio::time::sleep_until(wake).await;
+            let result = {
+                let _one = self.refreshing.lock().await;
+                let fresh_enough = self
+                    .current
+                    .read()
+                    .as_ref()
+                    .is_some_and(|c| c.refresh_at > Instant::now());
+                if fresh_enough {
+                    Ok(())
+                } else {
+                    self.fetch().await.map(|_| ())
+                }
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_secs(1),
+                Err(_) => {
+                    let jitter = rand::thread_rng().gen_range(0.5..1.5);
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
+
+/// reqwest errors name the URL; ours holds no secret, but keep messages short and uniform.
+fn without_url(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    kind.to_string()
+}

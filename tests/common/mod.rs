@@ -1,0 +1,162 @@
+//! Test harness: a simulator and a proxy in front of it, both on 127.0.0.1 port 0.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::{net::SocketAddr, time::Duration};
+
+use defender_proxy::{
+    config::Config,
+    demo,
+    simulator::{SimConfig, SimHandle, SimQuota, Stats},
+    Application,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub struct TestApp {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub sim: SimHandle,
+    /// The key of consumer `demo` (read + write).
+    pub key: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn quota(limit: u32, secs: u64) -> SimQuota {
+    SimQuota {
+        limit,
+        window: Duration::from_secs(secs),
+    }
+}
+
+/// A config with both listeners on port 0; tests adjust the rest.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c.server.grace_period = Duration::from_secs(5);
+    c
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(SimConfig::default(), |_| {}).await
+}
+
+pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut base = test_config();
+    tweak(&mut base);
+    let demo = demo::prepare(base, sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    start(demo.config, demo.simulator, demo.key).await
+}
+
+/// Builds and runs a proxy with `config` (listeners on port 0) in front of `sim`.
+pub async fn start(config: Config, sim: SimHandle, key: String) -> TestApp {
+    let app = Application::build(config).await.expect("proxy builds");
+    let (api, admin) = (app.api_addr(), app.admin_addr());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestApp {
+        api,
+        admin,
+        sim,
+        key,
+        client,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(&self.key)
+    }
+
+    pub fn patch(&self, path: &str, body: &str) -> reqwest::RequestBuilder {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("http://{}{}", self.admin, path))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.sim.stats()
+    }
+
+    pub fn calls(&self, route: &str) -> u64 {
+        self.stats().calls.get(route).map_or(0, |r| r.total)
+    }
+
+    /// An id that exists in the simulator (the data set has a share of missing ids).
+    pub fn existing_id(&self, from: i64) -> i64 {
+        (from..).find(|&id| self.sim.incident_json(id).is_some()).unwrap()
+    }
+
+    pub fn missing_id(&self, from: i64) -> i64 {
+        (from..).find(|&id| self.sim.incident_json(id).is_none()).unwrap()
+    }
+
+    /// Stops the proxy (graceful) and the simulator.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self.sim.shutdown();
+    }
+}
+
+/// Parses a Defender error envelope, failing the test if the body is not one.
+pub async fn envelope(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.expect("error body is JSON");
+    let e = &v["error"];
+    assert!(
+        e["code"].is_string() && e["message"].is_string() && e["target"].is_string(),
+        "envelope: {v}"
+    );
+    (
+        status,
+        e["code"].as_str().unwrap().to_string(),
+        e["message"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Checks, from the simulator's own timestamps, that no sliding window held more than `limit`.
+pub fn assert_windows(at_ms: &[u64], limit: usize, window_ms: u64) {
+    let mut lo = 0;
+    for hi in 0..at_ms.len() {
+        while at_ms[hi] - at_ms[lo] >= window_ms {
+            lo += 1;
+        }
+        assert!(
+            hi - lo < limit,
+            "{} calls within {window_ms} ms (limit {limit}) ending at {} ms",
+            hi - lo + 1,
+            at_ms[hi]
+        );
+    }
+}
