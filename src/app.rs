@@ -98,6 +98,11 @@ impl Application {
         self.admin.local_addr().expect("bound listener has an address")
     }
 
+    /// The API router, for driving requests in process (benchmarks) without sockets.
+    pub fn api_router(&self) -> Router {
+        routes::api_router(self.state.clone(), self.config.server.max_concurrency)
+    }
+
     /// A handle for reloading consumers (SIGHUP) while running.
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()
