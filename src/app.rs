@@ -32,6 +32,7 @@ use crate::{
     config::Config,
     proxy::Proxy,
     routes::{self, AppState},
+    sync::SyncState,
     token::TokenSource,
     upstream::Upstream,
     Metrics,
@@ -51,7 +52,16 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let tokens = TokenSource::from_config(&config.token).context("upstream token")?;
         let upstream = Upstream::new(&config.upstream, tokens).context("upstream client")?;
-        let store: Arc<dyn Store> = Arc::new(MokaStore::new(&config.cache));
+        let sync = config
+            .sync
+            .enabled
+            .then(|| Arc::new(SyncState::new(config.sync.clone())));
+        let incident_lifetime = if config.sync.enabled {
+            config.cache.ttl.max(config.sync.max_entry_age)
+        } else {
+            config.cache.ttl
+        };
+        let store: Arc<dyn Store> = Arc::new(MokaStore::new(&config.cache, incident_lifetime));
         let budget: Arc<dyn Budget> = Arc::new(LocalBudget::new(&config.budget));
         let proxy = Arc::new(Proxy::new(
             config.cache.clone(),
@@ -59,6 +69,7 @@ impl Application {
             budget.clone(),
             upstream,
             metrics.clone(),
+            sync,
         ));
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
@@ -118,6 +129,10 @@ impl Application {
             budget,
         } = self;
         let refresher = state.proxy.upstream().tokens().spawn_refresher();
+        let syncer = state
+            .proxy
+            .sync()
+            .map(|s| tokio::spawn(crate::sync::run(state.proxy.clone(), s.clone())));
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;
         let grace = config.server.grace_period;
@@ -146,13 +161,16 @@ impl Application {
             "shutting down: draining in-flight requests"
         );
         state.accepting.store(false, Ordering::SeqCst);
+        if let Some(s) = &syncer {
+            s.abort(); // stop spending quota before draining
+        }
         budget.close();
         let _ = stop_tx.send(true);
         let _ = api_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
-        if let Some(r) = refresher {
-            r.abort();
+        for task in [refresher, syncer].into_iter().flatten() {
+            task.abort();
         }
         tracing::info!("stopped");
         Ok(())

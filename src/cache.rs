@@ -76,24 +76,36 @@ pub struct MokaStore {
     cache: moka::sync::Cache<Key, Arc<Entry>>,
 }
 
-/// Per-entry lifetime in moka: freshness plus the stale-if-error allowance.
+/// Per-entry lifetime in moka: freshness plus the stale-if-error allowance. Incidents may be kept
+/// fresh longer than their TTL (by the incident sync), so they live at least `incident_lifetime`.
 struct Lifetime {
     stale_if_error: Duration,
+    incident_lifetime: Duration,
+}
+
+impl Lifetime {
+    fn of(&self, k: &Key, v: &Entry) -> Duration {
+        let fresh = match k {
+            Key::Incident(_) => v.ttl.max(self.incident_lifetime),
+            Key::List(_) => v.ttl,
+        };
+        fresh + self.stale_if_error
+    }
 }
 
 impl moka::Expiry<Key, Arc<Entry>> for Lifetime {
-    fn expire_after_create(&self, _: &Key, v: &Arc<Entry>, _: std::time::Instant) -> Option<Duration> {
-        Some(v.ttl + self.stale_if_error)
+    fn expire_after_create(&self, k: &Key, v: &Arc<Entry>, _: std::time::Instant) -> Option<Duration> {
+        Some(self.of(k, v))
     }
 
     fn expire_after_update(
         &self,
-        _: &Key,
+        k: &Key,
         v: &Arc<Entry>,
         _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(v.ttl + self.stale_if_error)
+        Some(self.of(k, v))
     }
 }
 
@@ -107,12 +119,15 @@ fn weight(key: &Key, entry: &Entry) -> u32 {
 }
 
 impl MokaStore {
-    pub fn new(config: &CacheConfig) -> MokaStore {
+    /// `incident_lifetime`: how long an incident may stay fresh at most (its TTL, or the sync's
+    /// `max_entry_age` when the sync runs).
+    pub fn new(config: &CacheConfig, incident_lifetime: Duration) -> MokaStore {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|k: &Key, v: &Arc<Entry>| weight(k, v))
             .expire_after(Lifetime {
                 stale_if_error: config.stale_if_error,
+                incident_lifetime,
             })
             .support_invalidation_closures()
             .build();
@@ -168,7 +183,7 @@ mod tests {
             max_bytes: 1024 * 1024,
             ..CacheConfig::default()
         };
-        let store = MokaStore::new(&cfg);
+        let store = MokaStore::new(&cfg, cfg.ttl);
         for id in 0..100 {
             store.insert(Key::Incident(id), entry(100 * 1024, 60));
         }
@@ -179,7 +194,7 @@ mod tests {
 
     #[test]
     fn remove_lists_keeps_incidents() {
-        let store = MokaStore::new(&CacheConfig::default());
+        let store = MokaStore::new(&CacheConfig::default(), Duration::from_secs(60));
         store.insert(Key::Incident(1), entry(10, 60));
         store.insert(Key::List("$top=5".into()), entry(10, 60));
         store.remove_lists();

@@ -25,6 +25,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub cache: CacheConfig,
     pub budget: BudgetConfig,
+    pub sync: SyncConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -233,6 +234,41 @@ impl Default for BudgetConfig {
                 ("list_incidents".to_string(), quotas(50, 1500)),
                 ("update_incident".to_string(), quotas(50, 1500)),
             ]),
+        }
+    }
+}
+
+/// The incident sync: follows the List API's changes so cached incidents stay current.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    #[serde(with = "humantime_serde")]
+    pub overlap: Duration,
+    pub max_share: f64,
+    #[serde(with = "humantime_serde")]
+    pub max_entry_age: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            enabled: false,
+            interval: Duration::from_secs(15),
+            min_interval: Duration::from_secs(5),
+            lookback: Duration::from_secs(24 * 3600),
+            overlap: Duration::from_secs(30),
+            max_share: 0.25,
+            max_entry_age: Duration::from_secs(24 * 3600),
+            max_lag: Duration::from_secs(45),
         }
     }
 }
@@ -446,6 +482,27 @@ impl Config {
             }
         } else if self.token.static_token.is_none() && self.token.static_token_file.is_none() {
             return Err(invalid("token.static_token", "required when token.mode = \"static\""));
+        }
+        if self.sync.enabled {
+            if !(self.sync.max_share > 0.0 && self.sync.max_share <= 1.0) {
+                return Err(invalid("sync.max_share", "must be greater than 0 and at most 1"));
+            }
+            for (key, d) in [
+                ("sync.interval", self.sync.interval),
+                ("sync.min_interval", self.sync.min_interval),
+                ("sync.lookback", self.sync.lookback),
+                ("sync.max_lag", self.sync.max_lag),
+            ] {
+                if d.is_zero() {
+                    return Err(invalid(key, "must be greater than zero"));
+                }
+            }
+            if self.sync.min_interval > self.sync.interval {
+                return Err(invalid("sync.min_interval", "must not exceed sync.interval"));
+            }
+            if self.sync.max_lag < self.sync.interval {
+                return Err(invalid("sync.max_lag", "must be at least sync.interval"));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
             return Err(invalid("telemetry.log_level", "not a valid tracing filter"));

@@ -16,6 +16,7 @@
 //! * [`budget`]: the quota-exact scheduler ([`budget::Budget`]; sliding windows in
 //!   [`budget::ledger`]).
 //! * [`upstream`]: the Defender HTTP client; [`token`]: its Entra ID access token.
+//! * [`sync`]: (optional) follows the List API's changes so cached incidents stay current.
 //!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
 //! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`], [`app`]
@@ -38,6 +39,7 @@ pub mod proxy;
 pub mod route;
 pub mod routes;
 pub mod simulator;
+pub mod sync;
 pub mod target;
 pub mod telemetry;
 pub mod token;

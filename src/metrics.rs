@@ -55,6 +55,11 @@ pub struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: &'static str,
 }
@@ -81,6 +86,10 @@ pub struct Metrics {
     pub frozen_seconds: Family<RouteLabels, FGauge>,
     pub token_expiry: Gauge,
     pub token_refresh_failures: Family<CodeLabels, Counter>,
+    pub sync_runs: Family<ResultLabels, Counter>,
+    pub sync_refreshed: Counter,
+    pub sync_list_calls: Counter,
+    pub sync_lag: FGauge,
 }
 
 /// Histogram families with explicit buckets (never summaries: those cannot be aggregated).
@@ -212,6 +221,31 @@ impl Metrics {
             "Failed token requests, by the token endpoint's error code",
             token_refresh_failures.clone(),
         );
+        let sync_runs = Family::default();
+        registry.register(
+            "sync_runs",
+            "Incident sync runs, by result (ok or why it did not complete)",
+            sync_runs.clone(),
+        );
+        let sync_refreshed = Counter::default();
+        registry.register(
+            "sync_incidents_refreshed",
+            "Incidents written into the cache by the sync",
+            sync_refreshed.clone(),
+        );
+        let sync_list_calls = Counter::default();
+        registry.register(
+            "sync_list_calls",
+            "List calls spent by the incident sync",
+            sync_list_calls.clone(),
+        );
+        let sync_lag = FGauge::default();
+        registry.register_with_unit(
+            "sync_watermark_lag",
+            "Time since the start of the last complete sync run (what cached incidents are confirmed up to)",
+            Unit::Seconds,
+            sync_lag.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -238,7 +272,15 @@ impl Metrics {
             frozen_seconds,
             token_expiry,
             token_refresh_failures,
+            sync_runs,
+            sync_refreshed,
+            sync_list_calls,
+            sync_lag,
         }
+    }
+
+    pub fn sync_run(&self, result: &'static str) {
+        self.sync_runs.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn cache_lookup(&self, kind: &'static str, result: &'static str) {

@@ -21,6 +21,7 @@ use crate::{
     metrics::{RejectLabels, RouteLabels, UpstreamLabels},
     odata::ListQuery,
     route::RouteKind,
+    sync::{SyncError, SyncState},
     target::Directives,
     upstream::{self, Upstream, UpstreamError},
     Metrics,
@@ -139,6 +140,13 @@ pub struct Ctx {
     pub wait: Duration,
 }
 
+/// A servable entry's remaining freshness and its age (seconds since it was last known current).
+#[derive(Debug, Clone, Copy)]
+struct Fresh {
+    ttl_left: Duration,
+    age: Duration,
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     key: Key,
@@ -154,6 +162,8 @@ pub struct Proxy {
     upstream: Upstream,
     flights: Flights<FlightKey, Outcome>,
     metrics: Arc<Metrics>,
+    /// When the incident sync runs: its confirmations extend incidents' freshness.
+    sync: Option<Arc<SyncState>>,
 }
 
 fn json_content_type() -> HeaderValue {
@@ -183,6 +193,7 @@ impl Proxy {
         budget: Arc<dyn Budget>,
         upstream: Upstream,
         metrics: Arc<Metrics>,
+        sync: Option<Arc<SyncState>>,
     ) -> Proxy {
         Proxy {
             cache_config,
@@ -191,7 +202,16 @@ impl Proxy {
             upstream,
             flights: Flights::default(),
             metrics,
+            sync,
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn sync(&self) -> Option<&Arc<SyncState>> {
+        self.sync.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -206,15 +226,15 @@ impl Proxy {
         &self.upstream
     }
 
-    fn hit(entry: &Entry, fresh_for: Duration, now: Instant) -> Answer {
+    fn hit(entry: &Entry, fresh: Fresh) -> Answer {
         Answer {
             status: entry.status,
             body: entry.body.clone(),
             content_type: entry.content_type.clone(),
             cache: CacheResult::Hit {
-                ttl: fresh_for.as_secs(),
+                ttl: fresh.ttl_left.as_secs(),
             },
-            age: Some(entry.age(now)),
+            age: Some(fresh.age),
             budget: None,
             queued: Duration::ZERO,
             upstream_status: None,
@@ -234,17 +254,43 @@ impl Proxy {
         }
     }
 
+    /// Whether `entry` may be served without asking the upstream, and its age.
+    ///
+    /// An incident is current as of the later of its fetch and the sync's last complete run (if
+    /// the sync's unbroken chain of runs covers the fetch). While the sync is healthy it is served
+    /// for up to `sync.max_entry_age`; otherwise for `cache.ttl` from that point.
+    fn freshness(&self, key: &Key, entry: &Entry, now: Instant) -> Option<Fresh> {
+        let mut as_of = entry.stored_at;
+        if let (Key::Incident(_), Some(sync)) = (key, &self.sync) {
+            if let Some(c) = sync.confirmation(now).filter(|c| entry.stored_at >= c.chain_start) {
+                as_of = as_of.max(c.at);
+                let age = now.saturating_duration_since(as_of);
+                if c.healthy && entry.age(now) < sync.max_entry_age() {
+                    return Some(Fresh {
+                        ttl_left: entry.ttl.saturating_sub(age),
+                        age,
+                    });
+                }
+            }
+        }
+        let age = now.saturating_duration_since(as_of);
+        (age < entry.ttl).then(|| Fresh {
+            ttl_left: entry.ttl - age,
+            age,
+        })
+    }
+
     /// A fresh cached answer the caller accepts, if any.
     fn lookup(&self, key: &Key, directives: &Directives, now: Instant) -> Option<Answer> {
         if directives.no_cache {
             return None;
         }
         let entry = self.store.get(key)?;
-        let fresh_for = entry.fresh_for(now)?;
-        if directives.max_age.is_some_and(|max| entry.age(now).as_secs() > max) {
+        let fresh = self.freshness(key, &entry, now)?;
+        if directives.max_age.is_some_and(|max| fresh.age.as_secs() > max) {
             return None;
         }
-        Some(Self::hit(&entry, fresh_for, now))
+        Some(Self::hit(&entry, fresh))
     }
 
     /// `GET /api/incidents/{id}`.
@@ -322,12 +368,14 @@ impl Proxy {
             .filter(|e| e.usable_stale(now, self.cache_config.stale_if_error));
         if !fk.forced {
             // A flight that finished between the caller's lookup and this one may have stored it.
-            if let Some(fresh_for) = cached.as_ref().and_then(|e| e.fresh_for(now)) {
-                return Ok(Self::hit(cached.as_ref().expect("checked"), fresh_for, now));
+            if let Some(entry) = &cached {
+                if let Some(fresh) = self.freshness(&fk.key, entry, now) {
+                    return Ok(Self::hit(entry, fresh));
+                }
             }
         }
         // With an expired copy at hand, do not queue: serve it instead of waiting (stale-if-error).
-        let stale = cached.filter(|e| e.fresh_for(now).is_none());
+        let stale = cached.filter(|e| self.freshness(&fk.key, e, now).is_none());
         let wait = if stale.is_some() { Duration::ZERO } else { ctx.wait };
         let grant = match self.acquire(route, wait).await {
             Ok(g) => g,
@@ -382,7 +430,7 @@ impl Proxy {
             StatusCode::OK => {
                 let last_update = match &fk.key {
                     Key::Incident(id) => self.check_incident(*id, &resp.body),
-                    Key::List(_) => self.spread_list(&resp.body, now),
+                    Key::List(_) => self.spread_list(&resp.body, now).map(|_| None),
                 };
                 let Some(last_update) = last_update else {
                     return match &stale {
@@ -447,7 +495,8 @@ impl Proxy {
 
     /// Every incident in a list answer refreshes its own cache entry when it is at least as new,
     /// so a tool that lists then fetches each incident spends one call, not N+1.
-    fn spread_list(&self, body: &[u8], now: Instant) -> Option<Option<i128>> {
+    /// Returns how many incidents the page held.
+    fn spread_list(&self, body: &[u8], now: Instant) -> Option<usize> {
         #[derive(Deserialize)]
         struct Page<'a> {
             #[serde(borrow)]
@@ -460,6 +509,7 @@ impl Proxy {
                 return None;
             }
         };
+        let n = page.value.len();
         for raw in page.value {
             let Ok(probe) = serde_json::from_str::<IncidentProbe>(raw.get()) else {
                 continue;
@@ -472,7 +522,7 @@ impl Proxy {
                 now,
             );
         }
-        Some(None)
+        Some(n)
     }
 
     /// Replaces an incident's entry unless the cached one is known to be newer.
@@ -579,6 +629,34 @@ impl Proxy {
         let mut answer = self.non_success(route, resp, None, budget)?;
         answer.cache = CacheResult::Bypass { status: Some(status) };
         Ok(answer)
+    }
+
+    /// One page of the incident sync's change set, written into the per-id cache. Takes a List
+    /// slot only if one is free right now: the sync never queues in front of callers.
+    pub(crate) async fn sync_page(&self, since: &str, skip: u64, top: usize) -> Result<usize, SyncError> {
+        let route = RouteKind::ListIncidents;
+        match self.budget.acquire(route, Duration::ZERO).await {
+            Ok(_) => {}
+            Err(Refusal::Closed) | Err(Refusal::Throttled { .. }) => return Err(SyncError::NoSlot),
+        }
+        let req = upstream::Request {
+            method: Method::GET,
+            path_and_query: format!("/api/incidents?$filter=lastUpdateTime%20ge%20{since}&$top={top}&$skip={skip}"),
+            body: None,
+            accept: None,
+            request_id: format!("sync-{}", uuid::Uuid::new_v4()),
+        };
+        let resp = self
+            .call_upstream(route, &req, Duration::ZERO, true)
+            .await
+            .map_err(|e| SyncError::Failed(e.label().into()))?;
+        if resp.status != StatusCode::OK {
+            let status = resp.status.as_u16();
+            // Throttling freezes the route for callers too; anything else is only the sync's problem.
+            let _ = self.non_success(route, resp, None, None);
+            return Err(SyncError::Upstream(status));
+        }
+        self.spread_list(&resp.body, Instant::now()).ok_or(SyncError::BadPage)
     }
 
     /// Waits for a budget slot; a refusal becomes the caller's 429 (or 503 on shutdown).

@@ -311,6 +311,10 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             .get_or_create(&labels)
             .set(status.frozen_for.map_or(0.0, |d| d.as_secs_f64()));
     }
+    if let Some(sync) = proxy.sync() {
+        m.sync_lag
+            .set(sync.status(Instant::now()).lag_seconds.unwrap_or(f64::NAN));
+    }
     let usage = proxy.store().usage();
     m.cache_entries.set(usage.entries as i64);
     m.cache_bytes.set(usage.bytes as i64);
@@ -365,11 +369,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     let ready = accepting && token;
+    let sync = state.proxy.sync().map(|s| s.status(Instant::now()));
     let body = serde_json::json!({
         "ready": ready,
         "accepting": accepting,
         "upstream_token": if token { "ok" } else { "unavailable" },
         "frozen_routes": frozen,
+        "sync": sync,
     });
     let status = if ready {
         StatusCode::OK

@@ -1,0 +1,301 @@
+//! The incident sync against the simulator: changes reach the cache without Get calls, new
+//! incidents are prefetched, failures fall back to the TTL and recover, the sync keeps to its
+//! share, and no change is missed while updates land during paging.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{quota, spawn_app_with, TestApp};
+use defender_proxy::{
+    config::{Config, QuotaConfig},
+    simulator::{FaultKind, FaultRule, Faults, SimConfig},
+};
+
+fn sync_on(c: &mut Config) {
+    c.sync.enabled = true;
+    c.sync.interval = Duration::from_millis(500);
+    c.sync.min_interval = Duration::from_millis(500);
+    c.sync.overlap = Duration::from_secs(2);
+    c.sync.max_lag = Duration::from_secs(2);
+}
+
+fn list_quota(c: &mut Config, limit: u32, secs: u64) {
+    c.budget.routes.get_mut("list_incidents").unwrap().quotas = vec![QuotaConfig {
+        limit,
+        window: Duration::from_secs(secs),
+    }];
+}
+
+fn small_sim() -> SimConfig {
+    SimConfig {
+        incidents: 2_000,
+        ..SimConfig::default()
+    }
+}
+
+async fn readyz(app: &TestApp) -> serde_json::Value {
+    app.admin_get("/readyz").await.json().await.unwrap()
+}
+
+/// Waits (bounded) until `check` holds, polling every 50 ms.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn sync_healthy(app: &TestApp) -> bool {
+    readyz(app).await["sync"]["healthy"] == true
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.admin_get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn cached_last_update(app: &TestApp, id: i64) -> Option<String> {
+    let r = app
+        .get(&format!("/api/incidents/{id}"))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    if r.status() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["lastUpdateTime"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_served_fresh_within_one_interval_without_a_get_call() {
+    let app = spawn_app_with(small_sim(), sync_on).await;
+    eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
+    let id = app.existing_id(5);
+    assert_eq!(
+        app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(),
+        200
+    );
+    let gets = app.calls("get");
+    let changed = app.sim.touch(id).unwrap();
+    let started = Instant::now();
+    eventually("the change reaches the cache", Duration::from_secs(5), || async {
+        cached_last_update(&app, id).await.as_deref() == Some(changed.as_str())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "within about one interval: {:?}",
+        started.elapsed()
+    );
+    let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
+    assert!(r.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    let age: u64 = r.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(
+        age <= 2,
+        "Age counts from the last confirming sync, not the fetch: {age}"
+    );
+    assert_eq!(app.calls("get"), gets, "no Get call was spent on the change");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_incidents_are_cached_before_anyone_asks() {
+    let app = spawn_app_with(small_sim(), sync_on).await;
+    eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
+    let id = app.sim.create_incident();
+    eventually("the new incident is prefetched", Duration::from_secs(5), || async {
+        cached_last_update(&app, id).await.is_some()
+    })
+    .await;
+    assert_eq!(app.calls("get"), 0);
+    assert!(metric(&app, "defender_proxy_sync_list_calls_total").await >= 2.0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_fall_back_to_the_ttl_and_the_sync_recovers() {
+    let app = spawn_app_with(small_sim(), |c| {
+        sync_on(c);
+        c.cache.ttl = Duration::from_secs(1);
+    })
+    .await;
+    eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
+    let id = app.existing_id(7);
+    let path = format!("/api/incidents/{id}");
+    app.get(&path).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = app.get(&path).send().await.unwrap();
+    assert!(
+        r.headers()["cache-status"].to_str().unwrap().contains("hit"),
+        "kept fresh past its 1 s TTL by the sync"
+    );
+    let gets = app.calls("get");
+    app.sim.set_faults(Faults {
+        rules: vec![FaultRule {
+            route: Some("list".into()),
+            kind: FaultKind::Status { code: 503 },
+            count: None,
+            probability: 1.0,
+        }],
+    });
+    eventually("the sync is reported unhealthy", Duration::from_secs(6), || async {
+        !sync_healthy(&app).await
+    })
+    .await;
+    let status = readyz(&app).await;
+    assert!(
+        status["sync"]["last_error"].as_str().unwrap().contains("503"),
+        "{status}"
+    );
+    assert!(metric(&app, "defender_proxy_sync_runs_total{result=\"upstream_status\"}").await >= 1.0);
+    // Fallen back to the TTL: an entry last confirmed over a second ago is fetched again.
+    let r = app.get(&path).send().await.unwrap();
+    assert!(!r.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    assert_eq!(app.calls("get"), gets + 1);
+    app.sim.set_faults(Faults::default());
+    eventually("the sync recovers", Duration::from_secs(6), || sync_healthy(&app)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = app.get(&path).send().await.unwrap();
+    assert!(
+        r.headers()["cache-status"].to_str().unwrap().contains("hit"),
+        "fresh again through the sync"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_keeps_to_its_share_while_callers_saturate_the_list_quota() {
+    let mut sim = small_sim();
+    sim.quotas.list = vec![quota(20, 2)];
+    let app = spawn_app_with(sim, |c| {
+        sync_on(c);
+        list_quota(c, 20, 2);
+        c.sync.max_share = 0.25; // at most 5 calls per 2 s
+    })
+    .await;
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for w in 0..8 {
+        let req_base = app.url("/api/incidents");
+        let (client, key) = (app.client.clone(), app.key.clone());
+        callers.push(tokio::spawn(async move {
+            let mut ok = 0u32;
+            let mut n = 0u32;
+            while started.elapsed() < Duration::from_secs(5) {
+                n += 1;
+                let url = format!("{req_base}?$top={}&$skip={}", 1 + w, n);
+                let r = client
+                    .get(url)
+                    .bearer_auth(&key)
+                    .header("prefer", "wait=0")
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 200 {
+                    ok += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            ok
+        }));
+    }
+    let mut served = 0;
+    for c in callers {
+        served += c.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let sync_calls = metric(&app, "defender_proxy_sync_list_calls_total").await;
+    let stats = app.stats();
+    assert_eq!(stats.calls["list"].throttled, 0);
+    common::assert_windows(&stats.calls["list"].at_ms, 20, 2_000);
+    let allowed = 5.0 * (elapsed / 2.0).ceil() + 5.0;
+    assert!(
+        sync_calls <= allowed,
+        "sync spent {sync_calls} list calls in {elapsed:.1} s (share allows {allowed})"
+    );
+    assert!(
+        served as f64 >= stats.calls["list"].total as f64 - sync_calls - 1.0,
+        "callers got the rest"
+    );
+    assert!(served > 20, "callers were not starved: {served}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_change_is_missed_while_updates_land_during_paging() {
+    let mut sim = small_sim();
+    sim.quotas.list = vec![quota(10_000, 60)];
+    let app = spawn_app_with(sim, |c| {
+        sync_on(c);
+        list_quota(c, 10_000, 60);
+        c.sync.max_share = 1.0;
+    })
+    .await;
+    eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
+    // Slow pages (100 ms each), so that runs take long enough for changes to land mid-run.
+    app.sim.set_faults(Faults {
+        rules: vec![FaultRule {
+            route: Some("list".into()),
+            kind: FaultKind::Latency { ms: 100 },
+            count: None,
+            probability: 1.0,
+        }],
+    });
+    // About 2.5 s of changes over the whole id range: each sync run pages through several
+    // hundred changed incidents while more changes land.
+    let sim = app.sim.clone();
+    let toucher = tokio::spawn(async move {
+        // 600 distinct ids (7919 is prime to 2000), one change every few milliseconds.
+        for i in 1..=600i64 {
+            let _ = sim.touch(1 + (i * 7919) % 2000);
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+    });
+    toucher.await.unwrap();
+    let runs = metric(&app, "defender_proxy_sync_runs_total{result=\"ok\"}").await;
+    eventually(
+        "two complete runs after the last change",
+        Duration::from_secs(10),
+        || async { metric(&app, "defender_proxy_sync_runs_total{result=\"ok\"}").await >= runs + 2.0 },
+    )
+    .await;
+    let stats = app.stats();
+    assert!(
+        stats.calls["list"].total > 10,
+        "several pages were listed: {}",
+        stats.calls["list"].total
+    );
+    let mut changed: Vec<i64> = stats.changes.iter().map(|c| c.id).collect();
+    changed.sort();
+    changed.dedup();
+    assert!(changed.len() > 500, "{} incidents changed", changed.len());
+    for id in changed {
+        let truth = app.sim.incident_json(id).unwrap()["lastUpdateTime"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let cached = cached_last_update(&app, id).await;
+        assert_eq!(
+            cached.as_deref(),
+            Some(truth.as_str()),
+            "incident {id}: the cache missed a change"
+        );
+    }
+    assert_eq!(app.calls("get"), 0);
+    app.stop().await;
+}
