@@ -265,7 +265,7 @@ impl Default for SyncConfig {
             interval: Duration::from_secs(15),
             min_interval: Duration::from_secs(5),
             lookback: Duration::from_secs(24 * 3600),
-            overlap: Duration::from_secs(30),
+            overlap: Duration::from_secs(10),
             max_share: 0.25,
             max_entry_age: Duration::from_secs(24 * 3600),
             max_lag: Duration::from_secs(45),

@@ -175,13 +175,19 @@ pub async fn run(proxy: Arc<Proxy>, state: Arc<SyncState>) {
     let list = crate::route::RouteKind::ListIncidents;
     let quotas: Vec<Quota> = proxy.budget().status(list).windows.iter().map(|w| w.quota).collect();
     let mut share = share_ledger(&quotas, state.config.max_share);
+    // The fastest pace the share sustains with one page per run (e.g. 375 per hour: 9.6 s).
+    let sustainable = share
+        .quotas()
+        .map(|q| q.length / q.limit.max(1))
+        .max()
+        .unwrap_or_default();
     let mut delay = Duration::ZERO;
     loop {
         tokio::time::sleep(delay).await;
         let started = Instant::now();
         let started_wall = OffsetDateTime::now_utc();
         let since = format_time(state.since(started_wall));
-        let result = run_once(&proxy, &mut share, &since).await;
+        let result = run_once(&proxy, &mut share, &since, state.config.interval).await;
         let metrics = proxy.metrics();
         match result {
             Ok((pages, refreshed)) => {
@@ -196,8 +202,8 @@ pub async fn run(proxy: Arc<Proxy>, state: Arc<SyncState>) {
                 tracing::warn!(%since, error = %e, "incident sync incomplete; entries fall back to their TTL if it stays so");
             }
         }
-        // Poll faster while the List quota is slack: every window at least half free, and the
-        // sync's own share has room.
+        // Poll faster while the List quota is slack (every window at least half free), but never
+        // faster than the sync's own share can sustain.
         let slack = proxy
             .budget()
             .status(list)
@@ -205,21 +211,34 @@ pub async fn run(proxy: Arc<Proxy>, state: Arc<SyncState>) {
             .iter()
             .all(|w| u64::from(w.remaining) * 2 >= u64::from(w.quota.limit));
         let now = Instant::now();
-        delay = if slack && share.next_slot(now) <= now {
-            state.config.min_interval
+        let interval = state.config.interval;
+        delay = if slack {
+            state.config.min_interval.max(sustainable).min(interval)
         } else {
-            state.config.interval
+            interval
         };
         delay = delay.saturating_sub(now - started);
     }
 }
 
-/// Lists every page of the change set; returns (pages, incidents written).
-async fn run_once(proxy: &Proxy, share: &mut Ledger, since: &str) -> Result<(u32, usize), SyncError> {
+/// Lists every page of the change set; returns (pages, incidents written). Waits for the share
+/// to allow the next page if that is less than `patience` away.
+async fn run_once(
+    proxy: &Proxy,
+    share: &mut Ledger,
+    since: &str,
+    patience: Duration,
+) -> Result<(u32, usize), SyncError> {
     let mut skip = 0u64;
     let mut pages = 0;
     let mut refreshed = 0;
     loop {
+        let now = Instant::now();
+        let slot = share.next_slot(now);
+        if slot - now > patience {
+            return Err(SyncError::Share);
+        }
+        tokio::time::sleep_until(slot).await;
         if !share.try_now(Instant::now()) {
             return Err(SyncError::Share);
         }

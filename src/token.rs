@@ -174,7 +174,22 @@ const EXPIRY_SKEW: Duration = Duration::from_secs(30);
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
+    #[serde(deserialize_with = "seconds")]
     expires_in: u64,
+}
+
+/// `expires_in` is a number in the v2.0 endpoint's answers, a string in some older ones.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Secs {
+        Number(u64),
+        Text(String),
+    }
+    match Secs::deserialize(d)? {
+        Secs::Number(n) => Ok(n),
+        Secs::Text(t) => t.trim().parse().map_err(serde::de::Error::custom),
+    }
 }
 
 #[derive(Deserialize)]
@@ -412,4 +427,27 @@ fn without_url(e: reqwest::Error) -> String {
         "request failed"
     };
     kind.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_answers_with_numeric_or_string_lifetimes() {
+        let a: TokenAnswer =
+            serde_json::from_str(r#"{"token_type":"Bearer","expires_in":3599,"access_token":"x"}"#).unwrap();
+        assert_eq!(a.expires_in, 3599);
+        let a: TokenAnswer = serde_json::from_str(r#"{"expires_in":"3599","access_token":"x"}"#).unwrap();
+        assert_eq!(a.expires_in, 3599);
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let t = Token {
+            secret: SecretString::from("very-secret-token".to_string()),
+            generation: 3,
+        };
+        assert!(!format!("{t:?}").contains("very-secret"));
+    }
 }
