@@ -23,6 +23,9 @@ const ACTIVE: usize = 300;
 const PERIOD: Duration = Duration::from_secs(30);
 const CHANGE_EVERY: Duration = Duration::from_secs(1);
 
+/// Every version of each active incident, with the time it was made.
+type History = Arc<Mutex<HashMap<i64, Vec<(String, Instant)>>>>;
+
 struct Answer {
     at: Instant,
     id: i64,
@@ -71,7 +74,7 @@ async fn run(sync: bool, minutes: f64) -> anyhow::Result<Row> {
     let mut ids: Vec<i64> = (1..=2_000).collect();
     ids.shuffle(&mut rng);
     ids.truncate(ACTIVE);
-    let changes: Arc<Mutex<HashMap<i64, Vec<(String, Instant)>>>> = Arc::default();
+    let changes: History = Arc::default();
     for &id in &ids {
         let v = sim.touch(id).expect("id exists");
         changes.lock().unwrap().entry(id).or_default().push((v, Instant::now()));
