@@ -37,7 +37,7 @@ const INCIDENT_FRACTION_DIGITS: usize = 9;
 const ECHO_LIMIT: usize = 64;
 
 /// Valid values of the `status` field.
-pub const STATUS_VALUES: [&str; 4] = ["Active", "Resolved", "InProgress", "Redirected"];
+pub const STATUS_VALUES: [&str; 4] = crate::route::STATUSES;
 
 /// Bytes left unescaped in the canonical `$filter` value: RFC 3986 unreserved characters plus a
 /// few that are legal in a query and keep the upstream URL readable. `+`, `&`, `=`, `#` and `%`
@@ -331,6 +331,13 @@ impl Literal {
 }
 
 /// Prints `YYYY-MM-DDTHH:MM:SS[.fffffff]Z` in UTC; the fraction is omitted when zero.
+/// The canonical form of a timestamp: UTC, `YYYY-MM-DDTHH:MM:SS[.fffffff]Z`.
+pub fn format_datetime(t: OffsetDateTime) -> String {
+    let mut out = String::new();
+    write_datetime(t, &mut out);
+    out
+}
+
 fn write_datetime(t: OffsetDateTime, out: &mut String) {
     let t = t.to_offset(UtcOffset::UTC);
     let _ = write!(

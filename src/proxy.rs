@@ -147,6 +147,19 @@ struct Fresh {
     age: Duration,
 }
 
+impl Ctx {
+    /// The upstream request for this caller: only `Accept` and the request id are carried over.
+    fn request(&self, method: Method, path_and_query: String, body: Option<Bytes>) -> upstream::Request {
+        upstream::Request {
+            method,
+            path_and_query,
+            body,
+            accept: self.accept.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     key: Key,
@@ -386,13 +399,7 @@ impl Proxy {
                 };
             }
         };
-        let req = upstream::Request {
-            method: Method::GET,
-            path_and_query: path,
-            body: None,
-            accept: ctx.accept.clone(),
-            request_id: ctx.request_id.clone(),
-        };
+        let req = ctx.request(Method::GET, path, None);
         let result = self.call_upstream(route, &req, ctx.wait, true).await;
         let budget = Some((route, self.budget.status(route).windows));
         let now = Instant::now();
@@ -555,13 +562,7 @@ impl Proxy {
         let route = RouteKind::UpdateIncident;
         let key = Key::Incident(id);
         let queued = self.acquire(route, ctx.wait).await?;
-        let req = upstream::Request {
-            method: Method::PATCH,
-            path_and_query: format!("/api/incidents/{id}"),
-            body: Some(body),
-            accept: ctx.accept.clone(),
-            request_id: ctx.request_id.clone(),
-        };
+        let req = ctx.request(Method::PATCH, format!("/api/incidents/{id}"), Some(body));
         let result = self.call_upstream(route, &req, ctx.wait, false).await;
         let budget = Some((route, self.budget.status(route).windows));
         let now = Instant::now();

@@ -1,7 +1,7 @@
 //! The upstream routes the proxy forwards, as data: their names (used for quotas in config, in
 //! metrics and in logs), methods, and whether a call changes state.
 //!
-//! Nothing outside this table is ever forwarded. Adding an upstream flavour (say the Graph
+//! Also the documented vocabulary of an update body. Nothing outside this table is ever forwarded. Adding an upstream flavour (say the Graph
 //! security API) means another table and another path parser, not changes in the budget or cache.
 
 use http::Method;
@@ -44,6 +44,26 @@ pub const ROUTES: [RouteSpec; 3] = [
         method: Method::PATCH,
         writes: true,
     },
+];
+
+/// The documented values of an incident's `status`.
+pub const STATUSES: [&str; 4] = ["Active", "Resolved", "InProgress", "Redirected"];
+/// The values an update may set `classification` to.
+pub const CLASSIFICATIONS: [&str; 3] = ["TruePositive", "InformationalExpectedActivity", "FalsePositive"];
+/// The values an update may set `determination` to.
+pub const DETERMINATIONS: [&str; 12] = [
+    "MultiStagedAttack",
+    "MaliciousUserActivity",
+    "CompromisedAccount",
+    "Malware",
+    "Phishing",
+    "UnwantedSoftware",
+    "Other",
+    "SecurityTesting",
+    "LineOfBusinessApplication",
+    "ConfirmedActivity",
+    "Clean",
+    "NoEnoughDataToValidate",
 ];
 
 impl RouteKind {

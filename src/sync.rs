@@ -146,16 +146,7 @@ impl SyncState {
 
 /// `2024-05-01T10:11:12Z`: whole seconds, rounded down (the overlap covers the rest).
 fn format_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::odata::format_datetime(t.replace_nanosecond(0).unwrap_or(t))
 }
 
 /// The sync's own cap: each List quota scaled by `max_share` (at least one call per window).
@@ -301,14 +292,14 @@ mod tests {
         s.succeeded(now, wall);
         assert_eq!(
             s.since(wall),
-            wall - Duration::from_secs(30),
+            wall - SyncConfig::default().overlap,
             "then from the last start minus the overlap"
         );
         assert!(s.confirmation(now).unwrap().healthy);
         s.failed(&SyncError::NoSlot);
         assert_eq!(
             s.since(wall),
-            wall - Duration::from_secs(30),
+            wall - SyncConfig::default().overlap,
             "a failure does not move the watermark"
         );
         tokio::time::advance(Duration::from_secs(46)).await;

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use http::{header, HeaderMap, Method};
 
-use crate::{error::ApiError, route::RouteKind};
+use crate::{
+    error::ApiError,
+    route::{self, RouteKind},
+};
 
 /// A parsed API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,29 +268,10 @@ mod tests {
 
 /// Fields of an update (PATCH) body and their allowed values (`None`: any string).
 const UPDATE_FIELDS: [(&str, Option<&[&str]>); 4] = [
-    ("status", Some(&["Active", "Resolved", "InProgress", "Redirected"])),
+    ("status", Some(&route::STATUSES)),
     ("assignedTo", None),
-    (
-        "classification",
-        Some(&["TruePositive", "InformationalExpectedActivity", "FalsePositive"]),
-    ),
-    (
-        "determination",
-        Some(&[
-            "MultiStagedAttack",
-            "MaliciousUserActivity",
-            "CompromisedAccount",
-            "Malware",
-            "Phishing",
-            "UnwantedSoftware",
-            "Other",
-            "SecurityTesting",
-            "LineOfBusinessApplication",
-            "ConfirmedActivity",
-            "Clean",
-            "NoEnoughDataToValidate",
-        ]),
-    ),
+    ("classification", Some(&route::CLASSIFICATIONS)),
+    ("determination", Some(&route::DETERMINATIONS)),
 ];
 
 /// Checks a PATCH body against the documented update fields before any quota is spent.

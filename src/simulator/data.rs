@@ -85,22 +85,8 @@ impl IncidentState {
     }
 }
 
-pub(crate) const STATUSES: &[&str] = &["Active", "Resolved", "InProgress", "Redirected"];
-pub(crate) const CLASSIFICATIONS: &[&str] = &["TruePositive", "InformationalExpectedActivity", "FalsePositive"];
-pub(crate) const DETERMINATIONS: &[&str] = &[
-    "MultiStagedAttack",
-    "MaliciousUserActivity",
-    "CompromisedAccount",
-    "Malware",
-    "Phishing",
-    "UnwantedSoftware",
-    "Other",
-    "SecurityTesting",
-    "LineOfBusinessApplication",
-    "ConfirmedActivity",
-    "Clean",
-    "NoEnoughDataToValidate",
-];
+// The documented vocabulary is shared with the proxy: both follow the same API description.
+pub(crate) use crate::route::{CLASSIFICATIONS, DETERMINATIONS, STATUSES};
 
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -108,9 +108,9 @@ pub(crate) fn parse_update(body: &[u8]) -> Result<Update, String> {
     let mut update = Update::default();
     for (key, v) in obj {
         match key.as_str() {
-            "status" => update.status = Some(one_of(key, v, STATUSES)?),
-            "classification" => update.classification = Some(one_of(key, v, CLASSIFICATIONS)?),
-            "determination" => update.determination = Some(one_of(key, v, DETERMINATIONS)?),
+            "status" => update.status = Some(one_of(key, v, &STATUSES)?),
+            "classification" => update.classification = Some(one_of(key, v, &CLASSIFICATIONS)?),
+            "determination" => update.determination = Some(one_of(key, v, &DETERMINATIONS)?),
             "assignedTo" => {
                 update.assigned_to = Some(match v {
                     serde_json::Value::Null => None,
