@@ -121,6 +121,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains within the grace period.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (api_addr, admin_addr) = (self.api_addr(), self.admin_addr());
         let Application {
             config,
             api,
@@ -152,7 +153,7 @@ impl Application {
             grace,
         ));
         tracing::info!(
-            api = %config.server.listen, admin = %config.server.admin_listen,
+            api = %api_addr, admin = %admin_addr,
             upstream = %config.upstream.base_url, "defender-proxy serving"
         );
         shutdown.await;
