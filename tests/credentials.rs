@@ -226,6 +226,42 @@ async fn a_wrong_secret_means_not_ready_and_a_logged_error_code_then_rotation_fi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_credential_gets_tokens_with_a_signed_client_assertion() {
+    capture_logs();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let thumbprint = std::fs::read_to_string(fixtures.join("test-client-cert.sha1")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = Simulator::start(sim_config(), listener).await.unwrap();
+    let key = auth::generate_key();
+    let mut c = test_config();
+    c.upstream.base_url = sim.base_url();
+    c.token.authority = sim.base_url();
+    c.token.tenant_id = SimConfig::default().tenant_id;
+    c.token.client_id = SimConfig::default().client_id;
+    // No secret anywhere: only the certificate's private key.
+    c.token.client_certificate_key_file = Some(fixtures.join("test-client-key.pem"));
+    c.token.client_certificate_thumbprint = Some(thumbprint.trim().to_string());
+    c.auth.consumers.insert(
+        "t".into(),
+        ConsumerConfig {
+            key_hashes: vec![auth::hash_key(&key)],
+            rights: vec![Right::Read],
+        },
+    );
+    c.validate().unwrap();
+    let app = common::start(c, sim, key).await;
+    let r = app
+        .get(&format!("/api/incidents/{}", app.existing_id(3)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stats = app.stats();
+    assert_eq!((stats.token_requests, stats.token_failures), (1, 0));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_callers_see_nothing_even_on_a_warm_cache() {
     capture_logs();
     let app = spawn_app_with(sim_config(), |_| {}).await;
