@@ -140,9 +140,20 @@ impl Upstream {
         }
         let mut resp = builder.send().await.map_err(classify)?;
         let status = resp.status();
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(0).min(1 << 20) as usize);
+        // hyper parses header values as slices of its read buffer: a clone would keep that whole
+        // buffer (often the body too) alive for as long as the cache holds the value. Copy them.
+        let owned = |v: &HeaderValue| HeaderValue::from_bytes(v.as_bytes()).ok();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(owned);
+        let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(owned);
+        // Size the buffer from the header: reqwest's own `content_length()` is not always known
+        // through its body wrappers, and a buffer grown by doubling would keep up to twice the
+        // body's size alive in the cache.
+        let declared = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .or(resp.content_length().map(|n| n as usize));
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(MAX_UPSTREAM_BODY));
         while let Some(chunk) = resp.chunk().await.map_err(classify)? {
             if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
                 return Err(UpstreamError::TooLarge);

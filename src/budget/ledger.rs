@@ -197,15 +197,18 @@ impl Ledger {
             .iter()
             .map(|w| {
                 let limit = w.quota.limit as usize;
-                let mut used = 0;
-                let mut oldest = None;
-                for &t in self.log.range(..committed).rev().take(limit) {
-                    if t + w.span <= now {
-                        break;
+                // Committed sends are sorted: the ones still in the window form a suffix.
+                let (mut lo, mut hi) = (0, committed);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if self.log[mid] + w.span <= now {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
                     }
-                    used += 1;
-                    oldest = Some(t);
                 }
+                let used = (committed - lo).min(limit);
+                let oldest = (used > 0).then(|| self.log[committed - used]);
                 let spent = (used + self.queued).min(limit);
                 WindowStatus {
                     quota: w.quota,
