@@ -32,7 +32,8 @@ RESULTS="$BENCH/RESULTS.md"
 
 DURATION="${BENCH_DURATION:-10}"
 CONNECTIONS="${BENCH_CONNECTIONS:-1 64}"
-SCENARIOS="${BENCH_SCENARIOS:-hot zipf cold mixed startup}"
+SCENARIOS="${BENCH_SCENARIOS:-hot zipf cold mixed startup freshness}"
+FRESHNESS_MINUTES="${BENCH_FRESHNESS_MINUTES:-3}"  # per mode (with and without the sync)
 SEED="${BENCH_SEED:-42}"
 PORT_BASE="${BENCH_PORT_BASE:-18400}"
 RUN_CRITERION=1
@@ -84,6 +85,7 @@ CLIENT_SECRET="demo-secret"
 
 DPX="$ROOT/target/release/defender-proxy"
 BARE="$ROOT/target/release/examples/bare_hyper"
+FRESH="$ROOT/target/release/examples/freshness"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -185,7 +187,7 @@ ensure_tools() {
 build() {
     if [ "$BUILD" -eq 1 ]; then
         log "building defender-proxy and examples/bare_hyper (release)"
-        cargo build --release --locked --quiet --bin defender-proxy --example bare_hyper
+        cargo build --release --locked --quiet --bin defender-proxy --example bare_hyper --example freshness
     fi
     [ -x "$DPX" ] || die "$DPX is missing; run without --no-build"
     [ -x "$BARE" ] || die "$BARE is missing; run without --no-build"
@@ -730,6 +732,42 @@ EOF
     median=$(result startup defender-proxy | jq .median_first_200_ms)
     add_target "process start to first 200 < 100 ms" "median $median ms of $STARTUP_RUNS runs" \
         "$(awk -v m="$median" 'BEGIN { print (m < 100) ? "true" : "false" }')"
+}
+
+# The incident sync's scenario (issue 7): twenty tools each fetch the same 300 active incidents
+# every 30 s while one changes every second, with and without the sync. The driver
+# (examples/freshness.rs) runs the simulator and the proxy in one process, so it knows when each
+# version was replaced and computes the staleness of every answer.
+scenario_freshness() {
+    local out row callers upstream within quota
+    log "freshness: $FRESHNESS_MINUTES min without and $FRESHNESS_MINUTES min with the sync"
+    out=$("$FRESH" --minutes "$FRESHNESS_MINUTES" 2>"$OUT/freshness.err")
+    echo "$out" >"$OUT/freshness.md"
+    begin_section 60-freshness "Freshness for almost no quota: the incident sync" <<EOF
+Twenty tools each fetch the same 300 active incidents every 30 s (200 requests/s) while one of
+them changes every second; real quotas (Get 100/min, List 50/min), $FRESHNESS_MINUTES minutes per
+mode, default configuration otherwise (TTL 60 s; sync interval 15 s, at most 25% of List). The
+300 incidents all changed just before the start. Staleness of an answer: 0 if it served the
+version current when it arrived, else how long that version had already been replaced
+(\`cargo run --release --example freshness\`).
+
+$out
+
+Sync runs by result: $(grep -o 'result="[a-z_]*"} [0-9]*' "$OUT/freshness.err" | tr '\n' ' ')
+EOF
+    row=$(grep '^| with sync' <<<"$out" || true)
+    if [ -n "$row" ]; then
+        callers=$(awk -F'|' '{ gsub(/ /, "", $5); print $5 }' <<<"$row")
+        upstream=$(awk -F'|' '{ gsub(/ /, "", $9); print $9 }' <<<"$row")
+        within=$(awk -F'|' '{ split($12, a, "%"); gsub(/ /, "", a[1]); print a[1] }' <<<"$row")
+        quota=$(awk -F'|' '{ gsub(/[ %]/, "", $13); print $13 }' <<<"$row")
+        add_target "with the sync: zero 429s to callers and from the upstream" "$callers to callers, $upstream from upstream" \
+            "$([ "$callers" = 0 ] && [ "$upstream" = 0 ] && echo true || echo false)"
+        add_target "with the sync: staleness <= interval + 5 s for 99% of answers" "$within% of answers" \
+            "$(awk -v w="$within" 'BEGIN { print (w >= 99) ? "true" : "false" }')"
+        add_target "with the sync: under 10% of the Get quota spent" "$quota%" \
+            "$(awk -v q="$quota" 'BEGIN { print (q < 10) ? "true" : "false" }')"
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
