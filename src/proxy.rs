@@ -418,28 +418,14 @@ impl Proxy {
             }
         };
         let status = resp.status.as_u16();
-        let ok_or_404 = |stored: bool, body: Bytes, ct: HeaderValue| Answer {
-            status: resp.status,
-            body,
-            content_type: ct,
-            cache: CacheResult::Forwarded {
-                fwd: if fk.forced { "request" } else { "miss" },
-                status,
-                stored,
-                collapsed: false,
-            },
-            age: None,
-            budget: budget.clone(),
-            queued: grant,
-            upstream_status: Some(status),
-        };
-        match resp.status {
+        // What is stored, and for how long: 200s that pass their check, and 404s of incidents.
+        let (ttl, last_update) = match resp.status {
             StatusCode::OK => {
-                let last_update = match &fk.key {
+                let checked = match &fk.key {
                     Key::Incident(id) => self.check_incident(*id, &resp.body),
                     Key::List(_) => self.spread_list(&resp.body, now).map(|_| None),
                 };
-                let Some(last_update) = last_update else {
+                let Some(last_update) = checked else {
                     return match &stale {
                         Some(entry) => Ok(Self::stale(entry, Some(status), "stale-if-error", now)),
                         None => Err(Failure {
@@ -453,37 +439,37 @@ impl Proxy {
                     Key::Incident(_) => self.cache_config.ttl,
                     Key::List(_) => self.cache_config.list_ttl,
                 };
-                let ct = resp.content_type.clone().unwrap_or_else(json_content_type);
-                self.store.insert(
-                    fk.key.clone(),
-                    Arc::new(Entry {
-                        status: resp.status,
-                        body: resp.body.clone(),
-                        content_type: ct.clone(),
-                        stored_at: now,
-                        ttl,
-                        last_update,
-                    }),
-                );
-                Ok(ok_or_404(true, resp.body.clone(), ct))
+                (ttl, last_update)
             }
-            StatusCode::NOT_FOUND if matches!(fk.key, Key::Incident(_)) => {
-                let ct = resp.content_type.clone().unwrap_or_else(json_content_type);
-                self.store.insert(
-                    fk.key.clone(),
-                    Arc::new(Entry {
-                        status: resp.status,
-                        body: resp.body.clone(),
-                        content_type: ct.clone(),
-                        stored_at: now,
-                        ttl: self.cache_config.negative_ttl,
-                        last_update: None,
-                    }),
-                );
-                Ok(ok_or_404(true, resp.body.clone(), ct))
-            }
-            _ => self.non_success(route, resp, stale.as_deref(), budget),
-        }
+            StatusCode::NOT_FOUND if matches!(fk.key, Key::Incident(_)) => (self.cache_config.negative_ttl, None),
+            _ => return self.non_success(route, resp, stale.as_deref(), budget),
+        };
+        let content_type = resp.content_type.unwrap_or_else(json_content_type);
+        let entry = Entry {
+            status: resp.status,
+            body: resp.body,
+            content_type,
+            stored_at: now,
+            ttl,
+            last_update,
+        };
+        let answer = Answer {
+            status: entry.status,
+            body: entry.body.clone(),
+            content_type: entry.content_type.clone(),
+            cache: CacheResult::Forwarded {
+                fwd: if fk.forced { "request" } else { "miss" },
+                status,
+                stored: true,
+                collapsed: false,
+            },
+            age: None,
+            budget,
+            queued: grant,
+            upstream_status: Some(status),
+        };
+        self.store.insert(fk.key, Arc::new(entry));
+        Ok(answer)
     }
 
     /// A Get answer is stored only if it is the incident asked for. Returns its `lastUpdateTime`.
