@@ -308,31 +308,19 @@ impl Proxy {
 
     /// `GET /api/incidents/{id}`.
     pub async fn get_incident(self: &Arc<Self>, id: i64, ctx: Ctx) -> Outcome {
-        self.read(
-            RouteKind::GetIncident,
-            Key::Incident(id),
-            format!("/api/incidents/{id}"),
-            ctx,
-        )
-        .await
+        self.read(RouteKind::GetIncident, Key::Incident(id), ctx).await
     }
 
     /// `GET /api/incidents?...`: validated and canonicalised before anything else.
     pub async fn list_incidents(self: &Arc<Self>, raw_query: &str, ctx: Ctx) -> Outcome {
         let query =
             ListQuery::parse(raw_query).map_err(|e| ApiError::bad_request(format!("{}: {}", e.option, e.message)))?;
-        let canonical = query.canonical();
-        let path = if canonical.is_empty() {
-            "/api/incidents".to_string()
-        } else {
-            format!("/api/incidents?{canonical}")
-        };
-        self.read(RouteKind::ListIncidents, Key::List(canonical.into()), path, ctx)
+        self.read(RouteKind::ListIncidents, Key::List(query.canonical().into()), ctx)
             .await
     }
 
     /// A cached read: fresh hit, or one collapsed upstream call for everyone asking at once.
-    async fn read(self: &Arc<Self>, route: RouteKind, key: Key, path: String, ctx: Ctx) -> Outcome {
+    async fn read(self: &Arc<Self>, route: RouteKind, key: Key, ctx: Ctx) -> Outcome {
         let kind = match key {
             Key::Incident(_) => "incident",
             Key::List(_) => "list",
@@ -356,7 +344,7 @@ impl Proxy {
         let leader_ctx = ctx.clone();
         let (work, joined) = self
             .flights
-            .join_or_start(fk.clone(), move || this.fetch_read(route, fk, path, leader_ctx));
+            .join_or_start(fk.clone(), move || this.fetch_read(route, fk, leader_ctx));
         self.metrics
             .cache_lookup(kind, if joined { "collapsed" } else { "miss" });
         let mut outcome = work.await;
@@ -373,7 +361,7 @@ impl Proxy {
     }
 
     /// The leader's work for a read miss: budget, upstream, store.
-    async fn fetch_read(self: Arc<Self>, route: RouteKind, fk: FlightKey, path: String, ctx: Ctx) -> Outcome {
+    async fn fetch_read(self: Arc<Self>, route: RouteKind, fk: FlightKey, ctx: Ctx) -> Outcome {
         let now = Instant::now();
         let cached = self
             .store
@@ -398,6 +386,12 @@ impl Proxy {
                     None => Err(failure),
                 };
             }
+        };
+        // The upstream sees the canonical form of what the key stands for.
+        let path = match &fk.key {
+            Key::Incident(id) => format!("/api/incidents/{id}"),
+            Key::List(q) if q.is_empty() => "/api/incidents".to_string(),
+            Key::List(q) => format!("/api/incidents?{q}"),
         };
         let req = ctx.request(Method::GET, path, None);
         let result = self.call_upstream(route, &req, ctx.wait, true).await;
