@@ -76,6 +76,13 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Target,
 }
 
 /// A decimal incident id that fits a positive `i64`: ASCII digits only (leading zeros allowed).
+///
+/// ```
+/// use defender_proxy::target::parse_id;
+/// assert_eq!(parse_id("0042").unwrap(), 42);
+/// assert!(parse_id("+42").is_err());
+/// assert!(parse_id("9223372036854775808").is_err()); // one past i64::MAX
+/// ```
 pub fn parse_id(s: &str) -> Result<i64, ApiError> {
     let bad = || {
         ApiError::bad_request(format!(
