@@ -178,15 +178,7 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> R
             let Some(id) = parse_id(id) else {
                 return bad_id(id);
             };
-            let serve = if wrong_id {
-                sim.store.other_id(id).unwrap_or(id)
-            } else {
-                id
-            };
-            match sim.store.body(serve) {
-                Some(body) => ok_json(body),
-                None => not_found(id),
-            }
+            serve_incident(sim, id, wrong_id)
         }
         Call::List { query } => list(sim, query, wrong_id),
         Call::Update { id, json, body } => {
@@ -210,16 +202,21 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> R
             if sim.update(id, update).is_none() {
                 return not_found(id);
             }
-            let serve = if wrong_id {
-                sim.store.other_id(id).unwrap_or(id)
-            } else {
-                id
-            };
-            match sim.store.body(serve) {
-                Some(body) => ok_json(body),
-                None => not_found(id),
-            }
+            serve_incident(sim, id, wrong_id)
         }
+    }
+}
+
+/// The incident's current body; with the WrongId fault, another incident's.
+fn serve_incident(sim: &Shared, id: i64, wrong_id: bool) -> Response {
+    let serve = if wrong_id {
+        sim.store.other_id(id).unwrap_or(id)
+    } else {
+        id
+    };
+    match sim.store.body(serve) {
+        Some(body) => ok_json(body),
+        None => not_found(id),
     }
 }
 

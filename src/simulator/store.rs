@@ -25,6 +25,18 @@ struct Entry {
     doc: OnceLock<serde_json::Value>,
 }
 
+impl Entry {
+    /// A freshly generated incident: version 1, nothing rendered yet.
+    fn new(state: IncidentState) -> Entry {
+        Entry {
+            state,
+            version: 1,
+            body: None,
+            doc: OnceLock::new(),
+        }
+    }
+}
+
 struct Inner {
     entries: BTreeMap<i64, Entry>,
     /// (createdTime, incidentId): iterated backwards this is the upstream's list order.
@@ -163,15 +175,7 @@ impl Store {
         for id in first_id..end {
             if let Some(state) = data::generate_summary(&params, id) {
                 by_created.insert((state.created, id));
-                entries.insert(
-                    id,
-                    Entry {
-                        state,
-                        version: 1,
-                        body: None,
-                        doc: OnceLock::new(),
-                    },
-                );
+                entries.insert(id, Entry::new(state));
             }
         }
         let clock = StrictClock::after(params.anchor);
@@ -331,15 +335,7 @@ impl Store {
         let now = self.clock.next(0);
         let state = data::generate_new(&self.params, id, now);
         inner.by_created.insert((state.created, id));
-        inner.entries.insert(
-            id,
-            Entry {
-                state,
-                version: 1,
-                body: None,
-                doc: OnceLock::new(),
-            },
-        );
+        inner.entries.insert(id, Entry::new(state));
         (id, format_ticks(now))
     }
 }
