@@ -31,7 +31,7 @@ use crate::{
     cache::{MokaStore, Store},
     config::Config,
     proxy::Proxy,
-    routes::{self, AppState},
+    api::{self, AppState},
     sync::SyncState,
     token::TokenSource,
     upstream::Upstream,
@@ -111,7 +111,7 @@ impl Application {
 
     /// The API router, for driving requests in process (benchmarks) without sockets.
     pub fn api_router(&self) -> Router {
-        routes::api_router(self.state.clone(), self.config.server.max_concurrency)
+        api::api_router(self.state.clone(), self.config.server.max_concurrency)
     }
 
     /// A handle for reloading consumers (SIGHUP) while running.
@@ -139,7 +139,7 @@ impl Application {
         let grace = config.server.grace_period;
         let api_task = tokio::spawn(serve(
             api,
-            routes::api_router(state.clone(), config.server.max_concurrency),
+            api::api_router(state.clone(), config.server.max_concurrency),
             header_timeout,
             stop_rx.clone(),
             grace,
@@ -147,7 +147,7 @@ impl Application {
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(serve(
             admin,
-            routes::admin_router(state.clone()),
+            api::admin_router(state.clone()),
             header_timeout,
             admin_stop_rx,
             grace,

@@ -5,7 +5,7 @@
 //!
 //! A request flows one way through these modules:
 //!
-//! * [`routes`]: HTTP in and out; request ids, `Cache-Status` and `RateLimit` headers, admin
+//! * [`api`]: HTTP in and out; request ids, `Cache-Status` and `RateLimit` headers, admin
 //!   endpoints (`/metrics`, `/livez`, `/readyz`).
 //! * [`auth`]: which consumer is calling (API keys stored as hashes) and what it may do.
 //! * [`target`]: parses the request target (route, incident id) and the caller's cache and wait
@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod budget;
@@ -37,7 +38,6 @@ pub mod metrics;
 pub mod odata;
 pub mod proxy;
 pub mod route;
-pub mod routes;
 pub mod simulator;
 pub mod sync;
 pub mod target;
