@@ -198,7 +198,9 @@ fn acquire_loop(budget: &LocalBudget, iters: u64) -> Duration {
     rt.block_on(async {
         let start = Instant::now();
         for _ in 0..iters {
-            let grant = budget.acquire(RouteKind::GetIncident, Duration::from_secs(1)).await;
+            let grant = budget
+                .acquire(RouteKind::GetIncident, Duration::from_secs(1), None)
+                .await;
             assert!(grant.is_ok(), "the quota must never bind in this benchmark");
             black_box(grant.ok());
         }

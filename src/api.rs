@@ -44,6 +44,8 @@ static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// What the handlers share.
 pub struct AppState {
     pub proxy: Arc<Proxy>,
+    /// The incident sync's state, when it runs (for `/readyz` and metrics).
+    pub sync: Option<Arc<crate::sync::SyncState>>,
     /// Swapped whole on SIGHUP.
     pub consumers: RwLock<Arc<Consumers>>,
     pub metrics: Arc<Metrics>,
@@ -174,7 +176,6 @@ async fn dispatch(state: &AppState, id: &str, req: Request) -> (Option<RouteKind
     let preferred = target::preferred_wait(req.headers(), state.max_wait_cap);
     let ctx = Ctx {
         request_id: id.to_string(),
-        accept: req.headers().get(header::ACCEPT).cloned(),
         directives: Directives::from_headers(req.headers()),
         wait: preferred.unwrap_or(state.max_wait),
     };
@@ -247,21 +248,11 @@ fn answer_response(answer: Answer) -> Response {
 }
 
 fn error_response(failure: Failure, id: &str) -> Response {
-    let detail = match &failure.error {
-        ApiError::Throttled { .. } => "budget",
-        ApiError::NotCached => "only-if-cached",
-        _ => "error",
-    };
+    let cache = failure.cache();
     let mut resp = failure.error.into_response_with_target(id);
     let h = resp.headers_mut();
-    if !h.contains_key(&CACHE_STATUS) {
-        let value = match failure.upstream_status {
-            Some(s) => format!("defender-proxy; fwd=miss; fwd-status={s}"),
-            None => format!("defender-proxy; fwd=bypass; detail={detail}"),
-        };
-        if let Ok(v) = HeaderValue::try_from(value) {
-            h.insert(CACHE_STATUS.clone(), v);
-        }
+    if let Ok(v) = HeaderValue::try_from(cache.header()) {
+        h.insert(CACHE_STATUS.clone(), v);
     }
     if let Some((route, windows)) = &failure.budget {
         rate_limit_headers(h, *route, windows);
@@ -311,7 +302,7 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             .get_or_create(&labels)
             .set(status.frozen_for.map_or(0.0, |d| d.as_secs_f64()));
     }
-    if let Some(sync) = proxy.sync() {
+    if let Some(sync) = &state.sync {
         m.sync_lag
             .set(sync.status(Instant::now()).lag_seconds.unwrap_or(f64::NAN));
     }
@@ -369,7 +360,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         })
         .collect();
     let ready = accepting && token;
-    let sync = state.proxy.sync().map(|s| s.status(Instant::now()));
+    let sync = state.sync.as_ref().map(|s| s.status(Instant::now()));
     let body = serde_json::json!({
         "ready": ready,
         "accepting": accepting,

@@ -26,13 +26,15 @@ use parking_lot::RwLock;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
+    api::{self, AppState},
     auth::Consumers,
     budget::{Budget, LocalBudget},
-    cache::{MokaStore, Store},
+    cache::{Confirmations, MokaStore, Store},
     config::Config,
-    proxy::Proxy,
-    api::{self, AppState},
-    sync::SyncState,
+    exchange::Exchange,
+    ingest::Ingest,
+    proxy::{Policy, Proxy},
+    sync::{SyncState, Syncer},
     token::TokenSource,
     upstream::Upstream,
     Metrics,
@@ -45,6 +47,7 @@ pub struct Application {
     admin: TcpListener,
     state: Arc<AppState>,
     budget: Arc<dyn Budget>,
+    syncer: Option<Syncer>,
 }
 
 impl Application {
@@ -52,10 +55,13 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let tokens = TokenSource::from_config(&config.token).context("upstream token")?;
         let upstream = Upstream::new(&config.upstream, tokens).context("upstream client")?;
-        let sync = config
+        let confirmations = config
             .sync
             .enabled
-            .then(|| Arc::new(SyncState::new(config.sync.clone())));
+            .then(|| Arc::new(Confirmations::new(config.sync.max_lag, config.sync.max_entry_age)));
+        let sync = confirmations
+            .as_ref()
+            .map(|c| Arc::new(SyncState::new(config.sync.clone(), c.clone())));
         let incident_lifetime = if config.sync.enabled {
             config.cache.ttl.max(config.sync.max_entry_age)
         } else {
@@ -63,14 +69,19 @@ impl Application {
         };
         let store: Arc<dyn Store> = Arc::new(MokaStore::new(&config.cache, incident_lifetime));
         let budget: Arc<dyn Budget> = Arc::new(LocalBudget::new(&config.budget));
-        let proxy = Arc::new(Proxy::new(
-            config.cache.clone(),
-            store,
-            budget.clone(),
-            upstream,
-            metrics.clone(),
-            sync,
-        ));
+        let exchange = Arc::new(Exchange::new(budget.clone(), upstream, metrics.clone()));
+        let policy = Policy {
+            cache: config.cache.clone(),
+            flight_wait: config.budget.max_wait_cap,
+        };
+        let syncer = sync.clone().map(|state| Syncer {
+            exchange: exchange.clone(),
+            store: store.clone(),
+            ingest: Ingest::new(store.clone(), config.cache.clone()),
+            metrics: metrics.clone(),
+            state,
+        });
+        let proxy = Arc::new(Proxy::new(policy, store, exchange, metrics.clone(), confirmations));
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
             tracing::warn!(
@@ -79,6 +90,7 @@ impl Application {
         }
         let state = Arc::new(AppState {
             proxy,
+            sync,
             consumers: RwLock::new(Arc::new(consumers)),
             metrics,
             max_wait: config.budget.max_wait,
@@ -98,6 +110,7 @@ impl Application {
             admin,
             state,
             budget,
+            syncer,
         })
     }
 
@@ -128,12 +141,10 @@ impl Application {
             admin,
             state,
             budget,
+            syncer,
         } = self;
         let refresher = state.proxy.upstream().tokens().spawn_refresher();
-        let syncer = state
-            .proxy
-            .sync()
-            .map(|s| tokio::spawn(crate::sync::run(state.proxy.clone(), s.clone())));
+        let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;
         let grace = config.server.grace_period;

@@ -12,7 +12,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthConfig, Right};
+use crate::config::{AuthConfig, KeyHash, Right};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +41,6 @@ pub struct Consumers {
     anonymous: Option<Arc<Consumer>>,
 }
 
-/// Parses `sha256:<64 hex>`.
-pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
-    let hex = s.trim().strip_prefix("sha256:")?;
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex, &mut out).ok()?;
-    Some(out)
-}
-
 /// The configured form of a key's hash.
 pub fn hash_key(key: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
@@ -73,7 +65,7 @@ impl Consumers {
                 write: c.rights.contains(&Right::Write),
             });
             for h in &c.key_hashes {
-                if let Some(hash) = parse_key_hash(h) {
+                if let Some(KeyHash(hash)) = KeyHash::parse(h) {
                     keys.push((hash, consumer.clone()));
                 }
             }
@@ -212,8 +204,8 @@ mod tests {
             h,
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(parse_key_hash(&h).is_some());
-        assert!(parse_key_hash("sha256:xyz").is_none());
+        assert!(KeyHash::parse(&h).is_some());
+        assert!(KeyHash::parse("sha256:xyz").is_none());
         assert!(generate_key().starts_with("dpx_"));
     }
 }

@@ -97,6 +97,9 @@ pub struct TokenConfig {
     pub resource: String,
     #[serde(with = "humantime_serde")]
     pub refresh_before: Duration,
+    /// How long a caller waits for a token request in flight before getting 503.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
     #[serde(serialize_with = "redact")]
     pub static_token: Option<SecretString>,
     pub static_token_file: Option<PathBuf>,
@@ -115,6 +118,7 @@ impl Default for TokenConfig {
             client_certificate_thumbprint: None,
             resource: "https://api.security.microsoft.com".into(),
             refresh_before: Duration::from_secs(300),
+            wait: Duration::from_millis(1500),
             static_token: None,
             static_token_file: None,
         }
@@ -141,6 +145,19 @@ pub struct ConsumerConfig {
     /// `sha256:<64 hex digits>` of each accepted key.
     pub key_hashes: Vec<String>,
     pub rights: Vec<Right>,
+}
+
+/// The SHA-256 of a consumer's key, configured as `sha256:<64 hex digits>`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    pub fn parse(s: &str) -> Option<KeyHash> {
+        let hex = s.trim().strip_prefix("sha256:")?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex, &mut out).ok()?;
+        Some(KeyHash(out))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -435,7 +452,7 @@ impl Config {
                 ));
             }
             for h in &c.key_hashes {
-                if crate::auth::parse_key_hash(h).is_none() {
+                if KeyHash::parse(h).is_none() {
                     return Err(invalid(
                         format!("auth.consumers.{name}.key_hashes"),
                         "each hash must be `sha256:` followed by 64 hex digits (see `defender-proxy hash-key`)",
@@ -499,6 +516,17 @@ impl Config {
             }
             if self.sync.min_interval > self.sync.interval {
                 return Err(invalid("sync.min_interval", "must not exceed sync.interval"));
+            }
+            if self.sync.overlap < self.upstream.timeout {
+                // A change that lands while a page is in flight (up to the timeout) must still be
+                // listed by the next pass, which starts `overlap` before this one's first answer.
+                return Err(invalid(
+                    "sync.overlap",
+                    format!(
+                        "must be at least upstream.timeout ({})",
+                        humantime::format_duration(self.upstream.timeout)
+                    ),
+                ));
             }
             if self.sync.max_lag < self.sync.interval {
                 return Err(invalid("sync.max_lag", "must be at least sync.interval"));

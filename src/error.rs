@@ -47,9 +47,10 @@ pub enum ApiError {
     /// Graceful shutdown: the caller should retry (against another instance or after restart).
     #[error("the proxy is shutting down")]
     ShuttingDown,
-    /// The upstream token cannot be obtained; details are in the log.
-    #[error("the proxy cannot obtain an upstream access token")]
-    NoToken,
+    /// The upstream token cannot be obtained (nothing was sent or spent); details are in the
+    /// log. Carries when to try again: the token endpoint's next attempt.
+    #[error("the proxy cannot obtain an upstream access token right now; nothing was sent upstream")]
+    NoToken(Duration),
 }
 
 impl ApiError {
@@ -70,7 +71,7 @@ impl ApiError {
             ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotCached | ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadGateway(_) | ApiError::OutcomeUnknown(_) => StatusCode::BAD_GATEWAY,
-            ApiError::ShuttingDown | ApiError::NoToken => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::NoToken(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -90,7 +91,7 @@ impl ApiError {
             ApiError::OutcomeUnknown(_) => "OutcomeUnknown",
             ApiError::GatewayTimeout(_) => "GatewayTimeout",
             ApiError::ShuttingDown => "ServiceUnavailable",
-            ApiError::NoToken => "ServiceUnavailable",
+            ApiError::NoToken(_) => "ServiceUnavailable",
         }
     }
 
@@ -99,7 +100,7 @@ impl ApiError {
         match self {
             ApiError::Throttled { retry_after, .. } => Some(retry_after_secs(*retry_after)),
             ApiError::ShuttingDown => Some(1),
-            ApiError::NoToken => Some(5),
+            ApiError::NoToken(retry_after) => Some(retry_after_secs(*retry_after)),
             _ => None,
         }
     }
@@ -115,12 +116,6 @@ impl ApiError {
         }
         if matches!(self, ApiError::Unauthenticated) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if matches!(self, ApiError::NotCached) {
-            headers.insert(
-                "cache-status",
-                HeaderValue::from_static("defender-proxy; fwd=miss; detail=only-if-cached"),
-            );
         }
         resp
     }

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub queue_wait: Histograms<RouteLabels>,
     pub rejected: Family<RejectLabels, Counter>,
     pub upstream_throttled: Family<RouteLabels, Counter>,
+    pub retry_after_capped: Family<RouteLabels, Counter>,
     pub frozen_seconds: Family<RouteLabels, FGauge>,
     pub token_expiry: Gauge,
     pub token_refresh_failures: Family<CodeLabels, Counter>,
@@ -201,6 +202,12 @@ impl Metrics {
             "429 answers received from Defender",
             upstream_throttled.clone(),
         );
+        let retry_after_capped = Family::default();
+        registry.register(
+            "upstream_retry_after_capped",
+            "Upstream 429s that asked for a pause longer than the route's longest window (capped)",
+            retry_after_capped.clone(),
+        );
         let frozen_seconds = Family::<RouteLabels, FGauge>::default();
         registry.register_with_unit(
             "budget_frozen",
@@ -269,6 +276,7 @@ impl Metrics {
             queue_wait,
             rejected,
             upstream_throttled,
+            retry_after_capped,
             frozen_seconds,
             token_expiry,
             token_refresh_failures,

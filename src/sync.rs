@@ -1,34 +1,48 @@
 //! The incident sync: keeps every cached incident current by following the List API's changes.
 //!
-//! Every run lists `$filter=lastUpdateTime ge <since>` page by page (`$top=100`, `$skip`) and
-//! writes each incident into the per-id cache. A complete run proves that nothing else changed
-//! between `since` and the run's start, so every cached incident is confirmed current as of that
-//! start. `since` is the previous complete run's start minus `sync.overlap`: a change that lands
-//! while a run is paging has a `lastUpdateTime` after that run's start, so the next run sees it
-//! (and paging cannot lose an item: the filter only ever gains members, newest first by
-//! creation). A failed run confirms nothing and leaves `since` where it was.
+//! A *pass* lists `$filter=lastUpdateTime ge <since>` page by page (`$top=100`, `$skip`) and
+//! writes each incident into the per-id cache (in order: never over a newer answer). A complete
+//! pass proves that nothing else changed between `since` and the pass's start, so every cached
+//! incident fetched since the chain of passes began is confirmed current as of that start
+//! ([`Confirmations`], in the cache, where the proxy reads it).
+//!
+//! - `since` comes from the upstream's own clock: the next pass lists from the `Date` of this
+//!   pass's first answer minus `sync.overlap` (validated to be at least `upstream.timeout`), so a
+//!   change that lands while a pass is paging is caught by the next one, whatever our clock says.
+//! - A pass may span several runs: when the sync's share of the List quota runs out mid-pass, the
+//!   next run resumes at the page where it stopped instead of starting again at `$skip=0`, so a
+//!   change set larger than one run's share (a 24 h lookback over a busy tenant, a backlog after
+//!   an outage) completes instead of livelocking. Paging cannot lose an item: the filter only
+//!   gains members (an incident that changes again stays in the set), so offsets only shift
+//!   items later, never skip them; the pass ends on a page shorter than `$top`.
 //!
 //! The sync spends List quota through the same budget as callers, but only slots that are free
 //! right now (it never queues, so it never delays a caller), and at most `sync.max_share` of each
-//! List quota, counted by a ledger of its own. [`SyncState`] is what the proxy consults to decide
-//! freshness.
+//! List quota, counted by a ledger of its own.
 
 use std::{sync::Arc, time::Duration};
 
+use http::Method;
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::{
     budget::{Ledger, Quota},
+    cache::{Confirmations, Store},
     config::SyncConfig,
-    proxy::Proxy,
+    exchange::{CallError, Exchange, Retry},
+    ingest::Ingest,
+    odata::{CompareOp, Field, Filter, ListQuery, Literal},
+    route::RouteKind,
+    upstream::Request,
+    Metrics,
 };
 
 /// Incidents per page (the API's maximum `$top`).
 pub const PAGE: usize = 100;
 
-/// Why a run did not complete.
+/// Why a run did not complete its pass.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SyncError {
     #[error("the sync's share of the List quota is spent")]
@@ -55,29 +69,34 @@ impl SyncError {
     }
 }
 
-/// Proof from the last complete run: nothing cached changed between `chain_start` and `at`
-/// without the sync writing it.
-#[derive(Debug, Clone, Copy)]
-pub struct Confirmation {
-    pub at: Instant,
-    pub chain_start: Instant,
-    /// The run is recent enough (`sync.max_lag`) for entries to be served up to `max_entry_age`.
-    pub healthy: bool,
+/// A pass in progress.
+#[derive(Debug, Clone)]
+struct Pass {
+    since: OffsetDateTime,
+    skip: u64,
+    /// When its first page was sent (proxy clock) and what the upstream's clock said then.
+    started: Option<(Instant, OffsetDateTime)>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    confirmed_at: Option<Instant>,
-    chain_start: Option<Instant>,
-    /// Where the next run lists from (upstream time).
+    pass: Option<Pass>,
+    /// Where the next pass lists from (upstream time).
     since: Option<OffsetDateTime>,
+    /// Entries fetched before this are not covered by the chain of passes.
+    chain_start: Option<Instant>,
     last_error: Option<String>,
+    /// Start of the last complete pass (for the lag).
+    confirmed_at: Option<Instant>,
 }
 
-/// What the proxy and the admin endpoints read about the sync.
+/// The sync's own state, and what the admin endpoints read about it.
 #[derive(Debug)]
 pub struct SyncState {
     config: SyncConfig,
+    confirmations: Arc<Confirmations>,
+    /// The earliest instant any cached entry can have been fetched at (the sync's creation).
+    born: Instant,
     inner: Mutex<Inner>,
 }
 
@@ -85,58 +104,73 @@ pub struct SyncState {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SyncStatus {
     pub healthy: bool,
-    /// Seconds since the start of the last complete run.
+    /// Seconds since the start of the last complete pass.
     pub lag_seconds: Option<f64>,
     pub since: Option<String>,
+    /// Where an unfinished pass resumes (`$skip`), if one is under way.
+    pub resume_skip: Option<u64>,
     pub last_error: Option<String>,
 }
 
 impl SyncState {
-    pub fn new(config: SyncConfig) -> SyncState {
+    pub fn new(config: SyncConfig, confirmations: Arc<Confirmations>) -> SyncState {
         SyncState {
             config,
+            confirmations,
+            born: Instant::now(),
             inner: Mutex::new(Inner::default()),
         }
     }
 
-    pub fn max_entry_age(&self) -> Duration {
-        self.config.max_entry_age
-    }
-
-    /// The last complete run's proof, if any.
-    pub fn confirmation(&self, now: Instant) -> Option<Confirmation> {
-        let inner = self.inner.lock();
-        let at = inner.confirmed_at?;
-        Some(Confirmation {
-            at,
-            chain_start: inner.chain_start.unwrap_or(at),
-            healthy: now.saturating_duration_since(at) <= self.config.max_lag,
-        })
-    }
-
     pub fn status(&self, now: Instant) -> SyncStatus {
-        let c = self.confirmation(now);
+        let c = self.confirmations.get(now);
         let inner = self.inner.lock();
         SyncStatus {
             healthy: c.is_some_and(|c| c.healthy),
-            lag_seconds: c.map(|c| now.saturating_duration_since(c.at).as_secs_f64()),
+            lag_seconds: inner
+                .confirmed_at
+                .map(|at| now.saturating_duration_since(at).as_secs_f64()),
             since: inner.since.map(format_time),
+            resume_skip: inner.pass.as_ref().filter(|p| p.skip > 0).map(|p| p.skip),
             last_error: inner.last_error.clone(),
         }
     }
 
-    fn since(&self, run_start: OffsetDateTime) -> OffsetDateTime {
-        self.inner.lock().since.unwrap_or(run_start - self.config.lookback)
+    /// The pass to continue, or a new one from the watermark (or the lookback, the first time).
+    fn pass(&self, wall_now: OffsetDateTime) -> Pass {
+        let mut inner = self.inner.lock();
+        let since = inner.since.unwrap_or(wall_now - self.config.lookback);
+        inner
+            .pass
+            .get_or_insert(Pass {
+                since,
+                skip: 0,
+                started: None,
+            })
+            .clone()
     }
 
-    fn succeeded(&self, started: Instant, started_wall: OffsetDateTime) {
+    fn progressed(&self, pass: &Pass) {
+        self.inner.lock().pass = Some(pass.clone());
+    }
+
+    fn completed(&self, pass: &Pass) {
+        let Some((started, upstream_started)) = pass.started else {
+            return;
+        };
         let mut inner = self.inner.lock();
-        if inner.chain_start.is_none() {
-            inner.chain_start = Some(started.checked_sub(self.config.lookback).unwrap_or(started));
-        }
+        let chain_start = *inner.chain_start.get_or_insert_with(|| {
+            // The first pass reaches back `lookback`: entries fetched after that are covered.
+            started
+                .checked_sub(self.config.lookback)
+                .unwrap_or(self.born)
+                .max(self.born)
+        });
+        inner.pass = None;
+        inner.since = Some(upstream_started - self.config.overlap);
         inner.confirmed_at = Some(started);
-        inner.since = Some(started_wall - self.config.overlap);
         inner.last_error = None;
+        self.confirmations.confirm(started, chain_start);
     }
 
     fn failed(&self, e: &SyncError) {
@@ -161,11 +195,22 @@ fn share_ledger(list_quotas: &[Quota], share: f64) -> Ledger {
     Ledger::new(&scaled, Duration::ZERO)
 }
 
+/// What a sync run needs.
+pub struct Syncer {
+    pub exchange: Arc<Exchange>,
+    pub store: Arc<dyn Store>,
+    pub ingest: Ingest,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<SyncState>,
+}
+
 /// Runs the sync until the task is dropped.
-pub async fn run(proxy: Arc<Proxy>, state: Arc<SyncState>) {
-    let list = crate::route::RouteKind::ListIncidents;
-    let quotas: Vec<Quota> = proxy.budget().status(list).windows.iter().map(|w| w.quota).collect();
-    let mut share = share_ledger(&quotas, state.config.max_share);
+pub async fn run(syncer: Syncer) {
+    let list = RouteKind::ListIncidents;
+    let budget = syncer.exchange.budget().clone();
+    let quotas: Vec<Quota> = budget.status(list).windows.iter().map(|w| w.quota).collect();
+    let config = syncer.state.config.clone();
+    let mut share = share_ledger(&quotas, config.max_share);
     // The fastest pace the share sustains with one page per run (e.g. 375 per hour: 9.6 s).
     let sustainable = share
         .quotas()
@@ -176,71 +221,120 @@ pub async fn run(proxy: Arc<Proxy>, state: Arc<SyncState>) {
     loop {
         tokio::time::sleep(delay).await;
         let started = Instant::now();
-        let started_wall = OffsetDateTime::now_utc();
-        let since = format_time(state.since(started_wall));
-        let result = run_once(&proxy, &mut share, &since, state.config.interval).await;
-        let metrics = proxy.metrics();
+        let mut pass = syncer.state.pass(OffsetDateTime::now_utc());
+        let result = syncer.run_once(&mut share, &mut pass, config.interval).await;
+        let metrics = &syncer.metrics;
+        let since = format_time(pass.since);
         match result {
             Ok((pages, refreshed)) => {
-                state.succeeded(started, started_wall);
+                syncer.state.completed(&pass);
                 metrics.sync_run("ok");
                 metrics.sync_refreshed.inc_by(refreshed as u64);
-                tracing::debug!(%since, pages, refreshed, "incident sync complete");
+                tracing::debug!(%since, pages, refreshed, "incident sync pass complete");
             }
             Err(e) => {
-                state.failed(&e);
+                syncer.state.progressed(&pass);
+                syncer.state.failed(&e);
                 metrics.sync_run(e.label());
-                tracing::warn!(%since, error = %e, "incident sync incomplete; entries fall back to their TTL if it stays so");
+                tracing::warn!(%since, resume_skip = pass.skip, error = %e, "incident sync pass incomplete; it resumes in the next run");
             }
         }
         // Poll faster while the List quota is slack (every window at least half free), but never
         // faster than the sync's own share can sustain.
-        let slack = proxy
-            .budget()
+        let slack = budget
             .status(list)
             .windows
             .iter()
             .all(|w| u64::from(w.remaining) * 2 >= u64::from(w.quota.limit));
         let now = Instant::now();
-        let interval = state.config.interval;
         delay = if slack {
-            state.config.min_interval.max(sustainable).min(interval)
+            config.min_interval.max(sustainable).min(config.interval)
         } else {
-            interval
+            config.interval
         };
         delay = delay.saturating_sub(now - started);
     }
 }
 
-/// Lists every page of the change set; returns (pages, incidents written). Waits for the share
-/// to allow the next page if that is less than `patience` away.
-async fn run_once(
-    proxy: &Proxy,
-    share: &mut Ledger,
-    since: &str,
-    patience: Duration,
-) -> Result<(u32, usize), SyncError> {
-    let mut skip = 0u64;
-    let mut pages = 0;
-    let mut refreshed = 0;
-    loop {
-        let now = Instant::now();
-        let slot = share.next_slot(now);
-        if slot - now > patience {
-            return Err(SyncError::Share);
+impl Syncer {
+    /// Lists pages of the pass from where it stands; returns (pages, incidents written) when the
+    /// pass completes. Waits for the share to allow the next page if that is less than
+    /// `patience` away.
+    async fn run_once(
+        &self,
+        share: &mut Ledger,
+        pass: &mut Pass,
+        patience: Duration,
+    ) -> Result<(u32, usize), SyncError> {
+        let mut pages = 0;
+        let mut refreshed = 0;
+        loop {
+            let now = Instant::now();
+            let slot = share.next_slot(now);
+            if slot - now > patience {
+                return Err(SyncError::Share);
+            }
+            tokio::time::sleep_until(slot).await;
+            if !share.try_now(Instant::now()) {
+                return Err(SyncError::Share);
+            }
+            let n = self.page(pass).await?;
+            self.metrics.sync_list_calls.inc();
+            pages += 1;
+            refreshed += n;
+            if n < PAGE {
+                return Ok((pages, refreshed));
+            }
+            pass.skip += PAGE as u64;
         }
-        tokio::time::sleep_until(slot).await;
-        if !share.try_now(Instant::now()) {
-            return Err(SyncError::Share);
+    }
+
+    /// One page of the change set, written into the per-id cache. Takes a List slot only if one
+    /// is free right now: the sync never queues in front of callers.
+    async fn page(&self, pass: &mut Pass) -> Result<usize, SyncError> {
+        let route = RouteKind::ListIncidents;
+        let query = ListQuery {
+            filter: Some(Filter::Compare {
+                field: Field::LastUpdateTime,
+                op: CompareOp::Ge,
+                value: Literal::DateTime(pass.since.replace_nanosecond(0).unwrap_or(pass.since)),
+            }),
+            top: Some(PAGE as u32),
+            skip: Some(pass.skip),
+        };
+        let req = Request {
+            method: Method::GET,
+            path_and_query: format!("/api/incidents?{}", query.canonical()),
+            body: None,
+            request_id: format!("sync-{}", uuid::Uuid::new_v4()),
+        };
+        let ticket = self.store.ticket();
+        let wall = OffsetDateTime::now_utc();
+        let sent_at = Instant::now();
+        let sent = self
+            .exchange
+            .call(route, &req, Duration::ZERO, None, Retry::Read)
+            .await
+            .map_err(|e| match e {
+                CallError::Refused(_) => SyncError::NoSlot,
+                CallError::NoToken(t) => SyncError::Failed(t.code()),
+                CallError::Upstream(u) => SyncError::Failed(u.label().into()),
+            })?;
+        let resp = sent.response;
+        if resp.status != http::StatusCode::OK {
+            // A 429 has frozen the route for callers too; anything else is only the sync's problem.
+            return Err(SyncError::Upstream(resp.status.as_u16()));
         }
-        let n = proxy.sync_page(since, skip, PAGE).await?;
-        proxy.metrics().sync_list_calls.inc();
-        pages += 1;
-        refreshed += n;
-        if n < PAGE {
-            return Ok((pages, refreshed));
+        let page = self
+            .ingest
+            .spread_list(&resp.body, sent_at, ticket)
+            .ok_or(SyncError::BadPage)?;
+        if pass.started.is_none() {
+            // The upstream's clock, not ours: its `Date`, else our own as a last resort.
+            let upstream_now = resp.date.map(OffsetDateTime::from).unwrap_or(wall);
+            pass.started = Some((sent_at, upstream_now));
         }
-        skip += PAGE as u64;
+        Ok(page.items)
     }
 }
 
@@ -275,36 +369,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn confirmation_tracks_runs_and_health() {
+    async fn passes_resume_and_confirm_from_the_upstream_clock() {
         let cfg = SyncConfig {
             max_lag: Duration::from_secs(45),
             ..SyncConfig::default()
         };
-        let s = SyncState::new(cfg);
-        let now = Instant::now();
-        assert!(s.confirmation(now).is_none());
+        let confirmations = Arc::new(Confirmations::new(cfg.max_lag, cfg.max_entry_age));
+        let s = SyncState::new(cfg.clone(), confirmations.clone());
         let wall = OffsetDateTime::now_utc();
+        let mut pass = s.pass(wall);
+        assert_eq!(pass.since, wall - cfg.lookback, "the first pass looks back");
+        // Half a pass, then the share runs out: the next run resumes where it stopped.
+        let t0 = Instant::now();
+        let upstream_clock = wall - Duration::from_secs(30); // the upstream is 30 s behind us
+        pass.started = Some((t0, upstream_clock));
+        pass.skip = 300;
+        s.progressed(&pass);
+        s.failed(&SyncError::Share);
+        assert!(confirmations.get(t0).is_none(), "an unfinished pass confirms nothing");
+        let resumed = s.pass(wall);
+        assert_eq!(resumed.skip, 300);
+        s.completed(&resumed);
+        let c = confirmations.get(t0).unwrap();
+        assert_eq!(c.at, t0, "confirmed as of the pass's first send");
+        let next = s.pass(wall);
+        assert_eq!(next.skip, 0);
         assert_eq!(
-            s.since(wall),
-            wall - Duration::from_secs(24 * 3600),
-            "the first run looks back"
-        );
-        s.succeeded(now, wall);
-        assert_eq!(
-            s.since(wall),
-            wall - SyncConfig::default().overlap,
-            "then from the last start minus the overlap"
-        );
-        assert!(s.confirmation(now).unwrap().healthy);
-        s.failed(&SyncError::NoSlot);
-        assert_eq!(
-            s.since(wall),
-            wall - SyncConfig::default().overlap,
-            "a failure does not move the watermark"
+            next.since,
+            upstream_clock - cfg.overlap,
+            "the watermark follows the upstream's clock"
         );
         tokio::time::advance(Duration::from_secs(46)).await;
-        let c = s.confirmation(Instant::now()).unwrap();
-        assert!(!c.healthy, "too long since the last complete run");
-        assert_eq!(c.at, now);
+        assert!(!confirmations.get(Instant::now()).unwrap().healthy);
     }
 }

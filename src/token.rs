@@ -2,6 +2,12 @@
 //! refreshed ahead of expiry in the background, and refreshed by exactly one request however
 //! many callers need it at once.
 //!
+//! A token request runs detached from the callers who need it: each waits at most `token.wait`
+//! for it and then gets an error (the proxy answers 503 at once instead of holding the caller for
+//! the token endpoint's timeout), while the request itself completes for the next caller. After a
+//! failure no new request is made until a jittered, doubling backoff has passed, however many
+//! callers ask: during it they get the failure at once, with the time until the next attempt.
+//!
 //! The client secret is read from its file on every token request, so rotating a mounted
 //! Kubernetes Secret needs no restart. The secret and the token live in `secrecy` types: they are
 //! never formatted, logged or exported; failures are reported with the endpoint's error code.
@@ -13,6 +19,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -32,6 +39,12 @@ pub enum TokenError {
     BadAnswer { status: u16 },
     #[error("cannot read credential file {path}: {reason}")]
     Credential { path: String, reason: String },
+    /// A recent token request failed; the next one is not due yet.
+    #[error("the last token request failed ({code}); the next attempt is due in {}", humantime::format_duration(*.retry_after))]
+    Backoff { retry_after: Duration, code: String },
+    /// A token request is in flight but did not finish within `token.wait`.
+    #[error("the token endpoint did not answer within {}", humantime::format_duration(*.waited))]
+    Slow { waited: Duration },
 }
 
 impl TokenError {
@@ -46,6 +59,16 @@ impl TokenError {
             TokenError::Unreachable(_) => "unreachable".into(),
             TokenError::BadAnswer { .. } => "bad_answer".into(),
             TokenError::Credential { .. } => "credential".into(),
+            TokenError::Backoff { .. } => "backoff".into(),
+            TokenError::Slow { .. } => "slow".into(),
+        }
+    }
+
+    /// When a caller refused for lack of a token should come back.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            TokenError::Backoff { retry_after, .. } => *retry_after,
+            _ => Duration::from_secs(1),
         }
     }
 }
@@ -55,6 +78,14 @@ impl TokenError {
 pub struct Token {
     pub secret: SecretString,
     pub generation: u64,
+    /// Not to be sent after this (it could expire on the way).
+    pub usable_until: Instant,
+}
+
+impl Token {
+    pub fn usable(&self, now: Instant) -> bool {
+        self.usable_until > now
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -91,8 +122,17 @@ impl TokenSource {
             TokenSource::Static(s) => Ok(Token {
                 secret: s.clone(),
                 generation: 0,
+                usable_until: Instant::now() + Duration::from_secs(365 * 24 * 3600),
             }),
             TokenSource::Broker(b) => b.token().await,
+        }
+    }
+
+    /// The token at hand, if any, without asking the token endpoint.
+    pub fn cached(&self) -> Option<Token> {
+        match self {
+            TokenSource::Static(_) => None,
+            TokenSource::Broker(b) => b.valid(),
         }
     }
 
@@ -162,11 +202,27 @@ pub struct Broker {
     scope: String,
     credential: Credential,
     refresh_before: Duration,
+    /// How long a caller waits for a token request in flight.
+    wait: Duration,
     current: RwLock<Option<Cached>>,
-    /// Held while a token request is in flight: the single flight of refreshes.
-    refreshing: tokio::sync::Mutex<()>,
+    /// The one token request in flight, shared by everyone who needs it.
+    inflight: Mutex<Option<TokenFetch>>,
+    backoff: Mutex<Backoff>,
     failures: Mutex<BTreeMap<String, u64>>,
 }
+
+/// A token request as everyone waiting for it sees it.
+type TokenFetch = Shared<BoxFuture<'static, Result<Token, TokenError>>>;
+
+/// After a failed token request: no new one before `until`.
+struct Backoff {
+    until: Option<Instant>,
+    step: Duration,
+    last_code: String,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A token is not handed out in its last 30 s (or last quarter of a short life).
 const EXPIRY_SKEW: Duration = Duration::from_secs(30);
@@ -242,8 +298,14 @@ impl Broker {
             scope: format!("{}/.default", config.resource.trim_end_matches('/')),
             credential,
             refresh_before: config.refresh_before,
+            wait: config.wait,
             current: RwLock::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
+            inflight: Mutex::new(None),
+            backoff: Mutex::new(Backoff {
+                until: None,
+                step: FIRST_BACKOFF,
+                last_code: String::new(),
+            }),
             failures: Mutex::new(BTreeMap::new()),
         })
     }
@@ -257,6 +319,7 @@ impl Broker {
             .map(|c| Token {
                 secret: c.token.clone(),
                 generation: c.generation,
+                usable_until: c.usable_until,
             })
     }
 
@@ -264,36 +327,82 @@ impl Broker {
         self.valid().is_some()
     }
 
-    async fn token(&self) -> Result<Token, TokenError> {
+    /// The failure to report while a backoff runs.
+    fn backing_off(&self, now: Instant) -> Option<TokenError> {
+        let b = self.backoff.lock();
+        b.until.filter(|&u| u > now).map(|u| TokenError::Backoff {
+            retry_after: u - now,
+            code: b.last_code.clone(),
+        })
+    }
+
+    async fn token(self: &Arc<Self>) -> Result<Token, TokenError> {
         if let Some(t) = self.valid() {
             return Ok(t);
         }
-        let _one = self.refreshing.lock().await;
-        if let Some(t) = self.valid() {
-            return Ok(t); // someone else fetched it while we waited
+        if let Some(e) = self.backing_off(Instant::now()) {
+            return Err(e);
         }
-        self.fetch().await
+        match tokio::time::timeout(self.wait, self.join_or_start_fetch()).await {
+            Ok(result) => result,
+            Err(_) => Err(TokenError::Slow { waited: self.wait }),
+        }
     }
 
-    async fn refresh_if(&self, rejected_generation: u64) -> Result<Token, TokenError> {
-        let _one = self.refreshing.lock().await;
-        let current = self.current.read().as_ref().map(|c| c.generation);
-        if current.is_some_and(|g| g != rejected_generation) {
-            if let Some(t) = self.valid() {
-                return Ok(t);
+    async fn refresh_if(self: &Arc<Self>, rejected_generation: u64) -> Result<Token, TokenError> {
+        {
+            let mut current = self.current.write();
+            match current.as_mut() {
+                // Someone already replaced the rejected token.
+                Some(c) if c.generation != rejected_generation => {}
+                // The upstream refused it: nobody may use it any more.
+                Some(c) => c.usable_until = Instant::now(),
+                None => {}
             }
         }
-        self.fetch().await
+        self.token().await
     }
 
-    /// One token request. Callers hold `refreshing`.
+    /// The token request in flight, or a new one. It runs as its own task, so a caller that stops
+    /// waiting does not cancel it.
+    fn join_or_start_fetch(self: &Arc<Self>) -> TokenFetch {
+        let mut inflight = self.inflight.lock();
+        if let Some(f) = inflight.as_ref().filter(|f| f.peek().is_none()) {
+            return f.clone();
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.fetch().await });
+        let shared = async move {
+            task.await
+                .unwrap_or_else(|_| Err(TokenError::Unreachable("the token request task ended".into())))
+        }
+        .boxed()
+        .shared();
+        *inflight = Some(shared.clone());
+        shared
+    }
+
+    /// One token request; its outcome sets or clears the backoff.
     async fn fetch(&self) -> Result<Token, TokenError> {
         let result = self.request().await;
+        let mut backoff = self.backoff.lock();
         match &result {
-            Ok(t) => tracing::info!(generation = t.generation, "upstream token obtained"),
+            Ok(t) => {
+                backoff.until = None;
+                backoff.step = FIRST_BACKOFF;
+                tracing::info!(generation = t.generation, "upstream token obtained");
+            }
             Err(e) => {
                 *self.failures.lock().entry(e.code()).or_default() += 1;
-                tracing::warn!(error.code = %e.code(), error = %e, "upstream token request failed");
+                let jitter = rand::thread_rng().gen_range(0.8..1.2);
+                let pause = backoff.step.mul_f64(jitter);
+                backoff.until = Some(Instant::now() + pause);
+                backoff.step = (backoff.step * 2).min(MAX_BACKOFF);
+                backoff.last_code = e.code();
+                tracing::warn!(
+                    error.code = %e.code(), error = %e, retry_in_secs = pause.as_secs_f64(),
+                    "upstream token request failed"
+                );
             }
         }
         result
@@ -346,7 +455,8 @@ impl Broker {
             });
         }
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| TokenError::BadAnswer { status })?;
-        let lifetime = Duration::from_secs(answer.expires_in);
+        // A day at most: a nonsense lifetime must not overflow the clock or pin a token forever.
+        let lifetime = Duration::from_secs(answer.expires_in.min(24 * 3600));
         let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut current = self.current.write();
         let generation = current.as_ref().map_or(1, |c| c.generation + 1);
@@ -359,7 +469,11 @@ impl Broker {
             usable_until: now + lifetime - EXPIRY_SKEW.min(lifetime / 4),
             expires_unix: (unix_now + lifetime).as_secs(),
         });
-        Ok(Token { secret, generation })
+        Ok(Token {
+            secret,
+            generation,
+            usable_until: now + lifetime - EXPIRY_SKEW.min(lifetime / 4),
+        })
     }
 
     /// A JWT client assertion signed with the certificate's private key (RS256, `x5t` header).
@@ -386,33 +500,19 @@ impl Broker {
         jsonwebtoken::encode(&header, &claims, &key).map_err(|e| cred_err(e.to_string()))
     }
 
-    /// Refreshes `refresh_before` ahead of expiry; on failure retries with jittered backoff.
+    /// Refreshes `refresh_before` ahead of expiry; after a failure, when the backoff is over.
     async fn refresh_loop(self: Arc<Self>) {
-        let mut backoff = Duration::from_secs(1);
         loop {
-            let wake = self.current.read().as_ref().map_or_else(Instant::now, |c| c.refresh_at);
-            tokio::time::sleep_until(wake).await;
-            let result = {
-                let _one = self.refreshing.lock().await;
-                let fresh_enough = self
-                    .current
-                    .read()
-                    .as_ref()
-                    .is_some_and(|c| c.refresh_at > Instant::now());
-                if fresh_enough {
-                    Ok(())
-                } else {
-                    self.fetch().await.map(|_| ())
-                }
-            };
-            match result {
-                Ok(()) => backoff = Duration::from_secs(1),
-                Err(_) => {
-                    let jitter = rand::thread_rng().gen_range(0.5..1.5);
-                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                }
+            let now = Instant::now();
+            let due = self.current.read().as_ref().map_or(now, |c| c.refresh_at);
+            let retry = self.backoff.lock().until.unwrap_or(now);
+            tokio::time::sleep_until(due.max(retry)).await;
+            let now = Instant::now();
+            let fresh_enough = self.current.read().as_ref().is_some_and(|c| c.refresh_at > now);
+            if fresh_enough || self.backing_off(now).is_some() {
+                continue;
             }
+            let _ = self.join_or_start_fetch().await;
         }
     }
 }
@@ -447,6 +547,7 @@ mod tests {
         let t = Token {
             secret: SecretString::from("very-secret-token".to_string()),
             generation: 3,
+            usable_until: Instant::now(),
         };
         assert!(!format!("{t:?}").contains("very-secret"));
     }

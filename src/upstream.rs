@@ -2,11 +2,16 @@
 //! classification of what came back.
 //!
 //! Only paths built here from parsed routes are ever requested, on the one configured base URL;
-//! redirects are never followed; no header of the caller is forwarded except `Accept` and the
-//! request id. Retrying, freezing and caching are decided by the caller of this module
-//! ([`crate::proxy`]), which also owns the budget: this module spends nothing by itself.
+//! redirects are never followed; no header of the caller is forwarded except the request id (we
+//! always ask for JSON, so the cache key needs no `Accept`). Retrying, freezing and caching are
+//! decided by the caller of this module ([`crate::exchange`]), which also owns the budget: this
+//! module spends nothing by itself.
+//!
+//! The client keeps a pool of established connections (HTTP/2 where the upstream offers it
+//! through ALPN) so that a call sent the instant its budget slot is granted does not first wait
+//! for a TCP and TLS handshake: the budget counts sends, and Defender counts arrivals.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -27,7 +32,6 @@ pub struct Request {
     /// Path and canonical query, e.g. `/api/incidents/7` or `/api/incidents?$top=10`.
     pub path_and_query: String,
     pub body: Option<Bytes>,
-    pub accept: Option<HeaderValue>,
     pub request_id: String,
 }
 
@@ -37,6 +41,8 @@ pub struct Response {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub retry_after: Option<HeaderValue>,
+    /// The upstream's clock (`Date`), for the sync's watermark.
+    pub date: Option<SystemTime>,
     pub body: Bytes,
 }
 
@@ -86,7 +92,10 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
             .build()?;
         Ok(Upstream {
             http,
@@ -100,32 +109,24 @@ impl Upstream {
         &self.tokens
     }
 
-    /// Sends `req` once with the current token. On a 401 the caller may call
-    /// [`Upstream::send_with_fresh_token`] once.
-    pub async fn send(&self, req: &Request) -> Result<(Response, Token), UpstreamError> {
-        let token = self.tokens.token().await?;
-        let resp = self.send_with(req, &token).await?;
-        Ok((resp, token))
+    /// A token to send with, waiting at most `token.wait` for one (see [`crate::token`]).
+    pub async fn token(&self) -> Result<Token, UpstreamError> {
+        Ok(self.tokens.token().await?)
     }
 
-    /// Refreshes the token `rejected` (unless already refreshed) and sends again.
-    pub async fn send_with_fresh_token(&self, req: &Request, rejected: &Token) -> Result<Response, UpstreamError> {
-        let token = self.tokens.refresh_after_rejection(rejected).await?;
-        self.send_with(req, &token).await
+    /// A replacement for `rejected` (the upstream answered 401), unless someone already got one.
+    pub async fn fresh_token(&self, rejected: &Token) -> Result<Token, UpstreamError> {
+        Ok(self.tokens.refresh_after_rejection(rejected).await?)
     }
 
-    async fn send_with(&self, req: &Request, token: &Token) -> Result<Response, UpstreamError> {
+    /// Sends `req` once with `token`, at once: the caller holds its budget slot already.
+    pub async fn send_with(&self, req: &Request, token: &Token) -> Result<Response, UpstreamError> {
         let mut headers = HeaderMap::new();
         let mut auth = HeaderValue::try_from(format!("Bearer {}", token.secret.expose_secret()))
             .map_err(|_| UpstreamError::Token(TokenError::BadAnswer { status: 200 }))?;
         auth.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, auth);
-        headers.insert(
-            header::ACCEPT,
-            req.accept
-                .clone()
-                .unwrap_or(HeaderValue::from_static("application/json")),
-        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         if let Ok(id) = HeaderValue::try_from(req.request_id.as_str()) {
             headers.insert("x-request-id", id);
         }
@@ -145,6 +146,10 @@ impl Upstream {
         let owned = |v: &HeaderValue| HeaderValue::from_bytes(v.as_bytes()).ok();
         let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(owned);
         let retry_after = resp.headers().get(header::RETRY_AFTER).and_then(owned);
+        let date = resp
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
         // Size the buffer from the header: reqwest's own `content_length()` is not always known
         // through its body wrappers, and a buffer grown by doubling would keep up to twice the
         // body's size alive in the cache.
@@ -164,6 +169,7 @@ impl Upstream {
             status,
             content_type,
             retry_after,
+            date,
             body: body.freeze(),
         })
     }
@@ -188,31 +194,51 @@ fn short(e: &reqwest::Error) -> String {
     cause.to_string()
 }
 
-/// How long the upstream asked us to stay away after a 429: `Retry-After` (seconds or an
-/// HTTP date), else the body's "You can send requests again in N seconds".
+/// How long the upstream asked us to stay away after a 429: `Retry-After` (seconds, possibly
+/// fractional as Graph sends them, or an HTTP date), else the body's "You can send requests again
+/// in N seconds". Hostile values never panic: negative or unparseable ones are ignored, a date in
+/// the past means now, and anything too large to represent saturates (the budget caps the
+/// freeze it causes).
 pub fn throttle_pause(retry_after: Option<&HeaderValue>, body: &[u8]) -> Option<Duration> {
     if let Some(v) = retry_after.and_then(|v| v.to_str().ok()).map(str::trim) {
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
+        if let Some(d) = seconds(v) {
+            return Some(d);
         }
         if let Ok(when) = httpdate::parse_http_date(v) {
-            return Some(
-                when.duration_since(std::time::SystemTime::now())
-                    .unwrap_or(Duration::ZERO),
-            );
+            return Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
         }
     }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let message = v.get("error")?.get("message")?.as_str()?;
     let tail = message.split("again in ").nth(1)?;
-    let n: String = tail.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let n: u64 = n.parse().ok()?;
-    let unit = tail[n.to_string().len()..].trim_start();
-    Some(if unit.starts_with("minute") {
-        Duration::from_secs(n * 60)
+    let digits: String = tail.chars().take_while(|c| c.is_ascii_digit()).collect();
+    if digits.is_empty() {
+        return None;
+    }
+    let n: u64 = digits.parse().unwrap_or(u64::MAX);
+    let unit = tail[digits.len()..].trim_start();
+    let secs = if unit.starts_with("minute") {
+        n.saturating_mul(60)
     } else {
-        Duration::from_secs(n)
-    })
+        n
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// Non-negative decimal seconds (`7`, `2.128`, `1e9`); `None` for anything else.
+fn seconds(v: &str) -> Option<Duration> {
+    if let Ok(n) = v.parse::<u64>() {
+        return Some(Duration::from_secs(n));
+    }
+    // Digits of an integer too large for u64: saturate rather than ignore.
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::MAX);
+    }
+    let f: f64 = v.parse().ok()?;
+    if !f.is_finite() || f < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(f).unwrap_or(Duration::MAX))
 }
 
 #[cfg(test)]
@@ -235,5 +261,21 @@ mod tests {
         let d = throttle_pause(Some(&HeaderValue::try_from(later).unwrap()), b"").unwrap();
         assert!(d > Duration::from_secs(95) && d <= Duration::from_secs(100), "{d:?}");
         assert_eq!(throttle_pause(None, b"not json"), None);
+    }
+
+    #[test]
+    fn hostile_pauses_never_panic() {
+        let h = |v: &'static str| throttle_pause(Some(&HeaderValue::from_static(v)), b"");
+        assert_eq!(h("2.128"), Some(Duration::from_millis(2128)));
+        assert_eq!(h("18446744073709551615"), Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(h("99999999999999999999999"), Some(Duration::MAX));
+        assert_eq!(h("1e9"), Some(Duration::from_secs(1_000_000_000)));
+        assert_eq!(h("1e300"), Some(Duration::MAX));
+        assert_eq!(h("-5"), None);
+        assert_eq!(h("NaN"), None);
+        assert_eq!(h("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert!(h("Fri, 31 Dec 9999 23:59:59 GMT").unwrap() > Duration::from_secs(200 * 365 * 86400));
+        let body = br#"{"error":{"message":"You can send requests again in 99999999999999999999999 minutes."}}"#;
+        assert_eq!(throttle_pause(None, body), Some(Duration::from_secs(u64::MAX)));
     }
 }

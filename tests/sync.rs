@@ -20,6 +20,7 @@ fn sync_on(c: &mut Config) {
     c.sync.interval = Duration::from_millis(500);
     c.sync.min_interval = Duration::from_millis(500);
     c.sync.overlap = Duration::from_secs(2);
+    c.upstream.timeout = Duration::from_secs(2); // the overlap must cover a page in flight
     c.sync.max_lag = Duration::from_secs(2);
 }
 

@@ -167,6 +167,22 @@ impl Ledger {
         }
     }
 
+    /// Takes back a committed send made at `at` that never left (its caller could not send within
+    /// the bound after its grant). Fewer sends only move later slots earlier, never over a quota.
+    pub fn uncommit(&mut self, at: Instant, now: Instant) {
+        let committed = self.committed();
+        if let Some(idx) = (0..committed).rev().find(|&i| self.log[i] == at) {
+            self.log.remove(idx);
+            self.reproject(now);
+        }
+    }
+
+    /// The longest window: the most any freeze may last (a later call is counted in no window
+    /// the upstream could still be counting).
+    pub fn longest_window(&self) -> Duration {
+        self.windows.iter().map(|w| w.quota.length).max().unwrap_or_default()
+    }
+
     /// No call before `until` (the upstream said so). Only ever extends a freeze.
     pub fn freeze(&mut self, until: Instant, now: Instant) {
         self.frozen_until = Some(self.frozen_until.map_or(until, |f| f.max(until)));

@@ -8,7 +8,12 @@
 //! slot (behind everyone queued) is later than that, or the queue is full, it is refused with the
 //! exact time until a slot frees. Otherwise it sleeps until its slot, first come first served. A
 //! waiter that goes away (client disconnected, future dropped) gives its slot to those behind it.
-//! An upstream 429 freezes the route until the time the upstream named.
+//! An upstream 429 freezes the route until the time the upstream named, capped at the route's
+//! longest window (a hostile or mistaken `Retry-After` cannot close a route for longer than any
+//! quota the upstream could be counting).
+//!
+//! A grant is counted at the moment it is given, so callers take it only when they can send at
+//! once (token in hand); one that finds it cannot send gives it back with [`Budget::release`].
 
 pub mod ledger;
 
@@ -16,7 +21,10 @@ use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
 
 pub use ledger::{Ledger, Quota, WindowStatus};
 
@@ -29,6 +37,32 @@ pub struct Grant {
     pub queued: Duration,
     /// The route's quotas right after this call was counted.
     pub status: Vec<WindowStatus>,
+    /// The send time recorded in the ledger (for [`Budget::release`]).
+    pub at: Instant,
+}
+
+/// Where a caller stands in the queue, published while it waits so that others sharing its
+/// result (collapsed callers) can each apply their own wait to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Not queued yet (or not known).
+    Unknown,
+    /// Queued; the slot is projected at this instant (it can move later, e.g. after a freeze).
+    Queued(Instant),
+    /// Granted: the call is on its way.
+    Granted,
+}
+
+/// The sending half of a [`SlotState`] watch.
+pub type SlotWatch = watch::Sender<SlotState>;
+
+/// What an upstream 429 did to a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freeze {
+    /// How long the route stays closed.
+    pub pause: Duration,
+    /// The upstream asked for longer than the cap (the route's longest window).
+    pub capped: bool,
 }
 
 /// Why no slot was given.
@@ -75,11 +109,30 @@ pub struct RouteStatus {
 }
 
 /// The budget as the proxy uses it; implemented in memory by [`LocalBudget`].
+///
+/// Contract (every implementation):
+/// - **Exact.** In every sliding window of every quota, the grants counted are at most the limit;
+///   checking all windows and counting the grant is one atomic step.
+/// - **Earliest slot, or an immediate refusal.** A caller whose earliest slot (behind everyone
+///   queued) is beyond `max_wait`, or who finds the queue full, is refused at once with the exact
+///   time until a slot frees.
+/// - **Cancellation gives back.** Dropping an `acquire` future before it resolves removes the
+///   caller from the queue; nothing is counted for it. [`Budget::release`] takes back a counted
+///   grant that was never sent.
 pub trait Budget: Send + Sync + 'static {
-    /// Waits for a slot on `route` for at most `max_wait`, or refuses at once.
-    fn acquire(&self, route: RouteKind, max_wait: Duration) -> BoxFuture<'_, Result<Grant, Refusal>>;
-    /// The upstream answered 429: no call on `route` until `retry_after` (or a backoff) has passed.
-    fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Duration;
+    /// Waits for a slot on `route` for at most `max_wait`, or refuses at once. While queued, the
+    /// projected slot is published on `slot` (if given).
+    fn acquire<'a>(
+        &'a self,
+        route: RouteKind,
+        max_wait: Duration,
+        slot: Option<&'a SlotWatch>,
+    ) -> BoxFuture<'a, Result<Grant, Refusal>>;
+    /// A granted call did not leave after all: uncount it.
+    fn release(&self, route: RouteKind, grant: &Grant);
+    /// The upstream answered 429: no call on `route` until `retry_after` (or a backoff) has passed,
+    /// capped at the route's longest window.
+    fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Freeze;
     /// The upstream answered without throttling (resets the backoff).
     fn upstream_ok(&self, route: RouteKind);
     fn status(&self, route: RouteKind) -> RouteStatus;
@@ -177,17 +230,24 @@ impl LocalBudget {
 }
 
 impl RouteBudget {
-    async fn acquire(&self, max_wait: Duration) -> Result<Grant, Refusal> {
+    async fn acquire(&self, max_wait: Duration, slot: Option<&SlotWatch>) -> Result<Grant, Refusal> {
         let start = Instant::now();
+        let publish = |state: SlotState| {
+            if let Some(w) = slot {
+                w.send_if_modified(|s| std::mem::replace(s, state) != state);
+            }
+        };
         let (id, notify) = {
             let mut st = self.state.lock();
             if st.closed {
                 return Err(Refusal::Closed);
             }
             if st.ledger.try_now(start) {
+                publish(SlotState::Granted);
                 return Ok(Grant {
                     queued: Duration::ZERO,
                     status: st.ledger.status(start),
+                    at: start,
                 });
             }
             let slot = st.ledger.next_slot(start);
@@ -197,7 +257,7 @@ impl RouteBudget {
             if slot - start > max_wait {
                 return Err(st.refusal(start, slot, RefuseReason::Budget));
             }
-            st.ledger.enqueue(start);
+            publish(SlotState::Queued(st.ledger.enqueue(start)));
             let id = st.next_id;
             st.next_id += 1;
             let notify = Arc::new(Notify::new());
@@ -225,7 +285,9 @@ impl RouteBudget {
                     return Err(Refusal::Closed);
                 };
                 let waiter_deadline = st.waiters[pos].deadline;
-                let slot = st.ledger.projected(pos).unwrap_or(now);
+                let projected = st.ledger.projected(pos).unwrap_or(now);
+                publish(SlotState::Queued(projected));
+                let slot = projected;
                 if slot > waiter_deadline {
                     // A freeze (or a late head) pushed us past what the caller accepted.
                     return Err(st.refusal(now, slot, RefuseReason::Budget));
@@ -237,9 +299,11 @@ impl RouteBudget {
                             st.waiters.pop_front();
                             st.notify_head();
                             guard.done = true;
+                            publish(SlotState::Granted);
                             return Ok(Grant {
                                 queued: now - start,
                                 status: st.ledger.status(now),
+                                at: now,
                             });
                         }
                         Err(t) => Some(t),
@@ -283,20 +347,37 @@ impl Drop for QueueGuard<'_> {
 }
 
 impl Budget for LocalBudget {
-    fn acquire(&self, route: RouteKind, max_wait: Duration) -> BoxFuture<'_, Result<Grant, Refusal>> {
-        Box::pin(self.route(route).acquire(max_wait))
+    fn acquire<'a>(
+        &'a self,
+        route: RouteKind,
+        max_wait: Duration,
+        slot: Option<&'a SlotWatch>,
+    ) -> BoxFuture<'a, Result<Grant, Refusal>> {
+        Box::pin(self.route(route).acquire(max_wait, slot))
     }
 
-    fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Duration {
+    fn release(&self, route: RouteKind, grant: &Grant) {
+        let r = self.route(route);
+        let mut st = r.state.lock();
+        st.ledger.uncommit(grant.at, Instant::now());
+        st.notify_head();
+    }
+
+    fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Freeze {
         let r = self.route(route);
         let mut st = r.state.lock();
         let now = Instant::now();
         // Without a stated time, back off exponentially (Graph's guidance), capped at 16x.
-        let pause = retry_after.unwrap_or_else(|| r.default_backoff * 2u32.pow(st.consecutive_429.min(4)));
+        let asked = retry_after.unwrap_or_else(|| r.default_backoff * 2u32.pow(st.consecutive_429.min(4)));
+        let cap = st.ledger.longest_window();
+        let pause = asked.min(cap);
         st.consecutive_429 = st.consecutive_429.saturating_add(1);
         st.ledger.freeze(now + pause, now);
         st.notify_all();
-        pause
+        Freeze {
+            pause,
+            capped: asked > cap,
+        }
     }
 
     fn upstream_ok(&self, route: RouteKind) {
@@ -359,13 +440,13 @@ mod tests {
     async fn queued_callers_are_served_in_order_at_their_slots() {
         let b = Arc::new(budget(2, Duration::from_secs(10), 100));
         let t0 = Instant::now();
-        b.acquire(G, Duration::ZERO).await.unwrap();
-        b.acquire(G, Duration::ZERO).await.unwrap();
+        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, Duration::ZERO, None).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..4 {
             let (b, tx) = (b.clone(), tx.clone());
             tokio::spawn(async move {
-                let g = b.acquire(G, Duration::from_secs(60)).await.unwrap();
+                let g = b.acquire(G, Duration::from_secs(60), None).await.unwrap();
                 tx.send((i, Instant::now() - t0, g.queued)).unwrap();
             });
             tokio::task::yield_now().await; // fix the arrival order
@@ -384,10 +465,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refuses_at_once_with_exact_retry_after_when_the_slot_is_too_far() {
         let b = budget(1, Duration::from_secs(60), 100);
-        b.acquire(G, Duration::ZERO).await.unwrap();
+        b.acquire(G, Duration::ZERO, None).await.unwrap();
         tokio::time::advance(Duration::from_secs(15)).await;
         let t = Instant::now();
-        let err = b.acquire(G, Duration::from_secs(30)).await.unwrap_err();
+        let err = b.acquire(G, Duration::from_secs(30), None).await.unwrap_err();
         assert_eq!(Instant::now(), t, "refused without waiting");
         match err {
             Refusal::Throttled {
@@ -403,11 +484,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_refuses() {
         let b = Arc::new(budget(1, Duration::from_secs(10), 1));
-        b.acquire(G, Duration::ZERO).await.unwrap();
+        b.acquire(G, Duration::ZERO, None).await.unwrap();
         let b2 = b.clone();
-        let waiting = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60)).await });
+        let waiting = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60), None).await });
         tokio::task::yield_now().await;
-        let err = b.acquire(G, Duration::from_secs(60)).await.unwrap_err();
+        let err = b.acquire(G, Duration::from_secs(60), None).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -425,12 +506,12 @@ mod tests {
     async fn a_waiter_that_leaves_gives_its_slot_back() {
         let b = Arc::new(budget(1, Duration::from_secs(10), 100));
         let t0 = Instant::now();
-        b.acquire(G, Duration::ZERO).await.unwrap();
+        b.acquire(G, Duration::ZERO, None).await.unwrap();
         let b1 = b.clone();
-        let first = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(60)).await });
+        let first = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(60), None).await });
         tokio::task::yield_now().await;
         let b2 = b.clone();
-        let second = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60)).await });
+        let second = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60), None).await });
         tokio::task::yield_now().await;
         assert_eq!(b.status(G).queued, 2);
         first.abort(); // the first waiter's client disconnected
@@ -453,27 +534,51 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn upstream_429_freezes_the_route_and_refuses_or_delays() {
         let b = Arc::new(budget(100, Duration::from_secs(60), 100));
-        let pause = b.upstream_throttled(G, Some(Duration::from_secs(8)));
-        assert_eq!(pause, Duration::from_secs(8));
-        let err = b.acquire(G, Duration::from_secs(2)).await.unwrap_err();
+        let freeze = b.upstream_throttled(G, Some(Duration::from_secs(8)));
+        assert_eq!(freeze.pause, Duration::from_secs(8));
+        let err = b.acquire(G, Duration::from_secs(2), None).await.unwrap_err();
         assert!(
             matches!(err, Refusal::Throttled { reason: RefuseReason::Frozen, retry_after, .. } if retry_after == Duration::from_secs(8))
         );
         let t = Instant::now();
-        b.acquire(G, Duration::from_secs(10)).await.unwrap();
+        b.acquire(G, Duration::from_secs(10), None).await.unwrap();
         assert_eq!(Instant::now() - t, Duration::from_secs(8));
         // No stated time: exponential backoff from the default.
-        assert_eq!(b.upstream_throttled(G, None), Duration::from_secs(20));
+        assert_eq!(b.upstream_throttled(G, None).pause, Duration::from_secs(20));
         b.upstream_ok(G);
-        assert_eq!(b.upstream_throttled(G, None), Duration::from_secs(10));
+        assert_eq!(b.upstream_throttled(G, None).pause, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freeze_never_outlasts_the_longest_window() {
+        let b = budget(100, Duration::from_secs(60), 100);
+        let freeze = b.upstream_throttled(G, Some(Duration::MAX));
+        assert_eq!(
+            freeze,
+            Freeze {
+                pause: Duration::from_secs(60),
+                capped: true
+            }
+        );
+        assert_eq!(b.status(G).frozen_for, Some(Duration::from_secs(60)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_grant_is_uncounted() {
+        let b = budget(1, Duration::from_secs(60), 100);
+        let g = b.acquire(G, Duration::ZERO, None).await.unwrap();
+        assert!(b.acquire(G, Duration::ZERO, None).await.is_err());
+        b.release(G, &g);
+        assert!(b.acquire(G, Duration::ZERO, None).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_freeze_refuses_queued_callers_whose_wait_it_exceeds() {
-        let b = Arc::new(budget(1, Duration::from_secs(10), 100));
-        b.acquire(G, Duration::ZERO).await.unwrap();
+        let b = Arc::new(budget(1, Duration::from_secs(100), 100));
+        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        tokio::time::advance(Duration::from_secs(90)).await;
         let b1 = b.clone();
-        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(15)).await });
+        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(15), None).await });
         tokio::task::yield_now().await;
         b.upstream_throttled(G, Some(Duration::from_secs(60)));
         let err = waiter.await.unwrap().unwrap_err();
@@ -493,14 +598,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_releases_queued_callers() {
         let b = Arc::new(budget(1, Duration::from_secs(10), 100));
-        b.acquire(G, Duration::ZERO).await.unwrap();
+        b.acquire(G, Duration::ZERO, None).await.unwrap();
         let b1 = b.clone();
-        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(30)).await });
+        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(30), None).await });
         tokio::task::yield_now().await;
         b.close();
         assert_eq!(waiter.await.unwrap().unwrap_err(), Refusal::Closed);
         assert_eq!(
-            b.acquire(G, Duration::from_secs(30)).await.unwrap_err(),
+            b.acquire(G, Duration::from_secs(30), None).await.unwrap_err(),
             Refusal::Closed
         );
     }
@@ -508,9 +613,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn routes_have_separate_quotas() {
         let b = budget(1, Duration::from_secs(10), 100);
-        b.acquire(RouteKind::GetIncident, Duration::ZERO).await.unwrap();
-        b.acquire(RouteKind::ListIncidents, Duration::ZERO).await.unwrap();
-        b.acquire(RouteKind::UpdateIncident, Duration::ZERO).await.unwrap();
-        assert!(b.acquire(RouteKind::GetIncident, Duration::ZERO).await.is_err());
+        b.acquire(RouteKind::GetIncident, Duration::ZERO, None).await.unwrap();
+        b.acquire(RouteKind::ListIncidents, Duration::ZERO, None).await.unwrap();
+        b.acquire(RouteKind::UpdateIncident, Duration::ZERO, None)
+            .await
+            .unwrap();
+        assert!(b.acquire(RouteKind::GetIncident, Duration::ZERO, None).await.is_err());
     }
 }

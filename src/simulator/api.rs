@@ -160,6 +160,21 @@ async fn apply_fault(sim: &Shared, kind: FaultKind, route: Route, admission: &Ad
         }
         FaultKind::Reset => close_connection(),
         FaultKind::Unauthorized => unauthorized(AuthError::Revoked),
+        FaultKind::RawThrottle { retry_after, message } => {
+            let message = message.unwrap_or_else(|| "API calls quota exceeded!".to_string());
+            let mut resp = envelope(StatusCode::TOO_MANY_REQUESTS, "429", &message, &sim.cfg.tenant_id);
+            if let Some(v) = retry_after.and_then(|v| HeaderValue::try_from(v).ok()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
+        FaultKind::AppliedThenDelay { ms } => {
+            let resp = answer(sim, admission, call, false);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => resp,
+                _ = sim.stopping() => close_connection(),
+            }
+        }
     }
 }
 

@@ -60,6 +60,18 @@ pub enum FaultKind {
     Reset,
     /// 401 as if the token had been revoked.
     Unauthorized,
+    /// 429 with a `Retry-After` header and error message exactly as given (either may be left
+    /// out): hostile or odd values (`18446744073709551615`, `1e9`, `-5`, dates) for the client's
+    /// parser. Spends quota like a real call.
+    RawThrottle {
+        #[serde(default)]
+        retry_after: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// Applies the call (a PATCH changes the incident), then holds the answer for this long: the
+    /// write happened whether or not the client is still there to hear of it.
+    AppliedThenDelay { ms: u64 },
 }
 
 /// The live plan: rules with their remaining counts and the dice for probabilities.
@@ -84,12 +96,22 @@ impl FaultPlan {
 
     /// The fault for the next call on `route`, if any; spends one of the rule's count.
     pub(crate) fn pick(&mut self, route: Route) -> Option<FaultKind> {
+        self.pick_named(route.as_str(), true)
+    }
+
+    /// The fault for the next request to the token endpoint: only rules that name the route
+    /// `"token"` apply (a rule without a route means every API route, not the token endpoint).
+    pub(crate) fn pick_token(&mut self) -> Option<FaultKind> {
+        self.pick_named("token", false)
+    }
+
+    fn pick_named(&mut self, name: &str, unnamed_matches: bool) -> Option<FaultKind> {
         for rule in &mut self.rules {
-            if rule
-                .route
-                .as_deref()
-                .is_some_and(|r| !r.eq_ignore_ascii_case(route.as_str()))
-            {
+            let matches = match rule.route.as_deref() {
+                Some(r) => r.eq_ignore_ascii_case(name),
+                None => unnamed_matches,
+            };
+            if !matches {
                 continue;
             }
             if rule.count == Some(0) {

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::simulator::clock::format_entra_timestamp;
-use crate::simulator::Shared;
+use crate::simulator::{FaultKind, Shared};
 
 const SCOPE: &str = "https://api.security.microsoft.com/.default";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -150,6 +150,26 @@ pub(crate) async fn token_endpoint(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
+    // Token-endpoint faults (rules with `"route": "token"`): a slow, failing or silent Entra.
+    let fault = sim.faults.lock().pick_token();
+    match fault {
+        Some(FaultKind::Latency { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Some(FaultKind::Hang) => {
+            sim.stopping().await;
+            sim.stats.token(false);
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        Some(FaultKind::Status { code }) => {
+            sim.stats.token(false);
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::json!({
+                "error": "temporarily_unavailable",
+                "error_description": "AADSTS50196: Simulated token endpoint failure.",
+            });
+            return (status, axum::Json(body)).into_response();
+        }
+        _ => {}
+    }
     let result = grant(&sim, &tenant, &body);
     sim.stats.token(result.is_ok());
     match result {
