@@ -303,3 +303,101 @@ async fn no_change_is_missed_while_updates_land_during_paging() {
     assert_eq!(app.calls("get"), 0);
     app.stop().await;
 }
+
+/// Issue 12, item 9: a change set larger than one run's share of List calls completes over
+/// several runs (paging resumes where it stopped) instead of starting again at `$skip=0`.
+/// 1,500 changed incidents, the documented List quota shape (50 per window, 1,500 per 60
+/// windows) scaled to 6 s windows, the default 25% share: 16 pages, 12 per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_set_larger_than_one_runs_share_completes() {
+    let sim = SimConfig {
+        incidents: 1_500,
+        missing_share: 0.0,
+        quotas: defender_proxy::simulator::SimQuotas {
+            list: vec![quota(50, 6), quota(1_500, 360)],
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    };
+    let app = spawn_app_with(sim, |c| {
+        c.budget.routes.get_mut("list_incidents").unwrap().quotas = vec![
+            QuotaConfig {
+                limit: 50,
+                window: Duration::from_secs(6),
+            },
+            QuotaConfig {
+                limit: 1_500,
+                window: Duration::from_secs(360),
+            },
+        ];
+        c.sync.enabled = true;
+        c.sync.interval = Duration::from_secs(2);
+        c.sync.min_interval = Duration::from_secs(2);
+        c.sync.max_lag = Duration::from_secs(4);
+        c.sync.overlap = Duration::from_secs(2);
+        c.upstream.timeout = Duration::from_secs(2);
+        c.sync.lookback = Duration::from_secs(3650 * 24 * 3600); // every incident is "changed"
+    })
+    .await;
+    let started = Instant::now();
+    eventually("the first pass completes", Duration::from_secs(20), || sync_healthy(&app)).await;
+    let pages = app.calls("list");
+    println!(
+        "1,500 changes synced in {:?} with {pages} List calls",
+        started.elapsed()
+    );
+    assert!(
+        (16..=18).contains(&pages),
+        "16 pages, not restarted from $skip=0: {pages} List calls"
+    );
+    assert_eq!(app.stats().calls["list"].throttled, 0);
+    for id in [1, 700, 1_500] {
+        assert!(cached_last_update(&app, id).await.is_some(), "incident {id} cached");
+    }
+    app.stop().await;
+}
+
+/// Issue 12, item 8: a 404 keeps `cache.negative_ttl` even while the sync is healthy (a new
+/// incident with that id is not announced as a change of anything we hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_keeps_its_negative_ttl_while_the_sync_is_healthy() {
+    let app = spawn_app_with(small_sim(), |c| {
+        sync_on(c);
+        c.cache.negative_ttl = Duration::from_secs(1);
+    })
+    .await;
+    eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
+    let id = app.missing_id(3);
+    let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(sync_healthy(&app).await);
+    let r = app
+        .get(&format!("/api/incidents/{id}"))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504, "the 404 expired: {:?}", r.headers().get("cache-status"));
+    app.stop().await;
+}
+
+/// While the sync keeps an incident fresh past its TTL, `Cache-Status` says how long the sync's
+/// health guarantees it (not `ttl=0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ttl_shown_reflects_the_sync() {
+    let app = spawn_app_with(small_sim(), |c| {
+        sync_on(c);
+        c.cache.ttl = Duration::from_secs(1);
+    })
+    .await;
+    eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
+    let id = app.existing_id(9);
+    assert_eq!(app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
+    let status = r.headers()["cache-status"].to_str().unwrap().to_string();
+    assert!(status.contains("hit"), "{status}");
+    assert!(!status.contains("ttl=0"), "{status}");
+    app.stop().await;
+}

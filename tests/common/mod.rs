@@ -160,3 +160,43 @@ pub fn assert_windows(at_ms: &[u64], limit: usize, window_ms: u64) {
         );
     }
 }
+
+/// A fault plan of one rule for `route` ("get", "list", "update" or "token").
+pub fn fault_on(route: &str, kind: defender_proxy::simulator::FaultKind, count: Option<u64>) -> defender_proxy::simulator::Faults {
+    defender_proxy::simulator::Faults {
+        rules: vec![defender_proxy::simulator::FaultRule {
+            route: Some(route.into()),
+            kind,
+            count,
+            probability: 1.0,
+        }],
+    }
+}
+
+/// Sets one quota on a proxy route (`get_incident`, `list_incidents`, `update_incident`).
+pub fn route_quota(c: &mut Config, route: &str, limits: &[(u32, u64)]) {
+    c.budget.routes.get_mut(route).unwrap().quotas = limits
+        .iter()
+        .map(|&(limit, secs)| defender_proxy::config::QuotaConfig {
+            limit,
+            window: Duration::from_secs(secs),
+        })
+        .collect();
+}
+
+/// The value of a `Cache-Status` header.
+pub fn cache_status(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Sums the samples of a metric on the admin listener.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.admin_get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

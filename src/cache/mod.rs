@@ -1,0 +1,129 @@
+//! The response cache: what the upstream said, how long it stays fresh, how long it may still be
+//! served when the upstream fails, and in which order answers may replace each other.
+//!
+//! [`Store`] is the interface (a Redis tier shared by replicas is the planned second
+//! implementation); [`MokaStore`] is the in-process store, bounded by bytes through a weigher.
+//! Freshness is decided by the proxy with tokio's clock, not by moka's expiry: moka only drops
+//! entries once even stale-if-error can no longer use them, and tests can drive freshness with
+//! paused time. [`Confirmations`] holds the incident sync's proof that cached incidents are
+//! still current: the sync writes it, the proxy reads it.
+
+mod confirm;
+mod memory;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use tokio::time::Instant;
+
+pub use confirm::{Confirmation, Confirmations};
+pub use memory::MokaStore;
+
+/// What a cached answer is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// `GET /api/incidents/{id}`, by the parsed id (so `007` and `7` share an entry).
+    Incident(i64),
+    /// `GET /api/incidents?...`, by the canonical query string.
+    List(Arc<str>),
+}
+
+impl Key {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Key::Incident(_) => "incident",
+            Key::List(_) => "list",
+        }
+    }
+}
+
+/// One stored upstream answer (200 or 404), body byte for byte.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+    /// When the upstream request that produced this answer was sent: the answer describes the
+    /// incident as of this moment or later, never earlier.
+    pub stored_at: Instant,
+    /// Freshness lifetime from `stored_at`.
+    pub ttl: Duration,
+    /// The incident's `lastUpdateTime` (unix nanoseconds), when known: an answer replaces an
+    /// entry only with data at least as new.
+    pub last_update: Option<i128>,
+}
+
+impl Entry {
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored_at)
+    }
+
+    /// Remaining freshness, `None` once expired.
+    pub fn fresh_for(&self, now: Instant) -> Option<Duration> {
+        let age = self.age(now);
+        (age < self.ttl).then(|| self.ttl - age)
+    }
+
+    /// May still be served in place of an upstream error.
+    pub fn usable_stale(&self, now: Instant, stale_if_error: Duration) -> bool {
+        self.age(now) < self.ttl + stale_if_error
+    }
+
+    /// Whether this entry must stay in place of `newer` because it describes a later state.
+    fn is_newer_than(&self, other: &Entry) -> bool {
+        self.status == StatusCode::OK
+            && matches!((self.last_update, other.last_update), (Some(mine), Some(theirs)) if mine > theirs)
+    }
+}
+
+/// Entry count and stored bytes (for metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// A position in the store's order of writes, taken before the upstream call whose answer will
+/// be filled in: an answer may only land if nothing invalidated its key since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(pub(crate) u64);
+
+/// What became of an answer offered to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// It is now the cached answer.
+    Stored,
+    /// A newer answer (by `lastUpdateTime`, or a write after the ticket) is kept instead.
+    Superseded,
+    /// The store's admission policy declined it (too large, or less popular than what it would
+    /// evict).
+    Declined,
+}
+
+/// A cache backend.
+///
+/// Contract (every implementation):
+/// - **Never back in time.** [`Store::fill`] stores an answer only if no [`Store::write`] or
+///   [`Store::invalidate_lists`] touched its key after the [`Ticket`] was taken, and only if the
+///   cached entry is not newer by `lastUpdateTime`. Check and insert are one atomic step per key.
+/// - **Writes win.** [`Store::write`] (the result of a successful update) orders itself after
+///   every ticket taken before it, so a read that started before the write can never store its
+///   older answer afterwards.
+/// - Nothing here blocks on I/O in the in-memory store; a remote tier must bound every call by a
+///   short timeout and treat a timeout as a miss (a cancelled `fill` stores nothing).
+pub trait Store: Send + Sync + 'static {
+    fn get(&self, key: &Key) -> Option<Arc<Entry>>;
+    /// Takes a ticket for a read about to be sent upstream.
+    fn ticket(&self) -> Ticket;
+    /// Offers a read's answer; see the contract above.
+    fn fill(&self, key: Key, entry: Arc<Entry>, ticket: Ticket) -> Filled;
+    /// A write's outcome: `Some` replaces the entry (unless a newer one is cached), `None` forgets
+    /// it. Either way every earlier ticket for `key` is void.
+    fn write(&self, key: Key, entry: Option<Arc<Entry>>);
+    /// Drops every cached list answer and voids earlier tickets of lists (after a write, so
+    /// nobody reads their own write stale from a list).
+    fn invalidate_lists(&self);
+    fn usage(&self) -> Usage;
+}

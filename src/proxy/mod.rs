@@ -1,0 +1,255 @@
+//! The request path after authentication: cache, then budget, then upstream, and back.
+//!
+//! This is where the policy lives: when a cached answer is good enough ([`Proxy::freshness`]),
+//! when to wait for a slot, when a stale answer beats an error, and what a failed call means for
+//! the caller. Reads are in [`read`] (collapsed flights in which each caller keeps its own wait),
+//! writes in [`write`] (run to completion even if the caller leaves). Data flows one way: this
+//! module calls the cache, the flights and the [`Exchange`]; none of them call back.
+
+mod read;
+mod write;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+pub use crate::outcome::{Answer, CacheResult, Failure, Outcome};
+use crate::{
+    budget::{Budget, Refusal, RefuseReason, WindowStatus},
+    cache::{Confirmations, Entry, Key, Store},
+    config::CacheConfig,
+    error::{retry_after_secs, ApiError},
+    exchange::{CallError, Exchange},
+    flight::Flights,
+    ingest::Ingest,
+    metrics::RejectLabels,
+    odata::ListQuery,
+    route::RouteKind,
+    target::Directives,
+    upstream::{Upstream, UpstreamError},
+    Metrics,
+};
+
+/// Per-request facts the proxy needs (all already validated).
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub request_id: String,
+    pub directives: Directives,
+    /// How long this caller accepts to wait for an upstream slot.
+    pub wait: Duration,
+}
+
+/// A servable entry's remaining freshness and its age (seconds since it was last known current).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fresh {
+    ttl_left: Duration,
+    age: Duration,
+}
+
+/// How the proxy is set up.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub cache: CacheConfig,
+    /// The longest any caller may wait for a slot (`budget.max_wait_cap`): a collapsed read
+    /// waits this long at most, and each of its callers leaves at its own deadline.
+    pub flight_wait: Duration,
+}
+
+/// The proxy's request path.
+pub struct Proxy {
+    policy: Policy,
+    store: Arc<dyn Store>,
+    exchange: Arc<Exchange>,
+    ingest: Ingest,
+    flights: Flights<read::FlightKey, Outcome, read::SlotReceiver>,
+    metrics: Arc<Metrics>,
+    /// When the incident sync runs: its confirmations extend incidents' freshness.
+    confirmations: Option<Arc<Confirmations>>,
+}
+
+impl Proxy {
+    pub fn new(
+        policy: Policy,
+        store: Arc<dyn Store>,
+        exchange: Arc<Exchange>,
+        metrics: Arc<Metrics>,
+        confirmations: Option<Arc<Confirmations>>,
+    ) -> Proxy {
+        Proxy {
+            ingest: Ingest::new(store.clone(), policy.cache.clone()),
+            policy,
+            store,
+            exchange,
+            flights: Flights::default(),
+            metrics,
+            confirmations,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn budget(&self) -> &Arc<dyn Budget> {
+        self.exchange.budget()
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        self.exchange.upstream()
+    }
+
+    /// `GET /api/incidents/{id}`.
+    pub async fn get_incident(self: &Arc<Self>, id: i64, ctx: Ctx) -> Outcome {
+        self.read(RouteKind::GetIncident, Key::Incident(id), ctx).await
+    }
+
+    /// `GET /api/incidents?...`: validated and canonicalised before anything else.
+    pub async fn list_incidents(self: &Arc<Self>, raw_query: &str, ctx: Ctx) -> Outcome {
+        let query =
+            ListQuery::parse(raw_query).map_err(|e| ApiError::bad_request(format!("{}: {}", e.option, e.message)))?;
+        self.read(RouteKind::ListIncidents, Key::List(query.canonical().into()), ctx)
+            .await
+    }
+
+    /// `PATCH /api/incidents/{id}`.
+    pub async fn update_incident(self: &Arc<Self>, id: i64, body: Bytes, ctx: Ctx) -> Outcome {
+        self.update(id, body, ctx).await
+    }
+
+    fn hit(entry: &Entry, fresh: Fresh) -> Answer {
+        Answer {
+            status: entry.status,
+            body: entry.body.clone(),
+            content_type: entry.content_type.clone(),
+            cache: CacheResult::Hit {
+                ttl: fresh.ttl_left.as_secs(),
+            },
+            age: Some(fresh.age),
+            budget: None,
+            queued: Duration::ZERO,
+            upstream_status: None,
+        }
+    }
+
+    fn stale(entry: &Entry, status: Option<u16>, detail: &'static str, now: Instant) -> Answer {
+        Answer {
+            status: entry.status,
+            body: entry.body.clone(),
+            content_type: entry.content_type.clone(),
+            cache: CacheResult::Stale { status, detail },
+            age: Some(entry.age(now)),
+            budget: None,
+            queued: Duration::ZERO,
+            upstream_status: status,
+        }
+    }
+
+    /// Whether `entry` may be served without asking the upstream, and its age.
+    ///
+    /// An incident (200) is current as of the later of its fetch and the sync's last complete
+    /// pass, if the sync's unbroken chain of passes covers the fetch. While the sync is healthy it
+    /// is served for up to `sync.max_entry_age`, and its remaining freshness is what the sync's
+    /// health guarantees from now on; otherwise `cache.ttl` from that point. A 404 is never
+    /// extended by the sync (a new incident with that id would not be announced as a change of
+    /// one we hold), so it keeps `cache.negative_ttl`.
+    fn freshness(&self, key: &Key, entry: &Entry, now: Instant) -> Option<Fresh> {
+        let mut as_of = entry.stored_at;
+        let confirmable = matches!(key, Key::Incident(_)) && entry.status == http::StatusCode::OK;
+        if let (true, Some(confirmations)) = (confirmable, &self.confirmations) {
+            if let Some(c) = confirmations.get(now).filter(|c| entry.stored_at >= c.chain_start) {
+                as_of = as_of.max(c.at);
+                let age = now.saturating_duration_since(as_of);
+                let max_age = confirmations.max_entry_age();
+                if c.healthy && entry.age(now) < max_age {
+                    let by_sync = c.healthy_for.min(max_age - entry.age(now));
+                    return Some(Fresh {
+                        ttl_left: entry.ttl.saturating_sub(age).max(by_sync),
+                        age,
+                    });
+                }
+            }
+        }
+        let age = now.saturating_duration_since(as_of);
+        (age < entry.ttl).then(|| Fresh {
+            ttl_left: entry.ttl - age,
+            age,
+        })
+    }
+
+    /// A fresh cached answer the caller accepts, if any.
+    fn lookup(&self, key: &Key, directives: &Directives, now: Instant) -> Option<Answer> {
+        if directives.no_cache {
+            return None;
+        }
+        let entry = self.store.get(key)?;
+        let fresh = self.freshness(key, &entry, now)?;
+        if directives.max_age.is_some_and(|max| fresh.age.as_secs() > max) {
+            return None;
+        }
+        Some(Self::hit(&entry, fresh))
+    }
+
+    /// What a call that brought back no answer means for the caller.
+    fn call_failure(&self, route: RouteKind, e: CallError) -> Failure {
+        match e {
+            CallError::NoToken(t) => {
+                tracing::warn!(route = route.name(), error = %t, "no upstream token; nothing sent");
+                ApiError::NoToken(t.retry_after()).into()
+            }
+            CallError::Refused(Refusal::Closed) => ApiError::ShuttingDown.into(),
+            CallError::Refused(Refusal::Throttled {
+                retry_after,
+                reason,
+                status,
+            }) => self.refusal(route, retry_after, reason, status),
+            CallError::Upstream(e) => self.upstream_failure(&e).into(),
+        }
+    }
+
+    /// A caller's 429 from the budget: no slot within its wait.
+    fn refusal(
+        &self,
+        route: RouteKind,
+        retry_after: Duration,
+        reason: RefuseReason,
+        windows: Vec<WindowStatus>,
+    ) -> Failure {
+        self.metrics
+            .rejected
+            .get_or_create(&RejectLabels {
+                route: route.name(),
+                reason: reason.as_str(),
+            })
+            .inc();
+        let secs = retry_after_secs(retry_after);
+        let why = match reason {
+            RefuseReason::Frozen => "Defender throttled this app registration",
+            RefuseReason::QueueFull => "too many requests are already waiting for the upstream quota",
+            RefuseReason::Budget => "the upstream quota for this route has no slot within this caller's wait",
+        };
+        Failure {
+            error: ApiError::Throttled {
+                retry_after,
+                message: format!("{why}; a slot frees up in {secs} seconds").into(),
+            },
+            budget: Some((route, windows)),
+            upstream_status: None,
+        }
+    }
+
+    fn upstream_failure(&self, e: &UpstreamError) -> ApiError {
+        tracing::warn!(error = %e, "upstream request failed");
+        match e {
+            UpstreamError::Timeout => ApiError::GatewayTimeout(self.exchange.upstream().timeout),
+            UpstreamError::Token(t) => ApiError::NoToken(t.retry_after()),
+            UpstreamError::Connect(_) | UpstreamError::Broken(_) | UpstreamError::TooLarge => {
+                ApiError::BadGateway(format!("the upstream request failed: {}", e.label()).into())
+            }
+        }
+    }
+}
