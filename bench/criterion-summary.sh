@@ -7,7 +7,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-DIR="${1:-target/criterion}"
+DIR="${1:-${CARGO_TARGET_DIR:-target}/criterion}"
 [ -d "$DIR" ] || {
     echo "criterion-summary: $DIR does not exist; run cargo bench first" >&2
     exit 1

@@ -83,9 +83,10 @@ TENANT="00000000-0000-0000-0000-00000000d3f0"
 CLIENT_ID="defender-proxy-demo"
 CLIENT_SECRET="demo-secret"
 
-DPX="$ROOT/target/release/defender-proxy"
-BARE="$ROOT/target/release/examples/bare_hyper"
-FRESH="$ROOT/target/release/examples/freshness"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+DPX="$TARGET_DIR/release/defender-proxy"
+BARE="$TARGET_DIR/release/examples/bare_hyper"
+FRESH="$TARGET_DIR/release/examples/freshness"
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -871,7 +872,7 @@ main() {
         log "cargo bench (criterion)"
         cargo bench --locked --bench hot_path >"$OUT/criterion.txt" 2>&1 || die "cargo bench failed; see $OUT/criterion.txt"
     fi
-    if [ -d "$ROOT/target/criterion" ]; then
+    if [ -d "$TARGET_DIR/criterion" ]; then
         {
             printf '## Criterion (%s)\n\n' "\`cargo bench\`"
             bash "$BENCH/criterion-summary.sh"

@@ -13,9 +13,11 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 cargo build --locked --quiet --bin defender-proxy
+# CI may share a target directory between checkouts.
+target_dir=${CARGO_TARGET_DIR:-target}
 out=$(mktemp)
 DPX_SERVER__LISTEN=127.0.0.1:0 DPX_SERVER__ADMIN_LISTEN=127.0.0.1:0 DPX_TELEMETRY__LOG_LEVEL=warn \
-  target/debug/defender-proxy demo >"$out" 2>&1 &
+  "$target_dir/debug/defender-proxy" demo >"$out" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$out"' EXIT
 

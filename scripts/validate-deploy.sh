@@ -254,13 +254,13 @@ walk(config, schema, ())
 if errors:
     sys.exit("\n".join(errors))
 EOF
-    local bin=""
+    local bin="" target_dir="${CARGO_TARGET_DIR:-target}"
     if [ -n "${DEFENDER_PROXY_BIN:-}" ]; then
         bin="$DEFENDER_PROXY_BIN"
-    elif [ -x target/release/defender-proxy ]; then
-        bin=target/release/defender-proxy
-    elif [ -x target/debug/defender-proxy ]; then
-        bin=target/debug/defender-proxy
+    elif [ -x "$target_dir/release/defender-proxy" ]; then
+        bin="$target_dir/release/defender-proxy"
+    elif [ -x "$target_dir/debug/defender-proxy" ]; then
+        bin="$target_dir/debug/defender-proxy"
     fi
     if [ -n "$bin" ]; then
         echo "$bin config check --config deploy/base/config.toml"

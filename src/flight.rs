@@ -6,7 +6,7 @@
 //! the work finishes or is dropped.
 //!
 //! Each flight also carries a small value `M` set by its starter (the proxy keeps a watch of the
-//! flight's budget slot there, so each caller can apply its own wait). [`Flights::forget`] detaches
+//! flight's budget slot there, so each caller can apply its own wait). [`Flights::forget_if`] detaches
 //! a flight from its key: those already in it keep it, newcomers start afresh (after a write, no
 //! reader that arrives later may join a read that started before it).
 

@@ -3,20 +3,29 @@
 //!
 //! # Layout
 //!
-//! A request flows one way through these modules:
+//! A request flows one way through these modules; each may use only the ones listed after it
+//! (the compiler and `python3 ../shared/tools/modgraph.py src` keep the graph free of circles):
 //!
-//! * [`api`]: HTTP in and out; request ids, `Cache-Status` and `RateLimit` headers, admin
-//!   endpoints (`/metrics`, `/livez`, `/readyz`).
+//! * [`api`]: HTTP in and out; request ids, `RateLimit` headers, admin endpoints (`/metrics`,
+//!   `/livez`, `/readyz`). Uses `auth`, `target`, `proxy`, `outcome`, `sync` (status only).
 //! * [`auth`]: which consumer is calling (API keys stored as hashes) and what it may do.
 //! * [`target`]: parses the request target (route, incident id) and the caller's cache and wait
 //!   preferences; [`odata`] parses List query options.
 //! * [`proxy`]: the policy: cache, then budget, then upstream; stale-if-error; what is stored.
-//! * [`cache`]: the byte-bounded response store ([`cache::Store`], moka in memory).
+//!   Reads collapse into flights in which each caller keeps its own wait; writes finish detached.
+//! * [`outcome`]: what a request comes to (answer or failure) and the one `Cache-Status` renderer.
+//! * [`sync`]: (optional) follows the List API's changes so cached incidents stay current; it
+//!   writes its proof into [`cache::Confirmations`], which the proxy reads. Beside `proxy`, not
+//!   above or below it.
+//! * [`ingest`]: what an upstream answer puts into the cache (checked, spread, in order).
+//! * [`cache`]: the byte-bounded response store ([`cache::Store`]: ordered writes, moka in
+//!   memory) and the sync's confirmations.
 //! * [`flight`]: collapses concurrent misses for one key into one upstream call.
+//! * [`exchange`]: one budgeted upstream call: token first, then a slot, then the request at once;
+//!   safe retries; 429s freeze the route (capped).
 //! * [`budget`]: the quota-exact scheduler ([`budget::Budget`]; sliding windows in
 //!   [`budget::ledger`]).
 //! * [`upstream`]: the Defender HTTP client; [`token`]: its Entra ID access token.
-//! * [`sync`]: (optional) follows the List API's changes so cached incidents stay current.
 //!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
 //! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`], [`app`]

@@ -4,6 +4,11 @@
 //!
 //! The ledger takes its clock as a parameter, so this drives it exactly as the async budget does
 //! (FIFO queue, commit at the head's ready time, refusal beyond the allowed wait) without tasks.
+//!
+//! Defender counts arrivals, not grants. The proxy takes a slot only once its token is in hand,
+//! so grant and send differ by microseconds and arrival lags by network jitter only; a call that
+//! cannot leave gives its slot back. The arrival properties below drive random grant-to-arrival
+//! delays up to the margin, and random give-backs, and check the windows of arrival times.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -154,6 +159,67 @@ proptest! {
             prop_assert!(n >= 1485, "hour {}: {} calls, expected at least 1485", hour, n);
         }
     }
+}
+
+/// Deterministic jitter in `[0, max]` for the `i`-th call from a seed.
+fn jitter(seed: u64, i: usize, max: Duration) -> Duration {
+    let x = (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    max.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Grants arrive after a random delay up to the margin (network jitter: the token is already
+    /// in hand when the slot is taken): no window of arrival times is ever over.
+    #[test]
+    fn arrivals_never_over_with_grant_to_send_jitter(b in bursts(30_000, 150, 200), margin_ms in 1u64..=500, wait_s in 0u64..60, seed in any::<u64>()) {
+        let quotas = [MINUTE, HOUR];
+        let margin = Duration::from_millis(margin_ms);
+        let r = run(&quotas, margin, Duration::from_secs(wait_s), &arrivals(&b, 1000));
+        let mut arrived: Vec<Instant> = r.sends.iter().enumerate().map(|(i, &g)| g + jitter(seed, i, margin)).collect();
+        arrived.sort();
+        for q in quotas {
+            let worst = max_in_window(&arrived, q.length);
+            prop_assert!(worst <= q.limit as usize, "{} arrivals in a {:?} window (limit {})", worst, q.length, q.limit);
+        }
+    }
+
+    /// Calls that cannot leave after their grant give the slot back; the rest arrive with jitter:
+    /// still never over, and the slots given back are used by later callers.
+    #[test]
+    fn given_back_slots_never_push_arrivals_over(gaps in prop::collection::vec(0u64..2_000, 1..2_000), give_back in 0u32..50, margin_ms in 1u64..=500, seed in any::<u64>()) {
+        let quota = Quota { limit: 20, length: Duration::from_secs(10) };
+        let margin = Duration::from_millis(margin_ms);
+        let t0 = Instant::now();
+        let mut ledger = Ledger::new(&[quota], margin);
+        let mut t = t0;
+        let mut arrived = Vec::new();
+        for (i, gap) in gaps.iter().enumerate() {
+            t += Duration::from_millis(*gap);
+            if !ledger.try_now(t) {
+                continue;
+            }
+            if (jitter(seed, i, Duration::from_secs(100)).as_secs() as u32) < give_back {
+                ledger.uncommit(t, t); // its call could not leave: it never reaches the upstream
+            } else {
+                arrived.push(t + jitter(seed.rotate_left(7), i, margin));
+            }
+        }
+        arrived.sort();
+        prop_assert!(max_in_window(&arrived, quota.length) <= quota.limit as usize);
+    }
+}
+
+#[test]
+fn counting_grants_before_a_slow_token_would_fail_the_arrival_check() {
+    // The old order (slot first, then the token): 100 calls granted at t=0 wait 2 s for a token
+    // and arrive at 2 s; the next 100 are granted one minute and a margin after the first grants
+    // and arrive at once. The checker sees 200 arrivals in one sliding minute.
+    let t0 = Instant::now();
+    let mut arrived: Vec<Instant> = (0..100).map(|_| t0 + Duration::from_secs(2)).collect();
+    arrived.extend((0..100).map(|_| t0 + Duration::from_millis(60_500)));
+    assert_eq!(max_in_window(&arrived, MINUTE.length), 200);
 }
 
 #[test]

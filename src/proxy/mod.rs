@@ -1,9 +1,9 @@
 //! The request path after authentication: cache, then budget, then upstream, and back.
 //!
-//! This is where the policy lives: when a cached answer is good enough ([`Proxy::freshness`]),
+//! This is where the policy lives: when a cached answer is good enough (`Proxy::freshness`),
 //! when to wait for a slot, when a stale answer beats an error, and what a failed call means for
-//! the caller. Reads are in [`read`] (collapsed flights in which each caller keeps its own wait),
-//! writes in [`write`] (run to completion even if the caller leaves). Data flows one way: this
+//! the caller. Reads are in `read` (collapsed flights in which each caller keeps its own wait),
+//! writes in `write` (run to completion even if the caller leaves). Data flows one way: this
 //! module calls the cache, the flights and the [`Exchange`]; none of them call back.
 
 mod read;
