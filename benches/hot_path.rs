@@ -18,7 +18,7 @@ use std::{
 use axum::{body::Body, Router};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use defender_proxy::{
-    budget::{Budget, Ledger, LocalBudget, Quota},
+    budget::{Budget, Caller, Ledger, LocalBudget, Priority, Quota},
     config::{BudgetConfig, Config, QuotaConfig, RouteQuotas},
     demo,
     odata::ListQuery,
@@ -195,11 +195,12 @@ fn acquire_loop(budget: &LocalBudget, iters: u64) -> Duration {
         .enable_time()
         .build()
         .expect("tokio runtime");
+    let caller = Caller::new("bench", 1, Priority::Interactive);
     rt.block_on(async {
         let start = Instant::now();
         for _ in 0..iters {
             let grant = budget
-                .acquire(RouteKind::GetIncident, Duration::from_secs(1), None)
+                .acquire(RouteKind::GetIncident, &caller, Duration::from_secs(1), None)
                 .await;
             assert!(grant.is_ok(), "the quota must never bind in this benchmark");
             black_box(grant.ok());

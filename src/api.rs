@@ -146,6 +146,11 @@ async fn dispatch(state: &AppState, id: &str, req: Request) -> (Option<RouteKind
     };
     span.record("consumer", consumer.name.as_str());
     let name = Some(consumer.name.clone());
+    if let Some(rate) = &consumer.rate {
+        if let Err(wait) = rate.check() {
+            return (None, name, caller_rate_response(state, &consumer.name, rate, wait, id));
+        }
+    }
     let target = match target::parse(req.method(), req.uri().path(), req.uri().query()) {
         Ok(t) => t,
         Err(e) => return (None, name, error_response(e.into(), id)),
@@ -174,8 +179,14 @@ async fn dispatch(state: &AppState, id: &str, req: Request) -> (Option<RouteKind
         );
     }
     let preferred = target::preferred_wait(req.headers(), state.max_wait_cap);
+    let mut caller = consumer.caller.clone();
+    if target::prefers_batch(req.headers()) {
+        // A caller may lower its own priority, never raise it.
+        caller.priority = crate::budget::Priority::Batch;
+    }
     let ctx = Ctx {
         request_id: id.to_string(),
+        caller,
         directives: Directives::from_headers(req.headers()),
         wait: preferred.unwrap_or(state.max_wait),
     };
@@ -209,6 +220,43 @@ async fn dispatch(state: &AppState, id: &str, req: Request) -> (Option<RouteKind
         }
     }
     (Some(route), name, resp)
+}
+
+/// 429 for a consumer over its own request-rate ceiling, with `RateLimit` headers describing that
+/// ceiling (not the upstream quota).
+fn caller_rate_response(
+    state: &AppState,
+    consumer: &str,
+    rate: &crate::auth::CallerRate,
+    wait: Duration,
+    id: &str,
+) -> Response {
+    state
+        .metrics
+        .rejected
+        .get_or_create(&crate::metrics::RejectLabels {
+            route: "any",
+            reason: "caller_rate",
+        })
+        .inc();
+    let error = ApiError::Throttled {
+        retry_after: wait,
+        message: format!(
+            "consumer '{consumer}' exceeds its ceiling of {} requests per second to the proxy",
+            rate.per_second
+        )
+        .into(),
+    };
+    let mut resp = error_response(error.into(), id);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::try_from(format!("\"consumer\";q={};w=1", rate.burst)) {
+        h.insert("ratelimit-policy", v);
+    }
+    let reset = crate::error::retry_after_secs(wait);
+    if let Ok(v) = HeaderValue::try_from(format!("\"consumer\";r=0;t={reset}")) {
+        h.insert("ratelimit", v);
+    }
+    resp
 }
 
 /// PATCH bodies: JSON only, bounded in size; nothing is spent on a body we would refuse.
@@ -295,6 +343,14 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             m.budget_limit.get_or_create(&wl).set(i64::from(w.quota.limit));
         }
         m.queue_depth.get_or_create(&labels).set(status.queued as i64);
+        for f in &status.flows {
+            m.consumer_queue_depth
+                .get_or_create(&crate::metrics::ConsumerLabels {
+                    route: route.name(),
+                    consumer: f.flow.clone(),
+                })
+                .set(f.queued as i64);
+        }
         m.queue_capacity
             .get_or_create(&labels)
             .set(status.queue_capacity as i64);
@@ -361,8 +417,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .collect();
     let ready = accepting && token;
     let sync = state.sync.as_ref().map(|s| s.status(Instant::now()));
+    let queues: Vec<serde_json::Value> = RouteKind::ALL
+        .iter()
+        .map(|r| {
+            let st = state.proxy.budget().status(*r);
+            serde_json::json!({"route": r.name(), "queued": st.queued, "capacity": st.queue_capacity, "consumers": st.flows})
+        })
+        .collect();
     let body = serde_json::json!({
         "ready": ready,
+        "queues": queues,
         "accepting": accepting,
         "upstream_token": if token { "ok" } else { "unavailable" },
         "frozen_routes": frozen,

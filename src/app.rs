@@ -80,6 +80,7 @@ impl Application {
             ingest: Ingest::new(store.clone(), config.cache.clone()),
             metrics: metrics.clone(),
             state,
+            caller: Syncer::caller(),
         });
         let proxy = Arc::new(Proxy::new(policy, store, exchange, metrics.clone(), confirmations));
         let consumers = Consumers::from_config(&config.auth);

@@ -12,7 +12,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthConfig, KeyHash, Right};
+use crate::{
+    budget::{Caller, Priority},
+    config::{AuthConfig, KeyHash, Right},
+};
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +24,57 @@ pub struct Consumer {
     pub name: Arc<String>,
     pub read: bool,
     pub write: bool,
+    /// Its flow in the budget's fair queuing: name, weight, configured priority.
+    pub caller: Caller,
+    /// Its ceiling on requests to the proxy itself (GCRA), if configured.
+    pub rate: Option<Arc<CallerRate>>,
+}
+
+/// A consumer's own request-rate ceiling (governor's GCRA): contains a tool stuck in a loop
+/// before it costs CPU or queue space. The budget towards the upstream stays the exact ledger.
+pub struct CallerRate {
+    limiter: governor::DefaultDirectRateLimiter,
+    clock: governor::clock::DefaultClock,
+    /// The configured rate and burst, for the `RateLimit` headers.
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl std::fmt::Debug for CallerRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallerRate({}/s, burst {})", self.per_second, self.burst)
+    }
+}
+
+impl PartialEq for CallerRate {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for CallerRate {}
+
+impl CallerRate {
+    fn new(per_second: f64, burst: Option<u32>) -> Option<CallerRate> {
+        use std::num::NonZeroU32;
+        let burst = burst.unwrap_or_else(|| (per_second.ceil() as u32).max(1));
+        let period = std::time::Duration::from_secs_f64(1.0 / per_second);
+        let quota = governor::Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst)?);
+        Some(CallerRate {
+            limiter: governor::RateLimiter::direct(quota),
+            clock: governor::clock::DefaultClock::default(),
+            per_second,
+            burst,
+        })
+    }
+
+    /// `Err(wait)` when this request is over the ceiling: try again after `wait`.
+    pub fn check(&self) -> Result<(), std::time::Duration> {
+        use governor::clock::Clock;
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
 }
 
 /// Why a caller was not let in.
@@ -63,6 +117,11 @@ impl Consumers {
                 name: Arc::new(name.clone()),
                 read: c.rights.contains(&Right::Read),
                 write: c.rights.contains(&Right::Write),
+                caller: Caller::new(name.as_str(), c.weight, c.priority),
+                rate: c
+                    .rate_per_second
+                    .and_then(|r| CallerRate::new(r, c.rate_burst))
+                    .map(Arc::new),
             });
             for h in &c.key_hashes {
                 if let Some(KeyHash(hash)) = KeyHash::parse(h) {
@@ -75,6 +134,8 @@ impl Consumers {
                 name: Arc::new("anonymous".into()),
                 read: true,
                 write: true,
+                caller: Caller::new("anonymous", 1, Priority::Interactive),
+                rate: None,
             })
         });
         Consumers { keys, anonymous }
@@ -149,6 +210,7 @@ mod tests {
             ConsumerConfig {
                 key_hashes: vec![hash_key("old-key"), hash_key(&key)],
                 rights: vec![Right::Read],
+                ..ConsumerConfig::default()
             },
         );
         (Consumers::from_config(&cfg), key)

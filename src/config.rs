@@ -125,6 +125,23 @@ impl Default for TokenConfig {
     }
 }
 
+/// How urgent a call is: batch calls queue behind interactive ones and leave the reserve alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Interactive,
+    Batch,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Right {
@@ -139,12 +156,34 @@ pub struct AuthConfig {
     pub consumers: BTreeMap<String, ConsumerConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// `sha256:<64 hex digits>` of each accepted key.
     pub key_hashes: Vec<String>,
     pub rights: Vec<Right>,
+    /// Share of the quota against other consumers with a backlog (weighted fair queuing).
+    pub weight: u32,
+    /// `interactive` (default) or `batch`: batch calls queue behind interactive ones and never
+    /// take the `budget.reserve` slots.
+    pub priority: Priority,
+    /// Ceiling on this consumer's requests per second to the proxy itself, hits included.
+    pub rate_per_second: Option<f64>,
+    /// Requests it may send at once above that rate (default: one second's worth).
+    pub rate_burst: Option<u32>,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            key_hashes: Vec::new(),
+            rights: Vec::new(),
+            weight: 1,
+            priority: Priority::Interactive,
+            rate_per_second: None,
+            rate_burst: None,
+        }
+    }
 }
 
 /// The SHA-256 of a consumer's key, configured as `sha256:<64 hex digits>`.
@@ -213,6 +252,10 @@ pub struct BudgetConfig {
     pub safety_margin: Duration,
     #[serde(with = "humantime_serde")]
     pub default_backoff: Duration,
+    /// Most callers of one consumer that may wait per route.
+    pub max_queue_per_consumer: usize,
+    /// Slots of every window of the read routes that batch callers may not take.
+    pub reserve: u32,
     pub routes: BTreeMap<String, RouteQuotas>,
 }
 
@@ -246,6 +289,8 @@ impl Default for BudgetConfig {
             max_queue: 1000,
             safety_margin: Duration::from_millis(500),
             default_backoff: Duration::from_secs(10),
+            max_queue_per_consumer: 250,
+            reserve: 0,
             routes: BTreeMap::from([
                 ("get_incident".to_string(), quotas(100, 1500)),
                 ("list_incidents".to_string(), quotas(50, 1500)),
@@ -399,6 +444,23 @@ impl Config {
         if self.server.max_concurrency == 0 {
             return Err(invalid("server.max_concurrency", "must be at least 1"));
         }
+        for route in ["get_incident", "list_incidents"] {
+            let smallest = self
+                .budget
+                .routes
+                .get(route)
+                .and_then(|r| r.quotas.iter().map(|q| q.limit).min())
+                .unwrap_or(u32::MAX);
+            if self.budget.reserve >= smallest {
+                return Err(invalid(
+                    "budget.reserve",
+                    format!("must be below the smallest quota of budget.routes.{route} ({smallest})"),
+                ));
+            }
+        }
+        if self.budget.max_queue_per_consumer == 0 {
+            return Err(invalid("budget.max_queue_per_consumer", "must be at least 1"));
+        }
         if self.budget.max_queue == 0 {
             return Err(invalid("budget.max_queue", "must be at least 1"));
         }
@@ -458,6 +520,21 @@ impl Config {
                         "each hash must be `sha256:` followed by 64 hex digits (see `defender-proxy hash-key`)",
                     ));
                 }
+            }
+            if !(1..=1000).contains(&c.weight) {
+                return Err(invalid(format!("auth.consumers.{name}.weight"), "must be 1 to 1000"));
+            }
+            if c.rate_per_second.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err(invalid(
+                    format!("auth.consumers.{name}.rate_per_second"),
+                    "must be a positive number",
+                ));
+            }
+            if c.rate_burst == Some(0) {
+                return Err(invalid(
+                    format!("auth.consumers.{name}.rate_burst"),
+                    "must be at least 1",
+                ));
             }
             if c.rights.is_empty() {
                 return Err(invalid(

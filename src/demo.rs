@@ -37,6 +37,7 @@ pub async fn prepare(mut base: Config, sim: SimConfig, sim_listen: SocketAddr) -
         ConsumerConfig {
             key_hashes: vec![auth::hash_key(&key)],
             rights: vec![Right::Read, Right::Write],
+            ..ConsumerConfig::default()
         },
     );
     base.validate()?;

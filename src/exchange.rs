@@ -17,8 +17,8 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::{
-    budget::{Budget, Freeze, Grant, Refusal, SlotWatch, WindowStatus},
-    metrics::{RouteLabels, UpstreamLabels},
+    budget::{Budget, Caller, Freeze, Grant, Refusal, SlotWatch, WindowStatus},
+    metrics::{ConsumerLabels, ConsumerRejectLabels, RouteLabels, UpstreamLabels},
     route::RouteKind,
     token::{Token, TokenError},
     upstream::{self, Request, Response, Upstream, UpstreamError},
@@ -53,6 +53,7 @@ pub enum CallError {
 pub struct Admitted {
     token: Token,
     grant: Grant,
+    caller: Caller,
 }
 
 impl Admitted {
@@ -101,12 +102,13 @@ impl Exchange {
     pub async fn call(
         &self,
         route: RouteKind,
+        caller: &Caller,
         req: &Request,
         wait: Duration,
         slot: Option<&SlotWatch>,
         retry: Retry,
     ) -> Result<Sent, CallError> {
-        let admitted = self.admit(route, wait, slot).await?;
+        let admitted = self.admit(route, caller, wait, slot).await?;
         self.send(route, req, admitted, retry).await
     }
 
@@ -115,26 +117,48 @@ impl Exchange {
     pub async fn admit(
         &self,
         route: RouteKind,
+        caller: &Caller,
         wait: Duration,
         slot: Option<&SlotWatch>,
     ) -> Result<Admitted, CallError> {
         let token = self.upstream.token().await.map_err(no_token)?;
-        let grant = self
-            .budget
-            .acquire(route, wait, slot)
-            .await
-            .map_err(CallError::Refused)?;
+        let labels = ConsumerLabels {
+            route: route.name(),
+            consumer: caller.flow.to_string(),
+        };
+        let grant = match self.budget.acquire(route, caller, wait, slot).await {
+            Ok(g) => g,
+            Err(refusal) => {
+                if let Refusal::Throttled { reason, .. } = &refusal {
+                    self.metrics
+                        .consumer_rejected
+                        .get_or_create(&ConsumerRejectLabels {
+                            route: route.name(),
+                            consumer: labels.consumer,
+                            reason: reason.as_str(),
+                        })
+                        .inc();
+                }
+                return Err(CallError::Refused(refusal));
+            }
+        };
         self.metrics
             .queue_wait
             .get_or_create(&RouteLabels { route: route.name() })
             .observe(grant.queued.as_secs_f64());
+        self.metrics
+            .consumer_wait
+            .get_or_create(&labels)
+            .observe(grant.queued.as_secs_f64());
+        self.metrics.consumer_granted.get_or_create(&labels).inc();
         let now = Instant::now();
+        let caller = caller.clone();
         if token.usable(now) {
-            return Ok(Admitted { token, grant });
+            return Ok(Admitted { token, grant, caller });
         }
         // The token aged out while we queued; the refresher has usually replaced it already.
         match self.upstream.tokens().cached() {
-            Some(token) => Ok(Admitted { token, grant }),
+            Some(token) => Ok(Admitted { token, grant, caller }),
             None => {
                 self.budget.release(route, &grant);
                 Err(CallError::NoToken(TokenError::Slow { waited: Duration::ZERO }))
@@ -151,12 +175,12 @@ impl Exchange {
         admitted: Admitted,
         retry: Retry,
     ) -> Result<Sent, CallError> {
-        let Admitted { token, grant } = admitted;
+        let Admitted { token, grant, caller } = admitted;
         let first = self.send_once(route, req, &token).await;
         let result = match first {
             Ok(resp) if resp.status == StatusCode::UNAUTHORIZED => {
                 tracing::warn!(route = route.name(), "upstream rejected the token; refreshing once");
-                match self.readmit_fresh(route, &token).await {
+                match self.readmit_fresh(route, &caller, &token).await {
                     Some(again) => self.send_once(route, req, &again.token).await,
                     None => Ok(resp),
                 }
@@ -164,7 +188,7 @@ impl Exchange {
             // A read is safe to repeat when the connection failed before or after sending.
             Err(e @ (UpstreamError::Connect(_) | UpstreamError::Broken(_))) if retry == Retry::Read => {
                 tracing::warn!(route = route.name(), error = %e, "upstream connection failed; retrying once");
-                match self.budget.acquire(route, Duration::ZERO, None).await {
+                match self.budget.acquire(route, &caller, Duration::ZERO, None).await {
                     Ok(_) => self.send_once(route, req, &token).await,
                     Err(_) => Err(e),
                 }
@@ -183,10 +207,14 @@ impl Exchange {
 
     /// After a 401: a replacement token, then a slot for the retry (no waiting: the caller
     /// already waited once).
-    async fn readmit_fresh(&self, route: RouteKind, rejected: &Token) -> Option<Admitted> {
+    async fn readmit_fresh(&self, route: RouteKind, caller: &Caller, rejected: &Token) -> Option<Admitted> {
         let token = self.upstream.fresh_token(rejected).await.ok()?;
-        let grant = self.budget.acquire(route, Duration::ZERO, None).await.ok()?;
-        Some(Admitted { token, grant })
+        let grant = self.budget.acquire(route, caller, Duration::ZERO, None).await.ok()?;
+        Some(Admitted {
+            token,
+            grant,
+            caller: caller.clone(),
+        })
     }
 
     async fn send_once(&self, route: RouteKind, req: &Request, token: &Token) -> Result<Response, UpstreamError> {

@@ -25,6 +25,21 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+/// Per-consumer budget labels: the route and the consumer's flow name (configured names,
+/// `anonymous` and `sync` only).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub route: &'static str,
+    pub consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerRejectLabels {
+    pub route: &'static str,
+    pub consumer: String,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub kind: &'static str,
@@ -84,6 +99,10 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub upstream_throttled: Family<RouteLabels, Counter>,
     pub retry_after_capped: Family<RouteLabels, Counter>,
+    pub consumer_granted: Family<ConsumerLabels, Counter>,
+    pub consumer_wait: Histograms<ConsumerLabels>,
+    pub consumer_queue_depth: Family<ConsumerLabels, Gauge>,
+    pub consumer_rejected: Family<ConsumerRejectLabels, Counter>,
     pub frozen_seconds: Family<RouteLabels, FGauge>,
     pub token_expiry: Gauge,
     pub token_refresh_failures: Family<CodeLabels, Counter>,
@@ -208,6 +227,31 @@ impl Metrics {
             "Upstream 429s that asked for a pause longer than the route's longest window (capped)",
             retry_after_capped.clone(),
         );
+        let consumer_granted = Family::default();
+        registry.register(
+            "consumer_slots_granted",
+            "Upstream slots granted, by route and consumer (who is using the quota)",
+            consumer_granted.clone(),
+        );
+        let consumer_wait = Histograms::new_with_constructor(queue_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "consumer_queue_wait",
+            "Time a consumer's calls waited for an upstream slot",
+            Unit::Seconds,
+            consumer_wait.clone(),
+        );
+        let consumer_queue_depth = Family::default();
+        registry.register(
+            "consumer_queue_depth",
+            "A consumer's calls waiting for an upstream slot",
+            consumer_queue_depth.clone(),
+        );
+        let consumer_rejected = Family::default();
+        registry.register(
+            "consumer_rejected",
+            "A consumer's calls refused a slot, by route and reason",
+            consumer_rejected.clone(),
+        );
         let frozen_seconds = Family::<RouteLabels, FGauge>::default();
         registry.register_with_unit(
             "budget_frozen",
@@ -277,6 +321,10 @@ impl Metrics {
             rejected,
             upstream_throttled,
             retry_after_capped,
+            consumer_granted,
+            consumer_wait,
+            consumer_queue_depth,
+            consumer_rejected,
             frozen_seconds,
             token_expiry,
             token_refresh_failures,

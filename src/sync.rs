@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::{
-    budget::{Ledger, Quota},
+    budget::{Caller, Ledger, Priority, Quota},
     cache::{Confirmations, Store},
     config::SyncConfig,
     exchange::{CallError, Exchange, Retry},
@@ -202,6 +202,15 @@ pub struct Syncer {
     pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
     pub state: Arc<SyncState>,
+    /// The sync draws on the List quota as a batch flow of its own.
+    pub caller: Caller,
+}
+
+impl Syncer {
+    /// The flow the sync's calls belong to.
+    pub fn caller() -> Caller {
+        Caller::new("sync", 1, Priority::Batch)
+    }
 }
 
 /// Runs the sync until the task is dropped.
@@ -313,7 +322,7 @@ impl Syncer {
         let sent_at = Instant::now();
         let sent = self
             .exchange
-            .call(route, &req, Duration::ZERO, None, Retry::Read)
+            .call(route, &self.caller, &req, Duration::ZERO, None, Retry::Read)
             .await
             .map_err(|e| match e {
                 CallError::Refused(_) => SyncError::NoSlot,

@@ -174,6 +174,20 @@ pub fn preferred_wait(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
         .map(|secs| Duration::from_secs(secs).min(cap))
 }
 
+/// `Prefer: priority=batch`: the caller lowers its own priority for this request (fair queuing
+/// puts it behind interactive calls and keeps it out of `budget.reserve`).
+pub fn prefers_batch(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|p| p.split_once('='))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("priority") && v.trim().trim_matches('"').eq_ignore_ascii_case("batch")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +284,8 @@ mod tests {
         );
         assert_eq!(preferred_wait(&h("prefer", "respond-async, wait=500"), cap), Some(cap));
         assert_eq!(preferred_wait(&h("prefer", "return=minimal"), cap), None);
+        assert!(prefers_batch(&h("prefer", "wait=5, priority=batch")));
+        assert!(!prefers_batch(&h("prefer", "priority=interactive")));
     }
 }
 

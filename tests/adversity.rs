@@ -35,7 +35,9 @@ async fn a_slow_token_delays_the_count_not_the_arrival() {
     let mut config = test_config();
     route_quota(&mut config, "get_incident", &[(limit, window)]);
     let sim = sim_with(&[(limit, window)], &[], &[]);
-    let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     // The proxy's first token request (from its refresher, at start) is slow.
     demo.simulator
         .set_faults(fault_on("token", FaultKind::Latency { ms: 1000 }, Some(1)));
@@ -118,7 +120,11 @@ async fn a_token_outage_answers_503_at_once_and_spends_nothing() {
     );
     assert_eq!(app.calls("get"), 0, "nothing reached the upstream");
     assert_eq!(
-        metric(&app, "defender_proxy_budget_remaining{route=\"get_incident\",window=\"60s\"}").await,
+        metric(
+            &app,
+            "defender_proxy_budget_remaining{route=\"get_incident\",window=\"60s\"}"
+        )
+        .await,
         100.0,
         "no slot was spent"
     );
@@ -136,7 +142,11 @@ async fn a_token_outage_answers_503_at_once_and_spends_nothing() {
     }
     assert_eq!(app.calls("get"), 1);
     assert_eq!(
-        metric(&app, "defender_proxy_budget_remaining{route=\"get_incident\",window=\"60s\"}").await,
+        metric(
+            &app,
+            "defender_proxy_budget_remaining{route=\"get_incident\",window=\"60s\"}"
+        )
+        .await,
         99.0
     );
     app.stop().await;
@@ -147,8 +157,12 @@ async fn a_token_outage_answers_503_at_once_and_spends_nothing() {
 async fn a_401_on_patch_refreshes_the_token_and_retries_once() {
     let app = spawn_app_with(SimConfig::default(), |_| {}).await;
     let id = app.existing_id(40);
-    app.sim
-        .set_faults(fault_on("update", FaultKind::Unauthorized, Some(1)));
+    // A first call makes sure the proxy holds its first token before we count.
+    assert_eq!(
+        app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(),
+        200
+    );
+    app.sim.set_faults(fault_on("update", FaultKind::Unauthorized, Some(1)));
     let before = app.stats().token_requests;
     let r = app
         .patch(&format!("/api/incidents/{id}"), r#"{"assignedTo":"retry@example.com"}"#)
@@ -196,7 +210,11 @@ async fn hostile_retry_after_values_are_survived_and_capped() {
         ));
         let id = app.existing_id(77);
         let reqs: Vec<_> = (0..10)
-            .map(|_| app.get(&format!("/api/incidents/{id}")).header("prefer", "wait=0").send())
+            .map(|_| {
+                app.get(&format!("/api/incidents/{id}"))
+                    .header("prefer", "wait=0")
+                    .send()
+            })
             .collect();
         for r in futures_util::future::join_all(reqs).await {
             let r = r.unwrap_or_else(|e| panic!("{header:?}/{message:?}: a caller's connection failed: {e}"));
@@ -240,8 +258,14 @@ async fn a_read_that_started_before_a_write_never_overwrites_it() {
     let slow = slow.await.unwrap();
     let slow_status = cache_status(&slow);
     let old: serde_json::Value = slow.json().await.unwrap();
-    assert_ne!(old["assignedTo"], "after@example.com", "the slow read saw the old state");
-    assert!(!slow_status.contains("stored"), "the old answer was not stored: {slow_status}");
+    assert_ne!(
+        old["assignedTo"], "after@example.com",
+        "the slow read saw the old state"
+    );
+    assert!(
+        !slow_status.contains("stored"),
+        "the old answer was not stored: {slow_status}"
+    );
     let later = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
     let now: serde_json::Value = later.json().await.unwrap();
     assert_eq!(now["assignedTo"], "after@example.com", "a later reader sees the write");
@@ -280,7 +304,11 @@ async fn a_collapsed_follower_keeps_its_own_wait() {
     let app = spawn_app_with(sim, |c| route_quota(c, "get_incident", &[(1, 6)])).await;
     let spend = app.existing_id(10);
     assert_eq!(
-        app.get(&format!("/api/incidents/{spend}")).send().await.unwrap().status(),
+        app.get(&format!("/api/incidents/{spend}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     let id = app.existing_id(20);
@@ -321,7 +349,10 @@ async fn no_cache_never_falls_back_to_stale_for_lack_of_a_slot() {
     })
     .await;
     let id = app.existing_id(30);
-    assert_eq!(app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(),
+        200
+    );
     tokio::time::sleep(Duration::from_millis(700)).await; // expired, still usable as stale
     let r = app
         .get(&format!("/api/incidents/{id}"))
@@ -336,6 +367,10 @@ async fn no_cache_never_falls_back_to_stale_for_lack_of_a_slot() {
     // Without no-cache, the same situation serves the expired entry instead of queueing.
     let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(cache_status(&r).contains("fwd=stale; detail=budget"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("fwd=stale; detail=budget"),
+        "{}",
+        cache_status(&r)
+    );
     app.stop().await;
 }

@@ -247,3 +247,172 @@ fn a_token_bucket_with_burst_equal_to_the_quota_would_fail_this_check() {
     sends.extend((1..100).map(|i| t0 + Duration::from_millis(600 * i)));
     assert_eq!(max_in_window(&sends, MINUTE.length), 199);
 }
+
+// ---- Fair queuing between consumers (the async budget itself, on tokio's paused clock) ----
+
+mod fairness {
+    use std::{sync::Arc, time::Duration};
+
+    use defender_proxy::{
+        budget::{Budget, Caller, LocalBudget, Priority},
+        config::{BudgetConfig, QuotaConfig, RouteQuotas},
+        route::RouteKind,
+    };
+    use proptest::prelude::*;
+    use tokio::time::Instant;
+
+    const G: RouteKind = RouteKind::GetIncident;
+
+    fn budget(limit: u32, window: Duration) -> Arc<LocalBudget> {
+        let mut cfg = BudgetConfig {
+            safety_margin: Duration::ZERO,
+            max_queue: 10_000,
+            max_queue_per_consumer: 10_000,
+            ..BudgetConfig::default()
+        };
+        for name in ["get_incident", "list_incidents", "update_incident"] {
+            cfg.routes.insert(
+                name.into(),
+                RouteQuotas {
+                    quotas: vec![QuotaConfig { limit, window }],
+                },
+            );
+        }
+        Arc::new(LocalBudget::new(&cfg))
+    }
+
+    /// Each consumer keeps `backlog` calls queued for `run` of simulated time; returns the grant
+    /// times with the consumer index, in grant order.
+    fn saturate(weights: &[u32], limit: u32, window: Duration, run: Duration, backlog: usize) -> Vec<(Instant, usize)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let b = budget(limit, window);
+            let end = Instant::now() + run;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            // Interleave the consumers' tasks so that none is favoured at the start.
+            for _ in 0..backlog {
+                for (i, &w) in weights.iter().enumerate() {
+                    let caller = Caller::new(format!("c{i}"), w, Priority::Interactive);
+                    let (b, tx) = (b.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < end {
+                            if b.acquire(G, &caller, Duration::from_secs(3600), None).await.is_ok() {
+                                let _ = tx.send((Instant::now(), i));
+                            }
+                        }
+                    });
+                }
+            }
+            drop(tx);
+            tokio::time::sleep(run).await;
+            b.close();
+            let mut got = Vec::new();
+            while let Ok(x) = rx.try_recv() {
+                got.push(x);
+            }
+            got.retain(|(t, _)| *t < end);
+            got
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        /// Backlogged consumers with random weights over simulated time: no window over quota,
+        /// shares within a small tolerance of the weights' shares, and no consumer waits more
+        /// than a bounded number of slots between two of its grants.
+        #[test]
+        fn backlogged_consumers_get_their_weighted_shares(weights in prop::collection::vec(1u32..=5, 2..=4)) {
+            let (limit, window) = (10, Duration::from_secs(1));
+            let grants = saturate(&weights, limit, window, Duration::from_secs(120), 6);
+            let times: Vec<Instant> = grants.iter().map(|g| g.0).collect();
+            prop_assert!(super::max_in_window(&times, window) <= limit as usize);
+            let total = grants.len() as f64;
+            prop_assert!(total >= 0.98 * f64::from(limit) * 120.0, "work-conserving: {} grants", total);
+            let sum: u32 = weights.iter().sum();
+            for (i, &w) in weights.iter().enumerate() {
+                let got = grants.iter().filter(|g| g.1 == i).count() as f64 / total;
+                let want = f64::from(w) / f64::from(sum);
+                prop_assert!((got - want).abs() <= 0.02, "consumer {} (weight {}): {:.3} of slots, weight share {:.3}", i, w, got, want);
+                // Between two grants of consumer i, at most about sum/w others go (after the
+                // first window, whose slots go to whoever asked first, before any contention).
+                let mut since = 0usize;
+                let mut worst = 0usize;
+                let settled = times[0] + window;
+                for g in grants.iter().filter(|g| g.0 >= settled) {
+                    if g.1 == i { worst = worst.max(since); since = 0; } else { since += 1; }
+                }
+                let bound = (f64::from(sum) / f64::from(w)).ceil() as usize + weights.len();
+                prop_assert!(worst <= bound, "consumer {} waited {} slots behind others (bound {})", i, worst, bound);
+            }
+        }
+    }
+
+    /// A consumer alone gets the whole quota; a light newcomer is served within a slot or two
+    /// even behind a heavy backlog.
+    #[test]
+    fn a_light_newcomer_goes_ahead_of_a_heavy_backlog() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let b = budget(10, Duration::from_secs(1));
+            let heavy = Caller::new("heavy", 1, Priority::Interactive);
+            let light = Caller::new("light", 1, Priority::Interactive);
+            for _ in 0..200 {
+                let (b, heavy) = (b.clone(), heavy.clone());
+                tokio::spawn(async move { b.acquire(G, &heavy, Duration::from_secs(3600), None).await });
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let t = Instant::now();
+            let g = b.acquire(G, &light, Duration::from_secs(60), None).await.unwrap();
+            // The heavy backlog needs 17 s more; the newcomer goes when the next window opens.
+            assert!(
+                g.queued <= Duration::from_millis(500),
+                "waited {:?} behind 170 queued calls",
+                Instant::now() - t
+            );
+            b.close();
+        });
+    }
+
+    /// Batch calls never take the last `reserve` slots of a window.
+    #[test]
+    fn batch_calls_leave_the_reserve_to_interactive_ones() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut cfg = BudgetConfig {
+                safety_margin: Duration::ZERO,
+                reserve: 3,
+                ..BudgetConfig::default()
+            };
+            cfg.routes.get_mut("get_incident").unwrap().quotas = vec![QuotaConfig {
+                limit: 10,
+                window: Duration::from_secs(60),
+            }];
+            let b = LocalBudget::new(&cfg);
+            let batch = Caller::new("job", 1, Priority::Batch);
+            let console = Caller::new("console", 1, Priority::Interactive);
+            let mut sent = 0;
+            while b.acquire(G, &batch, Duration::ZERO, None).await.is_ok() {
+                sent += 1;
+            }
+            assert_eq!(sent, 7, "batch stops at limit - reserve");
+            for _ in 0..3 {
+                assert!(b.acquire(G, &console, Duration::ZERO, None).await.is_ok());
+            }
+            assert!(b.acquire(G, &console, Duration::ZERO, None).await.is_err());
+        });
+    }
+}

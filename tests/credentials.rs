@@ -168,6 +168,7 @@ async fn proxy_with_secret_file(secret_file: &std::path::Path) -> (String, commo
         ConsumerConfig {
             key_hashes: vec![auth::hash_key(&key)],
             rights: vec![Right::Read],
+            ..ConsumerConfig::default()
         },
     );
     c.validate().unwrap();
@@ -246,6 +247,7 @@ async fn a_certificate_credential_gets_tokens_with_a_signed_client_assertion() {
         ConsumerConfig {
             key_hashes: vec![auth::hash_key(&key)],
             rights: vec![Right::Read],
+            ..ConsumerConfig::default()
         },
     );
     c.validate().unwrap();
@@ -318,6 +320,7 @@ async fn a_read_only_consumer_cannot_patch() {
             ConsumerConfig {
                 key_hashes: vec![hash],
                 rights: vec![Right::Read],
+                ..ConsumerConfig::default()
             },
         );
     })

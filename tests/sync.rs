@@ -340,7 +340,10 @@ async fn a_change_set_larger_than_one_runs_share_completes() {
     })
     .await;
     let started = Instant::now();
-    eventually("the first pass completes", Duration::from_secs(20), || sync_healthy(&app)).await;
+    eventually("the first pass completes", Duration::from_secs(20), || {
+        sync_healthy(&app)
+    })
+    .await;
     let pages = app.calls("list");
     println!(
         "1,500 changes synced in {:?} with {pages} List calls",
@@ -378,7 +381,12 @@ async fn a_404_keeps_its_negative_ttl_while_the_sync_is_healthy() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 504, "the 404 expired: {:?}", r.headers().get("cache-status"));
+    assert_eq!(
+        r.status(),
+        504,
+        "the 404 expired: {:?}",
+        r.headers().get("cache-status")
+    );
     app.stop().await;
 }
 
@@ -393,7 +401,10 @@ async fn the_ttl_shown_reflects_the_sync() {
     .await;
     eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
     let id = app.existing_id(9);
-    assert_eq!(app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(),
+        200
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
     let status = r.headers()["cache-status"].to_str().unwrap().to_string();

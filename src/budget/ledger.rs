@@ -54,6 +54,10 @@ pub struct Ledger {
     windows: Vec<Window>,
     /// Committed sends (oldest first) followed by `queued` projected sends; sorted.
     log: VecDeque<Instant>,
+    /// Per log entry: whether it is a batch call, which must leave `reserve` slots of every
+    /// window free (for interactive calls).
+    batch: VecDeque<bool>,
+    reserve: u32,
     queued: usize,
     /// Committed entries kept: the largest limit is all any bound ever looks back.
     keep: usize,
@@ -74,10 +78,18 @@ impl Ledger {
         Ledger {
             windows,
             log: VecDeque::with_capacity(keep + 1),
+            batch: VecDeque::with_capacity(keep + 1),
+            reserve: 0,
             queued: 0,
             keep,
             frozen_until: None,
         }
+    }
+
+    /// Keeps `reserve` slots of every window (at most all but one) out of reach of batch calls.
+    pub fn with_reserve(mut self, reserve: u32) -> Ledger {
+        self.reserve = reserve;
+        self
     }
 
     pub fn quotas(&self) -> impl Iterator<Item = Quota> + '_ {
@@ -93,13 +105,25 @@ impl Ledger {
     }
 
     /// The earliest time a call at log position `idx` may be sent, given the entries before it.
-    fn slot_for(&self, idx: usize, now: Instant) -> Instant {
+    /// A batch call counts against `limit - reserve`: it may only go while the window would still
+    /// have `reserve` slots left. That bound is stricter than the quota's, so every entry keeps
+    /// the quota's own rule. Projections never go before the entry ahead of them (the log stays
+    /// sorted and the queue leaves in order).
+    fn slot_for(&self, idx: usize, now: Instant, batch: bool) -> Instant {
         let mut t = now;
         if let Some(f) = self.frozen_until {
             t = t.max(f);
         }
+        if idx > self.committed() {
+            t = t.max(self.log[idx - 1]);
+        }
         for w in &self.windows {
-            let limit = w.quota.limit as usize;
+            let full = w.quota.limit as usize;
+            let limit = if batch {
+                full.saturating_sub(self.reserve as usize).max(1)
+            } else {
+                full
+            };
             if idx >= limit {
                 t = t.max(self.log[idx - limit] + w.span);
             }
@@ -109,7 +133,7 @@ impl Ledger {
 
     /// When a call arriving now would be sent, behind everything already queued.
     pub fn next_slot(&self, now: Instant) -> Instant {
-        self.slot_for(self.log.len(), now)
+        self.slot_for(self.log.len(), now, false)
     }
 
     /// The projected slot of the waiter at queue position `pos`.
@@ -119,8 +143,14 @@ impl Ledger {
 
     /// Sends at once if nobody is queued and every quota allows it.
     pub fn try_now(&mut self, now: Instant) -> bool {
-        if self.queued == 0 && self.next_slot(now) <= now {
+        self.try_now_as(now, false)
+    }
+
+    /// [`Ledger::try_now`] for an interactive (`batch = false`) or batch call.
+    pub fn try_now_as(&mut self, now: Instant, batch: bool) -> bool {
+        if self.queued == 0 && self.slot_for(self.log.len(), now, batch) <= now {
             self.log.push_back(now);
+            self.batch.push_back(batch);
             self.prune();
             true
         } else {
@@ -130,16 +160,26 @@ impl Ledger {
 
     /// Queues a call at the tail and returns its projected slot.
     pub fn enqueue(&mut self, now: Instant) -> Instant {
-        let t = self.next_slot(now);
-        self.log.push_back(t);
+        self.insert(self.queued, now, false)
+    }
+
+    /// Queues a call at queue position `pos` (0 = next to go; fair queuing puts a light flow's
+    /// newcomer ahead of a heavy flow's backlog) and returns its projected slot. Those behind it
+    /// move back.
+    pub fn insert(&mut self, pos: usize, now: Instant, batch: bool) -> Instant {
+        let idx = self.committed() + pos.min(self.queued);
+        self.log.insert(idx, now);
+        self.batch.insert(idx, batch);
         self.queued += 1;
-        t
+        self.reproject(now);
+        self.log[idx]
     }
 
     /// Whether the head of the queue may be sent now, judged on committed sends only.
     pub fn head_ready(&self, now: Instant) -> Result<(), Instant> {
         debug_assert!(self.queued > 0);
-        let t = self.slot_for(self.committed(), now);
+        let idx = self.committed();
+        let t = self.slot_for(idx, now, self.batch[idx]);
         if t <= now {
             Ok(())
         } else {
@@ -162,6 +202,7 @@ impl Ledger {
         if pos < self.queued {
             let idx = self.committed() + pos;
             self.log.remove(idx);
+            self.batch.remove(idx);
             self.queued -= 1;
             self.reproject(now);
         }
@@ -173,6 +214,7 @@ impl Ledger {
         let committed = self.committed();
         if let Some(idx) = (0..committed).rev().find(|&i| self.log[i] == at) {
             self.log.remove(idx);
+            self.batch.remove(idx);
             self.reproject(now);
         }
     }
@@ -196,13 +238,14 @@ impl Ledger {
 
     fn reproject(&mut self, now: Instant) {
         for i in self.committed()..self.log.len() {
-            self.log[i] = self.slot_for(i, now);
+            self.log[i] = self.slot_for(i, now, self.batch[i]);
         }
     }
 
     fn prune(&mut self) {
         while self.committed() > self.keep {
             self.log.pop_front();
+            self.batch.pop_front();
         }
     }
 

@@ -4,10 +4,23 @@
 //! Redis-backed budget for several replicas is the planned second implementation); [`LocalBudget`]
 //! keeps one [`Ledger`] per route in process memory and a FIFO queue of waiters in front of it.
 //!
-//! A caller is told at once whether it will get a slot within its allowed wait: if the projected
-//! slot (behind everyone queued) is later than that, or the queue is full, it is refused with the
-//! exact time until a slot frees. Otherwise it sleeps until its slot, first come first served. A
-//! waiter that goes away (client disconnected, future dropped) gives its slot to those behind it.
+//! # Fair queuing between consumers
+//!
+//! Every call belongs to a [`Caller`]: a flow (the consumer), its weight and its priority. Queued
+//! calls are ordered by (priority, virtual finish tag, arrival): interactive before batch, and
+//! within a priority by weighted fair queuing: a call's tag is `max(virtual time, its flow's last
+//! tag) + 1 / weight`, and the virtual time advances to the tag of each granted call. So a flow
+//! alone gets the whole quota (work-conserving), backlogged flows get slots in proportion to
+//! their weights, and within a flow calls go first come, first served. A newcomer of a light flow
+//! may be placed ahead of a heavy flow's backlog: the heavy flow's projected slots move back (its
+//! callers are notified, republish their slot and, if it moved past their own wait, are released
+//! with a 429 carrying the exact `Retry-After`).
+//!
+//! A caller is told at once when its slot would come given the current queues; if that is beyond
+//! its allowed wait, or its flow's queue (`budget.max_queue_per_consumer`) or the route's queue
+//! (`budget.max_queue`) is full, it is refused with the exact time until a slot frees. A waiter
+//! that goes away (client disconnected, future dropped) gives its slot to those behind it. Batch
+//! calls never take the last `budget.reserve` slots of any window of a read route.
 //! An upstream 429 freezes the route until the time the upstream named, capped at the route's
 //! longest window (a hostile or mistaken `Retry-After` cannot close a route for longer than any
 //! quota the upstream could be counting).
@@ -17,7 +30,11 @@
 
 pub mod ledger;
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
@@ -28,6 +45,7 @@ use tokio::{
 
 pub use ledger::{Ledger, Quota, WindowStatus};
 
+pub use crate::config::Priority;
 use crate::{config::BudgetConfig, route::RouteKind};
 
 /// Permission for one upstream call, already counted.
@@ -65,6 +83,24 @@ pub struct Freeze {
     pub capped: bool,
 }
 
+/// Who a call is for: its flow (a consumer's name), weight and priority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub flow: Arc<str>,
+    pub weight: u32,
+    pub priority: Priority,
+}
+
+impl Caller {
+    pub fn new(flow: impl Into<Arc<str>>, weight: u32, priority: Priority) -> Caller {
+        Caller {
+            flow: flow.into(),
+            weight: weight.max(1),
+            priority,
+        }
+    }
+}
+
 /// Why no slot was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -87,6 +123,8 @@ pub enum RefuseReason {
     Frozen,
     /// Too many callers already waiting.
     QueueFull,
+    /// Too many callers of this consumer already waiting.
+    ConsumerQueueFull,
 }
 
 impl RefuseReason {
@@ -95,6 +133,7 @@ impl RefuseReason {
             RefuseReason::Budget => "budget",
             RefuseReason::Frozen => "frozen",
             RefuseReason::QueueFull => "queue_full",
+            RefuseReason::ConsumerQueueFull => "consumer_queue_full",
         }
     }
 }
@@ -106,6 +145,16 @@ pub struct RouteStatus {
     pub queued: usize,
     pub queue_capacity: usize,
     pub frozen_for: Option<Duration>,
+    /// Per flow: calls queued now and slots granted so far.
+    pub flows: Vec<FlowStatus>,
+}
+
+/// One flow's standing on a route.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FlowStatus {
+    pub flow: String,
+    pub queued: usize,
+    pub granted: u64,
 }
 
 /// The budget as the proxy uses it; implemented in memory by [`LocalBudget`].
@@ -125,6 +174,7 @@ pub trait Budget: Send + Sync + 'static {
     fn acquire<'a>(
         &'a self,
         route: RouteKind,
+        caller: &'a Caller,
         max_wait: Duration,
         slot: Option<&'a SlotWatch>,
     ) -> BoxFuture<'a, Result<Grant, Refusal>>;
@@ -148,25 +198,76 @@ pub struct LocalBudget {
 struct RouteBudget {
     state: Mutex<State>,
     max_queue: usize,
+    max_queue_per_flow: usize,
     default_backoff: Duration,
 }
 
 struct State {
     ledger: Ledger,
-    /// Same order as the ledger's projected slots.
+    /// Same order as the ledger's projected slots: by [`Waiter::order`].
     waiters: VecDeque<Waiter>,
     next_id: u64,
     closed: bool,
     consecutive_429: u32,
+    /// Weighted fair queuing's virtual time: the tag of the latest grant.
+    vtime: f64,
+    flows: HashMap<Arc<str>, Flow>,
+}
+
+#[derive(Debug, Default)]
+struct Flow {
+    /// The tag of this flow's latest queued or granted call.
+    last_tag: f64,
+    queued: usize,
+    granted: u64,
 }
 
 struct Waiter {
     id: u64,
     deadline: Instant,
     notify: Arc<Notify>,
+    flow: Arc<str>,
+    priority: Priority,
+    tag: f64,
+}
+
+impl Waiter {
+    /// Queue order: priority, then virtual finish tag, then arrival.
+    fn goes_before(&self, priority: Priority, tag: f64, id: u64) -> bool {
+        (self.priority, self.tag, self.id) < (priority, tag, id)
+    }
 }
 
 impl State {
+    /// The virtual finish tag a new call of `caller` gets.
+    fn tag_for(&self, caller: &Caller) -> f64 {
+        let last = self.flows.get(&caller.flow).map_or(0.0, |f| f.last_tag);
+        self.vtime.max(last) + 1.0 / f64::from(caller.weight)
+    }
+
+    /// A waiter left without its slot: its flow's last tag falls back to its newest remaining
+    /// call (so abandoned calls do not count against the flow).
+    fn forget_waiter(&mut self, w: &Waiter) {
+        let newest = self
+            .waiters
+            .iter()
+            .filter(|o| o.flow == w.flow)
+            .map(|o| o.tag)
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+        if let Some(f) = self.flows.get_mut(&w.flow) {
+            f.queued = f.queued.saturating_sub(1);
+            if (f.last_tag - w.tag).abs() < f64::EPSILON {
+                f.last_tag = newest.unwrap_or(self.vtime).max(self.vtime.min(f.last_tag));
+            }
+        }
+    }
+
+    fn notify_from(&self, pos: usize) {
+        for w in self.waiters.iter().skip(pos) {
+            w.notify.notify_one();
+        }
+    }
+
     fn notify_head(&self) {
         if let Some(w) = self.waiters.front() {
             w.notify.notify_one();
@@ -209,15 +310,20 @@ impl LocalBudget {
                     length: q.window,
                 })
                 .collect();
+            // The interactive reserve applies to reads; writes have their own pools.
+            let reserve = if kind.spec().writes { 0 } else { config.reserve };
             RouteBudget {
                 state: Mutex::new(State {
-                    ledger: Ledger::new(&quotas, config.safety_margin),
+                    ledger: Ledger::new(&quotas, config.safety_margin).with_reserve(reserve),
                     waiters: VecDeque::new(),
                     next_id: 0,
                     closed: false,
                     consecutive_429: 0,
+                    vtime: 0.0,
+                    flows: HashMap::new(),
                 }),
                 max_queue: config.max_queue,
+                max_queue_per_flow: config.max_queue_per_consumer,
                 default_backoff: config.default_backoff,
             }
         });
@@ -230,19 +336,25 @@ impl LocalBudget {
 }
 
 impl RouteBudget {
-    async fn acquire(&self, max_wait: Duration, slot: Option<&SlotWatch>) -> Result<Grant, Refusal> {
+    async fn acquire(&self, caller: &Caller, max_wait: Duration, slot: Option<&SlotWatch>) -> Result<Grant, Refusal> {
         let start = Instant::now();
         let publish = |state: SlotState| {
             if let Some(w) = slot {
                 w.send_if_modified(|s| std::mem::replace(s, state) != state);
             }
         };
+        let batch = caller.priority == Priority::Batch;
         let (id, notify) = {
             let mut st = self.state.lock();
             if st.closed {
                 return Err(Refusal::Closed);
             }
-            if st.ledger.try_now(start) {
+            let tag = st.tag_for(caller);
+            if st.ledger.try_now_as(start, batch) {
+                st.vtime = st.vtime.max(tag);
+                let flow = st.flows.entry(caller.flow.clone()).or_default();
+                flow.last_tag = flow.last_tag.max(tag);
+                flow.granted += 1;
                 publish(SlotState::Granted);
                 return Ok(Grant {
                     queued: Duration::ZERO,
@@ -250,22 +362,46 @@ impl RouteBudget {
                     at: start,
                 });
             }
-            let slot = st.ledger.next_slot(start);
-            if st.waiters.len() >= self.max_queue {
-                return Err(st.refusal(start, slot, RefuseReason::QueueFull));
-            }
-            if slot - start > max_wait {
-                return Err(st.refusal(start, slot, RefuseReason::Budget));
-            }
-            publish(SlotState::Queued(st.ledger.enqueue(start)));
             let id = st.next_id;
+            let flow_queued = st.flows.get(&caller.flow).map_or(0, |f| f.queued);
+            if st.waiters.len() >= self.max_queue || flow_queued >= self.max_queue_per_flow {
+                let reason = if flow_queued >= self.max_queue_per_flow {
+                    RefuseReason::ConsumerQueueFull
+                } else {
+                    RefuseReason::QueueFull
+                };
+                let slot = st.ledger.next_slot(start);
+                return Err(st.refusal(start, slot, reason));
+            }
+            let pos = st
+                .waiters
+                .iter()
+                .position(|w| !w.goes_before(caller.priority, tag, id))
+                .unwrap_or(st.waiters.len());
+            let projected = st.ledger.insert(pos, start, batch);
+            if projected - start > max_wait {
+                st.ledger.cancel(pos, start);
+                return Err(st.refusal(start, projected, RefuseReason::Budget));
+            }
+            publish(SlotState::Queued(projected));
             st.next_id += 1;
+            let flow = st.flows.entry(caller.flow.clone()).or_default();
+            flow.last_tag = flow.last_tag.max(tag);
+            flow.queued += 1;
             let notify = Arc::new(Notify::new());
-            st.waiters.push_back(Waiter {
-                id,
-                deadline: start + max_wait,
-                notify: notify.clone(),
-            });
+            st.waiters.insert(
+                pos,
+                Waiter {
+                    id,
+                    deadline: start + max_wait,
+                    notify: notify.clone(),
+                    flow: caller.flow.clone(),
+                    priority: caller.priority,
+                    tag,
+                },
+            );
+            // Those behind moved back: let them republish (and leave if past their wait).
+            st.notify_from(pos + 1);
             (id, notify)
         };
         // From here on, leaving this future early (the caller went away) must free the slot.
@@ -296,7 +432,13 @@ impl RouteBudget {
                     match st.ledger.head_ready(now) {
                         Ok(()) => {
                             st.ledger.commit_head(now);
-                            st.waiters.pop_front();
+                            if let Some(w) = st.waiters.pop_front() {
+                                st.vtime = st.vtime.max(w.tag);
+                                if let Some(f) = st.flows.get_mut(&w.flow) {
+                                    f.queued = f.queued.saturating_sub(1);
+                                    f.granted += 1;
+                                }
+                            }
                             st.notify_head();
                             guard.done = true;
                             publish(SlotState::Granted);
@@ -340,8 +482,11 @@ impl Drop for QueueGuard<'_> {
         let mut st = self.route.state.lock();
         if let Some(pos) = st.position(self.id) {
             st.ledger.cancel(pos, Instant::now());
-            st.waiters.remove(pos);
-            st.notify_head();
+            if let Some(w) = st.waiters.remove(pos) {
+                st.forget_waiter(&w);
+            }
+            // Those behind moved forward.
+            st.notify_from(pos);
         }
     }
 }
@@ -350,10 +495,11 @@ impl Budget for LocalBudget {
     fn acquire<'a>(
         &'a self,
         route: RouteKind,
+        caller: &'a Caller,
         max_wait: Duration,
         slot: Option<&'a SlotWatch>,
     ) -> BoxFuture<'a, Result<Grant, Refusal>> {
-        Box::pin(self.route(route).acquire(max_wait, slot))
+        Box::pin(self.route(route).acquire(caller, max_wait, slot))
     }
 
     fn release(&self, route: RouteKind, grant: &Grant) {
@@ -388,11 +534,22 @@ impl Budget for LocalBudget {
         let r = self.route(route);
         let st = r.state.lock();
         let now = Instant::now();
+        let mut flows: Vec<FlowStatus> = st
+            .flows
+            .iter()
+            .map(|(name, f)| FlowStatus {
+                flow: name.to_string(),
+                queued: f.queued,
+                granted: f.granted,
+            })
+            .collect();
+        flows.sort_by(|a, b| a.flow.cmp(&b.flow));
         RouteStatus {
             windows: st.ledger.status(now),
             queued: st.waiters.len(),
             queue_capacity: r.max_queue,
             frozen_for: st.ledger.frozen_for(now),
+            flows,
         }
     }
 
@@ -435,18 +592,19 @@ mod tests {
     }
 
     const G: RouteKind = RouteKind::GetIncident;
+    static C: std::sync::LazyLock<Caller> = std::sync::LazyLock::new(|| Caller::new("test", 1, Priority::Interactive));
 
     #[tokio::test(start_paused = true)]
     async fn queued_callers_are_served_in_order_at_their_slots() {
         let b = Arc::new(budget(2, Duration::from_secs(10), 100));
         let t0 = Instant::now();
-        b.acquire(G, Duration::ZERO, None).await.unwrap();
-        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..4 {
             let (b, tx) = (b.clone(), tx.clone());
             tokio::spawn(async move {
-                let g = b.acquire(G, Duration::from_secs(60), None).await.unwrap();
+                let g = b.acquire(G, &C, Duration::from_secs(60), None).await.unwrap();
                 tx.send((i, Instant::now() - t0, g.queued)).unwrap();
             });
             tokio::task::yield_now().await; // fix the arrival order
@@ -465,10 +623,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refuses_at_once_with_exact_retry_after_when_the_slot_is_too_far() {
         let b = budget(1, Duration::from_secs(60), 100);
-        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
         tokio::time::advance(Duration::from_secs(15)).await;
         let t = Instant::now();
-        let err = b.acquire(G, Duration::from_secs(30), None).await.unwrap_err();
+        let err = b.acquire(G, &C, Duration::from_secs(30), None).await.unwrap_err();
         assert_eq!(Instant::now(), t, "refused without waiting");
         match err {
             Refusal::Throttled {
@@ -484,11 +642,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_refuses() {
         let b = Arc::new(budget(1, Duration::from_secs(10), 1));
-        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
         let b2 = b.clone();
-        let waiting = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60), None).await });
+        let waiting = tokio::spawn(async move { b2.acquire(G, &C, Duration::from_secs(60), None).await });
         tokio::task::yield_now().await;
-        let err = b.acquire(G, Duration::from_secs(60), None).await.unwrap_err();
+        let err = b.acquire(G, &C, Duration::from_secs(60), None).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -506,12 +664,12 @@ mod tests {
     async fn a_waiter_that_leaves_gives_its_slot_back() {
         let b = Arc::new(budget(1, Duration::from_secs(10), 100));
         let t0 = Instant::now();
-        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
         let b1 = b.clone();
-        let first = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(60), None).await });
+        let first = tokio::spawn(async move { b1.acquire(G, &C, Duration::from_secs(60), None).await });
         tokio::task::yield_now().await;
         let b2 = b.clone();
-        let second = tokio::spawn(async move { b2.acquire(G, Duration::from_secs(60), None).await });
+        let second = tokio::spawn(async move { b2.acquire(G, &C, Duration::from_secs(60), None).await });
         tokio::task::yield_now().await;
         assert_eq!(b.status(G).queued, 2);
         first.abort(); // the first waiter's client disconnected
@@ -536,12 +694,12 @@ mod tests {
         let b = Arc::new(budget(100, Duration::from_secs(60), 100));
         let freeze = b.upstream_throttled(G, Some(Duration::from_secs(8)));
         assert_eq!(freeze.pause, Duration::from_secs(8));
-        let err = b.acquire(G, Duration::from_secs(2), None).await.unwrap_err();
+        let err = b.acquire(G, &C, Duration::from_secs(2), None).await.unwrap_err();
         assert!(
             matches!(err, Refusal::Throttled { reason: RefuseReason::Frozen, retry_after, .. } if retry_after == Duration::from_secs(8))
         );
         let t = Instant::now();
-        b.acquire(G, Duration::from_secs(10), None).await.unwrap();
+        b.acquire(G, &C, Duration::from_secs(10), None).await.unwrap();
         assert_eq!(Instant::now() - t, Duration::from_secs(8));
         // No stated time: exponential backoff from the default.
         assert_eq!(b.upstream_throttled(G, None).pause, Duration::from_secs(20));
@@ -566,19 +724,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_released_grant_is_uncounted() {
         let b = budget(1, Duration::from_secs(60), 100);
-        let g = b.acquire(G, Duration::ZERO, None).await.unwrap();
-        assert!(b.acquire(G, Duration::ZERO, None).await.is_err());
+        let g = b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
+        assert!(b.acquire(G, &C, Duration::ZERO, None).await.is_err());
         b.release(G, &g);
-        assert!(b.acquire(G, Duration::ZERO, None).await.is_ok());
+        assert!(b.acquire(G, &C, Duration::ZERO, None).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_freeze_refuses_queued_callers_whose_wait_it_exceeds() {
         let b = Arc::new(budget(1, Duration::from_secs(100), 100));
-        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
         tokio::time::advance(Duration::from_secs(90)).await;
         let b1 = b.clone();
-        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(15), None).await });
+        let waiter = tokio::spawn(async move { b1.acquire(G, &C, Duration::from_secs(15), None).await });
         tokio::task::yield_now().await;
         b.upstream_throttled(G, Some(Duration::from_secs(60)));
         let err = waiter.await.unwrap().unwrap_err();
@@ -598,14 +756,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_releases_queued_callers() {
         let b = Arc::new(budget(1, Duration::from_secs(10), 100));
-        b.acquire(G, Duration::ZERO, None).await.unwrap();
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
         let b1 = b.clone();
-        let waiter = tokio::spawn(async move { b1.acquire(G, Duration::from_secs(30), None).await });
+        let waiter = tokio::spawn(async move { b1.acquire(G, &C, Duration::from_secs(30), None).await });
         tokio::task::yield_now().await;
         b.close();
         assert_eq!(waiter.await.unwrap().unwrap_err(), Refusal::Closed);
         assert_eq!(
-            b.acquire(G, Duration::from_secs(30), None).await.unwrap_err(),
+            b.acquire(G, &C, Duration::from_secs(30), None).await.unwrap_err(),
             Refusal::Closed
         );
     }
@@ -613,11 +771,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn routes_have_separate_quotas() {
         let b = budget(1, Duration::from_secs(10), 100);
-        b.acquire(RouteKind::GetIncident, Duration::ZERO, None).await.unwrap();
-        b.acquire(RouteKind::ListIncidents, Duration::ZERO, None).await.unwrap();
-        b.acquire(RouteKind::UpdateIncident, Duration::ZERO, None)
+        b.acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
             .await
             .unwrap();
-        assert!(b.acquire(RouteKind::GetIncident, Duration::ZERO, None).await.is_err());
+        b.acquire(RouteKind::ListIncidents, &C, Duration::ZERO, None)
+            .await
+            .unwrap();
+        b.acquire(RouteKind::UpdateIncident, &C, Duration::ZERO, None)
+            .await
+            .unwrap();
+        assert!(b
+            .acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
+            .await
+            .is_err());
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 pub use crate::outcome::{Answer, CacheResult, Failure, Outcome};
 use crate::{
-    budget::{Budget, Refusal, RefuseReason, WindowStatus},
+    budget::{Budget, Caller, Refusal, RefuseReason, WindowStatus},
     cache::{Confirmations, Entry, Key, Store},
     config::CacheConfig,
     error::{retry_after_secs, ApiError},
@@ -35,6 +35,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub request_id: String,
+    /// Whose quota share the call draws on (fair queuing between consumers).
+    pub caller: Caller,
     pub directives: Directives,
     /// How long this caller accepts to wait for an upstream slot.
     pub wait: Duration,
@@ -230,6 +232,7 @@ impl Proxy {
         let why = match reason {
             RefuseReason::Frozen => "Defender throttled this app registration",
             RefuseReason::QueueFull => "too many requests are already waiting for the upstream quota",
+            RefuseReason::ConsumerQueueFull => "this consumer's queue for the upstream quota is full",
             RefuseReason::Budget => "the upstream quota for this route has no slot within this caller's wait",
         };
         Failure {

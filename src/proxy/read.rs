@@ -14,7 +14,7 @@ use tokio::{sync::watch, time::Instant};
 
 use super::{Answer, CacheResult, Failure, Outcome, Proxy};
 use crate::{
-    budget::{RefuseReason, SlotState},
+    budget::{Caller, RefuseReason, SlotState},
     cache::{Entry, Filled, Key},
     error::ApiError,
     exchange::{CallError, Retry, Sent},
@@ -60,10 +60,10 @@ impl Proxy {
         let deadline = arrived + if stale.is_some() { Duration::ZERO } else { ctx.wait };
         let fk = FlightKey { key, forced };
         let this = self.clone();
-        let request_id = ctx.request_id;
+        let (request_id, caller) = (ctx.request_id, ctx.caller);
         let flight = self.flights.join_or_start(fk.clone(), move || {
             let (tx, rx) = watch::channel(SlotState::Unknown);
-            (this.fetch(route, fk, request_id, tx), rx)
+            (this.fetch(route, fk, request_id, caller, tx), rx)
         });
         let joined = flight.joined;
         self.metrics
@@ -126,6 +126,7 @@ impl Proxy {
         route: RouteKind,
         fk: FlightKey,
         request_id: String,
+        caller: Caller,
         slot: watch::Sender<SlotState>,
     ) -> Outcome {
         let now = Instant::now();
@@ -150,7 +151,11 @@ impl Proxy {
             body: None,
             request_id,
         };
-        let admitted = match self.exchange.admit(route, self.policy.flight_wait, Some(&slot)).await {
+        let admitted = match self
+            .exchange
+            .admit(route, &caller, self.policy.flight_wait, Some(&slot))
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 return match (&stale, &e) {

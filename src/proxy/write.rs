@@ -29,7 +29,7 @@ impl Proxy {
         let route = RouteKind::UpdateIncident;
         let admitted = self
             .exchange
-            .admit(route, ctx.wait, None)
+            .admit(route, &ctx.caller, ctx.wait, None)
             .await
             .map_err(|e| self.call_failure(route, e))?;
         let this = self.clone();

@@ -162,7 +162,11 @@ pub fn assert_windows(at_ms: &[u64], limit: usize, window_ms: u64) {
 }
 
 /// A fault plan of one rule for `route` ("get", "list", "update" or "token").
-pub fn fault_on(route: &str, kind: defender_proxy::simulator::FaultKind, count: Option<u64>) -> defender_proxy::simulator::Faults {
+pub fn fault_on(
+    route: &str,
+    kind: defender_proxy::simulator::FaultKind,
+    count: Option<u64>,
+) -> defender_proxy::simulator::Faults {
     defender_proxy::simulator::Faults {
         rules: vec![defender_proxy::simulator::FaultRule {
             route: Some(route.into()),
