@@ -20,8 +20,9 @@
 //!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
 //! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`], [`app`]
-//! (build, serve, drain) and [`simulator`] (a faithful fake of Defender and Entra ID for the
-//! quick start, tests and benchmarks).
+//! (build, serve, drain), [`dialect`] (pure translation between the Defender and Microsoft
+//! Graph security dialects: incidents, updates, queries, errors) and [`simulator`] (a faithful
+//! fake of Defender, Graph security and Entra ID for the quick start, tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod dialect;
 pub mod error;
 pub mod flight;
 pub mod metrics;

@@ -99,7 +99,7 @@ impl ListQuery {
             })?;
             let option = match name.as_str() {
                 "$filter" | "$top" | "$skip" => name.clone(),
-                _ => return Err(unknown_option(&name)),
+                _ => return Err(unknown_option(&name, &DEFENDER_OPTIONS)),
             };
             let value = decode_component(raw_value)
                 .map_err(|reason| QueryError::new(option.clone(), format!("{option} value {reason}")))?;
@@ -149,6 +149,187 @@ impl ListQuery {
     }
 }
 
+/// Largest `$top` Graph's incidents list accepts (fact sheet §2.1, observed).
+pub const GRAPH_MAX_TOP: u32 = 50;
+
+/// The query options of `GET /v1.0/security/incidents`.
+const GRAPH_OPTIONS: [&str; 6] = ["$filter", "$top", "$skip", "$orderby", "$expand", "$count"];
+
+/// A sort key Graph's incidents list accepts in `$orderby` (the metadata marks incidents
+/// sortable; these two are the keys real integrations use, fact sheet §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphOrderField {
+    LastUpdateDateTime,
+    CreatedDateTime,
+}
+
+impl GraphOrderField {
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphOrderField::LastUpdateDateTime => "lastUpdateDateTime",
+            GraphOrderField::CreatedDateTime => "createdDateTime",
+        }
+    }
+}
+
+/// `$orderby`: one key and a direction (OData's default direction is ascending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GraphOrderBy {
+    pub field: GraphOrderField,
+    pub descending: bool,
+}
+
+/// The list options of one `GET /v1.0/security/incidents` request (the Graph facade's own
+/// query model). Parsed with the same strictness as [`ListQuery`]: unknown options, repeated
+/// options and bad values are errors naming the option.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GraphListQuery {
+    pub filter: Option<Filter<GraphField>>,
+    pub top: Option<u32>,
+    pub skip: Option<u64>,
+    pub orderby: Option<GraphOrderBy>,
+    /// `$expand=alerts`.
+    pub expand_alerts: bool,
+    /// `$count=true|false`; `Some(false)` is kept so the canonical form says what was asked.
+    pub count: Option<bool>,
+}
+
+impl GraphListQuery {
+    /// Parses a raw URL query string (still percent-encoded; '+' means space).
+    pub fn parse(raw: &str) -> Result<GraphListQuery, QueryError> {
+        let mut query = GraphListQuery::default();
+        let mut seen: Vec<&'static str> = Vec::new();
+        for segment in raw.split('&').filter(|s| !s.is_empty()) {
+            let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
+            let name = decode_component(raw_name).map_err(|reason| {
+                QueryError::new(
+                    truncate(raw_name),
+                    format!("query option name '{}' {reason}", echo(raw_name)),
+                )
+            })?;
+            let Some(option) = GRAPH_OPTIONS.iter().copied().find(|o| *o == name) else {
+                return Err(unknown_option(&name, &GRAPH_OPTIONS));
+            };
+            let value = decode_component(raw_value)
+                .map_err(|reason| QueryError::new(option, format!("{option} value {reason}")))?;
+            if seen.contains(&option) {
+                return Err(QueryError::new(
+                    option,
+                    format!("{option} is given more than once; give it at most once"),
+                ));
+            }
+            seen.push(option);
+            if value.trim().is_empty() {
+                return Err(QueryError::new(option, format!("{option} has an empty value")));
+            }
+            match option {
+                "$filter" => query.filter = Some(Filter::parse_graph(&value)?),
+                "$top" => {
+                    // Graph's own words for a page too large (fact sheet §2.1, observed).
+                    if value.bytes().all(|b| b.is_ascii_digit())
+                        && value.parse::<u64>().map_or(true, |n| n > u64::from(GRAPH_MAX_TOP))
+                    {
+                        return Err(QueryError::new(
+                            "$top",
+                            format!(
+                                "The query specified in the URI is not valid. The limit of '{GRAPH_MAX_TOP}' for Top query has been exceeded. The value from the incoming request is '{}'.",
+                                echo(&value)
+                            ),
+                        ));
+                    }
+                    let top = parse_integer("$top", &value, 1, u64::from(GRAPH_MAX_TOP))?;
+                    query.top = Some(u32::try_from(top).unwrap_or(GRAPH_MAX_TOP));
+                }
+                "$skip" => query.skip = Some(parse_integer("$skip", &value, 0, u64::MAX)?),
+                "$orderby" => query.orderby = Some(parse_orderby(&value)?),
+                "$expand" => {
+                    if value.trim() != "alerts" {
+                        return Err(QueryError::new(
+                            "$expand",
+                            format!("$expand supports only 'alerts', got '{}'", echo(&value)),
+                        ));
+                    }
+                    query.expand_alerts = true;
+                }
+                _ => {
+                    query.count = Some(match value.trim().to_ascii_lowercase().as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(QueryError::new(
+                                "$count",
+                                format!("$count must be true or false, got '{}'", echo(&value)),
+                            ))
+                        }
+                    })
+                }
+            }
+        }
+        Ok(query)
+    }
+
+    /// Canonical query string, options in the fixed order $filter, $top, $skip, $orderby,
+    /// $expand, $count; the same rules as [`ListQuery::canonical`]. A cache key and what is sent
+    /// to a Graph upstream.
+    pub fn canonical(&self) -> String {
+        let mut parts = Vec::with_capacity(6);
+        if let Some(filter) = &self.filter {
+            let text = filter.canonical();
+            parts.push(format!("$filter={}", utf8_percent_encode(&text, FILTER_VALUE_ENCODE)));
+        }
+        if let Some(top) = self.top {
+            parts.push(format!("$top={top}"));
+        }
+        if let Some(skip) = self.skip {
+            parts.push(format!("$skip={skip}"));
+        }
+        if let Some(order) = self.orderby {
+            let dir = if order.descending { "desc" } else { "asc" };
+            parts.push(format!("$orderby={}%20{dir}", order.field.name()));
+        }
+        if self.expand_alerts {
+            parts.push("$expand=alerts".to_string());
+        }
+        if let Some(count) = self.count {
+            parts.push(format!("$count={count}"));
+        }
+        parts.join("&")
+    }
+}
+
+/// `field [asc|desc]`, one key only.
+fn parse_orderby(value: &str) -> Result<GraphOrderBy, QueryError> {
+    let bad = |why: String| QueryError::new("$orderby", why);
+    let mut words = value.split_whitespace();
+    let field = match words.next() {
+        Some("lastUpdateDateTime") => GraphOrderField::LastUpdateDateTime,
+        Some("createdDateTime") => GraphOrderField::CreatedDateTime,
+        _ => {
+            return Err(bad(format!(
+                "$orderby supports lastUpdateDateTime or createdDateTime with asc or desc, got '{}'",
+                echo(value)
+            )))
+        }
+    };
+    let descending = match words.next().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => {
+            return Err(bad(format!(
+                "$orderby direction must be asc or desc, got '{}'",
+                echo(value)
+            )))
+        }
+    };
+    if words.next().is_some() {
+        return Err(bad(format!(
+            "$orderby takes one key and a direction, got '{}'",
+            echo(value)
+        )));
+    }
+    Ok(GraphOrderBy { field, descending })
+}
+
 /// Percent-decodes one query component, '+' meaning space as in HTML forms. Malformed escapes
 /// are rejected rather than passed through, so `%zz` and `%25zz` cannot share a cache key by
 /// accident and the upstream never sees a query we could not read ourselves.
@@ -175,15 +356,18 @@ fn decode_component(raw: &str) -> Result<String, String> {
         .map_err(|_| "is not valid UTF-8 after percent-decoding".to_string())
 }
 
-fn unknown_option(name: &str) -> QueryError {
-    let supported = ["$filter", "$top", "$skip"];
+/// The query options of `GET /api/incidents`.
+const DEFENDER_OPTIONS: [&str; 3] = ["$filter", "$top", "$skip"];
+
+fn unknown_option(name: &str, supported: &[&str]) -> QueryError {
     let hint = if let Some(right) = supported
         .iter()
         .find(|s| s.eq_ignore_ascii_case(name) || s.get(1..).is_some_and(|bare| bare.eq_ignore_ascii_case(name)))
     {
         format!("; option names are case-sensitive and start with '$': did you mean '{right}'?")
     } else {
-        "; the supported options are $filter, $top and $skip".to_string()
+        let (last, rest) = supported.split_last().unwrap_or((&"", &[]));
+        format!("; the supported options are {} and {last}", rest.join(", "))
     };
     QueryError::new(truncate(name), format!("unknown query option '{}'{hint}", echo(name)))
 }
@@ -250,9 +434,100 @@ impl Field {
             Field::AssignedTo => "assignedTo",
         }
     }
+}
 
-    fn is_datetime(self) -> bool {
-        matches!(self, Field::LastUpdateTime | Field::CreatedTime)
+/// What a filterable field is compared against, which decides the operators and literals a
+/// comparison may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Unquoted (or quoted) ISO-8601 timestamps; all six operators.
+    DateTime,
+    /// A single-quoted member of this list (case-sensitive); eq and ne only.
+    Enum(&'static [&'static str]),
+    /// A single-quoted string or `null`; eq and ne only.
+    Text,
+}
+
+/// The filterable fields of one API dialect: the grammar is shared, the vocabulary is not.
+pub trait FilterField: Copy + Eq + std::hash::Hash + std::fmt::Debug + 'static {
+    /// Every field, in the order error messages list them.
+    const FIELDS: &'static [Self];
+    /// The fields as an error message lists them ("a, b and c").
+    const LIST: &'static str;
+    /// The field's name in filters and in the incident JSON the filter is evaluated against.
+    fn name(self) -> &'static str;
+    fn kind(self) -> FieldKind;
+}
+
+impl FilterField for Field {
+    const FIELDS: &'static [Self] = &Field::ALL;
+    const LIST: &'static str = "lastUpdateTime, createdTime, status and assignedTo";
+
+    fn name(self) -> &'static str {
+        Field::name(self)
+    }
+
+    fn kind(self) -> FieldKind {
+        match self {
+            Field::LastUpdateTime | Field::CreatedTime => FieldKind::DateTime,
+            Field::Status => FieldKind::Enum(&STATUS_VALUES),
+            Field::AssignedTo => FieldKind::Text,
+        }
+    }
+}
+
+/// A filterable field of the Graph dialect (`GET /v1.0/security/incidents`), per the fact
+/// sheet §2.1: the documented filterable properties, enum literals in metadata camelCase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphField {
+    AssignedTo,
+    Classification,
+    CreatedDateTime,
+    Determination,
+    LastUpdateDateTime,
+    Severity,
+    Status,
+}
+
+impl GraphField {
+    pub const ALL: [GraphField; 7] = [
+        GraphField::AssignedTo,
+        GraphField::Classification,
+        GraphField::CreatedDateTime,
+        GraphField::Determination,
+        GraphField::LastUpdateDateTime,
+        GraphField::Severity,
+        GraphField::Status,
+    ];
+}
+
+impl FilterField for GraphField {
+    const FIELDS: &'static [Self] = &GraphField::ALL;
+    const LIST: &'static str =
+        "assignedTo, classification, createdDateTime, determination, lastUpdateDateTime, severity and status";
+
+    fn name(self) -> &'static str {
+        match self {
+            GraphField::AssignedTo => "assignedTo",
+            GraphField::Classification => "classification",
+            GraphField::CreatedDateTime => "createdDateTime",
+            GraphField::Determination => "determination",
+            GraphField::LastUpdateDateTime => "lastUpdateDateTime",
+            GraphField::Severity => "severity",
+            GraphField::Status => "status",
+        }
+    }
+
+    fn kind(self) -> FieldKind {
+        use crate::dialect::enums;
+        match self {
+            GraphField::AssignedTo => FieldKind::Text,
+            GraphField::CreatedDateTime | GraphField::LastUpdateDateTime => FieldKind::DateTime,
+            GraphField::Classification => FieldKind::Enum(&enums::GRAPH_CLASSIFICATIONS),
+            GraphField::Determination => FieldKind::Enum(&enums::GRAPH_DETERMINATIONS),
+            GraphField::Severity => FieldKind::Enum(&enums::GRAPH_SEVERITIES),
+            GraphField::Status => FieldKind::Enum(&enums::GRAPH_INCIDENT_STATUSES),
+        }
     }
 }
 
@@ -463,65 +738,80 @@ fn parse_timestamp(s: &str, max_fraction_digits: usize) -> Result<OffsetDateTime
 /// operand of their own kind (`a and (b and c)` is `And([a, b, c])`), so equivalent spellings
 /// give equal values. Hand-built values that break it still print and evaluate sensibly.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Filter {
+pub enum Filter<F: FilterField = Field> {
     Compare {
-        field: Field,
+        field: F,
         op: CompareOp,
         value: Literal,
     },
-    Not(Box<Filter>),
-    And(Vec<Filter>),
-    Or(Vec<Filter>),
+    Not(Box<Filter<F>>),
+    And(Vec<Filter<F>>),
+    Or(Vec<Filter<F>>),
 }
 
 impl Filter {
-    /// Parses `$filter` text that is already percent-decoded.
+    /// Parses Defender-dialect `$filter` text that is already percent-decoded.
     pub fn parse(text: &str) -> Result<Filter, QueryError> {
-        if text.len() > MAX_FILTER_LEN {
-            return Err(QueryError::filter(format!(
-                "the filter is {} bytes long; at most {MAX_FILTER_LEN} are allowed",
-                text.len()
-            )));
-        }
-        let tokens = tokenize(text)?;
-        let mut parser = Parser {
-            tokens,
-            next: 0,
-            syntax_depth: 0,
-            comparisons: 0,
-        };
-        if parser.peek().kind == TokenKind::End {
-            return Err(QueryError::filter("the filter is empty"));
-        }
-        let filter = parser.parse_or()?;
-        let trailing = parser.peek();
-        if trailing.kind != TokenKind::End {
-            let what = if trailing.kind == TokenKind::RParen {
-                "unbalanced ')'".to_string()
-            } else {
-                format!("unexpected {}", trailing.describe())
-            };
-            return Err(QueryError::filter(format!(
-                "{what} at position {} after a complete expression",
-                trailing.pos
-            )));
-        }
-        if filter.depth() > MAX_DEPTH {
-            return Err(QueryError::filter(format!(
-                "the filter nests and/or/not more than {MAX_DEPTH} levels deep"
-            )));
-        }
-        // Checked on the canonical form too, so that every accepted filter's canonical form
-        // (which may be longer, e.g. seconds added to `T00:00Z`) is itself accepted.
-        let canonical_len = filter.canonical().len();
-        if canonical_len > MAX_FILTER_LEN {
-            return Err(QueryError::filter(format!(
-                "the filter's canonical form is {canonical_len} bytes long; at most {MAX_FILTER_LEN} are allowed"
-            )));
-        }
-        Ok(filter)
+        parse_filter(text)
     }
+}
 
+impl Filter<GraphField> {
+    /// Parses Graph-dialect `$filter` text that is already percent-decoded: the same grammar
+    /// and limits as [`Filter::parse`], Graph's field names and enum spellings.
+    pub fn parse_graph(text: &str) -> Result<Filter<GraphField>, QueryError> {
+        parse_filter(text)
+    }
+}
+
+fn parse_filter<F: FilterField>(text: &str) -> Result<Filter<F>, QueryError> {
+    if text.len() > MAX_FILTER_LEN {
+        return Err(QueryError::filter(format!(
+            "the filter is {} bytes long; at most {MAX_FILTER_LEN} are allowed",
+            text.len()
+        )));
+    }
+    let tokens = tokenize(text)?;
+    let mut parser = Parser::<F> {
+        tokens,
+        next: 0,
+        syntax_depth: 0,
+        comparisons: 0,
+        fields: std::marker::PhantomData,
+    };
+    if parser.peek().kind == TokenKind::End {
+        return Err(QueryError::filter("the filter is empty"));
+    }
+    let filter = parser.parse_or()?;
+    let trailing = parser.peek();
+    if trailing.kind != TokenKind::End {
+        let what = if trailing.kind == TokenKind::RParen {
+            "unbalanced ')'".to_string()
+        } else {
+            format!("unexpected {}", trailing.describe())
+        };
+        return Err(QueryError::filter(format!(
+            "{what} at position {} after a complete expression",
+            trailing.pos
+        )));
+    }
+    if filter.depth() > MAX_DEPTH {
+        return Err(QueryError::filter(format!(
+            "the filter nests and/or/not more than {MAX_DEPTH} levels deep"
+        )));
+    }
+    // Checked on the canonical form too, so that every accepted filter's canonical form
+    // (which may be longer, e.g. seconds added to `T00:00Z`) is itself accepted.
+    let canonical_len = filter.canonical().len();
+    if canonical_len > MAX_FILTER_LEN {
+        return Err(QueryError::filter(format!(
+            "the filter's canonical form is {canonical_len} bytes long; at most {MAX_FILTER_LEN} are allowed"
+        )));
+    }
+    Ok(filter)
+}
+
+impl<F: FilterField> Filter<F> {
     /// Canonical text, not percent-encoded: single spaces, lowercase keywords, parentheses only
     /// where precedence needs them, UTC timestamps, re-quoted strings.
     ///
@@ -599,14 +889,14 @@ impl Filter {
         match self {
             Filter::Compare { .. } => 0,
             Filter::Not(inner) => 1 + inner.depth(),
-            Filter::And(items) | Filter::Or(items) => 1 + items.iter().map(Filter::depth).max().unwrap_or(0),
+            Filter::And(items) | Filter::Or(items) => 1 + items.iter().map(Filter::<F>::depth).max().unwrap_or(0),
         }
     }
 }
 
-fn compare(incident: &serde_json::Value, field: Field, op: CompareOp, value: &Literal) -> bool {
+fn compare<F: FilterField>(incident: &serde_json::Value, field: F, op: CompareOp, value: &Literal) -> bool {
     let actual = incident.get(field.name());
-    if field.is_datetime() {
+    if field.kind() == FieldKind::DateTime {
         let Literal::DateTime(expected) = value else {
             return false;
         };
@@ -745,14 +1035,15 @@ fn tokenize(text: &str) -> Result<Vec<Token>, QueryError> {
 /// primary    := "(" or ")" | comparison
 /// comparison := field op literal
 /// ```
-struct Parser {
+struct Parser<F> {
     tokens: Vec<Token>,
     next: usize,
     syntax_depth: usize,
     comparisons: usize,
+    fields: std::marker::PhantomData<F>,
 }
 
-impl Parser {
+impl<F: FilterField> Parser<F> {
     fn peek(&self) -> &Token {
         // `tokenize` always ends the list with `End`, and `advance` never moves past it.
         &self.tokens[self.next.min(self.tokens.len() - 1)]
@@ -784,7 +1075,7 @@ impl Parser {
         self.syntax_depth -= 1;
     }
 
-    fn parse_or(&mut self) -> Result<Filter, QueryError> {
+    fn parse_or(&mut self) -> Result<Filter<F>, QueryError> {
         let mut items = Vec::new();
         push_flat(&mut items, self.parse_and()?, false);
         while self.peek_keyword("or") {
@@ -794,7 +1085,7 @@ impl Parser {
         Ok(collapse(items, Filter::Or))
     }
 
-    fn parse_and(&mut self) -> Result<Filter, QueryError> {
+    fn parse_and(&mut self) -> Result<Filter<F>, QueryError> {
         let mut items = Vec::new();
         push_flat(&mut items, self.parse_unary()?, true);
         while self.peek_keyword("and") {
@@ -804,7 +1095,7 @@ impl Parser {
         Ok(collapse(items, Filter::And))
     }
 
-    fn parse_unary(&mut self) -> Result<Filter, QueryError> {
+    fn parse_unary(&mut self) -> Result<Filter<F>, QueryError> {
         if self.peek_keyword("not") {
             let token = self.advance();
             self.enter(token.pos)?;
@@ -815,7 +1106,7 @@ impl Parser {
         self.parse_primary()
     }
 
-    fn parse_primary(&mut self) -> Result<Filter, QueryError> {
+    fn parse_primary(&mut self) -> Result<Filter<F>, QueryError> {
         let token = self.advance();
         match token.kind {
             TokenKind::LParen => {
@@ -842,11 +1133,13 @@ impl Parser {
         }
     }
 
-    fn parse_comparison(&mut self, word: &str, pos: usize) -> Result<Filter, QueryError> {
-        let field = Field::ALL
-            .into_iter()
+    fn parse_comparison(&mut self, word: &str, pos: usize) -> Result<Filter<F>, QueryError> {
+        let field = F::FIELDS
+            .iter()
+            .copied()
             .find(|f| f.name() == word)
-            .ok_or_else(|| unknown_field(word, pos))?;
+            .ok_or_else(|| unknown_field::<F>(word, pos))?;
+        let kind = field.kind();
         self.comparisons += 1;
         if self.comparisons > MAX_COMPARISONS {
             return Err(QueryError::filter(format!(
@@ -867,7 +1160,7 @@ impl Parser {
                 op_token.pos
             ))
         })?;
-        if !field.is_datetime() && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
+        if kind != FieldKind::DateTime && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
             return Err(QueryError::filter(format!(
                 "'{}' can only be compared with eq or ne, not {} (position {})",
                 field.name(),
@@ -877,9 +1170,8 @@ impl Parser {
         }
 
         let literal = self.advance();
-        let value = match (field, &literal.kind) {
-            (Field::LastUpdateTime | Field::CreatedTime, TokenKind::Word(text))
-            | (Field::LastUpdateTime | Field::CreatedTime, TokenKind::Str(text)) => {
+        let value = match (kind, &literal.kind) {
+            (FieldKind::DateTime, TokenKind::Word(text)) | (FieldKind::DateTime, TokenKind::Str(text)) => {
                 let t = parse_timestamp(text, LITERAL_FRACTION_DIGITS).map_err(|reason| {
                     QueryError::filter(format!(
                         "bad timestamp '{}' for '{}' at position {}: {reason}",
@@ -890,23 +1182,30 @@ impl Parser {
                 })?;
                 Literal::DateTime(t)
             }
-            (Field::Status, TokenKind::Str(s)) => {
-                if !STATUS_VALUES.contains(&s.as_str()) {
+            (FieldKind::Enum(values), TokenKind::Str(s)) => {
+                if !values.contains(&s.as_str()) {
+                    let expected: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
                     return Err(QueryError::filter(format!(
-                        "'{}' is not a status (position {}); expected one of 'Active', 'Resolved', 'InProgress', 'Redirected'",
+                        "'{}' is not a {} (position {}); expected one of {}",
                         echo(s),
-                        literal.pos
+                        field.name(),
+                        literal.pos,
+                        expected.join(", ")
                     )));
                 }
                 Literal::String(s.clone())
             }
-            (Field::AssignedTo, TokenKind::Str(s)) => Literal::String(s.clone()),
-            (Field::AssignedTo, TokenKind::Word(w)) if w.eq_ignore_ascii_case("null") => Literal::Null,
+            (FieldKind::Text, TokenKind::Str(s)) => Literal::String(s.clone()),
+            (FieldKind::Text, TokenKind::Word(w)) if w.eq_ignore_ascii_case("null") => Literal::Null,
             _ => {
-                let expected = match field {
-                    Field::LastUpdateTime | Field::CreatedTime => "a timestamp like 2024-05-01T00:00:00Z",
-                    Field::Status => "a single-quoted status like 'Active'",
-                    Field::AssignedTo => "a single-quoted string or null",
+                let expected = match kind {
+                    FieldKind::DateTime => "a timestamp like 2024-05-01T00:00:00Z".to_string(),
+                    FieldKind::Enum(values) => format!(
+                        "a single-quoted {} like '{}'",
+                        field.name(),
+                        values.first().copied().unwrap_or("")
+                    ),
+                    FieldKind::Text => "a single-quoted string or null".to_string(),
                 };
                 return Err(QueryError::filter(format!(
                     "'{}' must be compared with {expected}, but found {} at position {}",
@@ -920,15 +1219,15 @@ impl Parser {
     }
 }
 
-fn unknown_field(word: &str, pos: usize) -> QueryError {
+fn unknown_field<F: FilterField>(word: &str, pos: usize) -> QueryError {
     if ["and", "or"].iter().any(|k| k.eq_ignore_ascii_case(word)) {
         return QueryError::filter(format!(
             "expected a comparison, 'not' or '(' but found '{word}' at position {pos}"
         ));
     }
-    let hint = match Field::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(word)) {
+    let hint = match F::FIELDS.iter().find(|f| f.name().eq_ignore_ascii_case(word)) {
         Some(f) => format!("; field names are case-sensitive: did you mean '{}'?", f.name()),
-        None => "; filterable fields are lastUpdateTime, createdTime, status and assignedTo".into(),
+        None => format!("; filterable fields are {}", F::LIST),
     };
     QueryError::filter(format!(
         "expected a field but found '{}' at position {pos}{hint}",
@@ -938,7 +1237,7 @@ fn unknown_field(word: &str, pos: usize) -> QueryError {
 
 /// Appends an operand to an `and` (`is_and`) or `or` list, splicing in the operands of a nested
 /// list of the same kind so `a and (b and c)` and `(a and b) and c` parse to the same value.
-fn push_flat(items: &mut Vec<Filter>, operand: Filter, is_and: bool) {
+fn push_flat<F: FilterField>(items: &mut Vec<Filter<F>>, operand: Filter<F>, is_and: bool) {
     match operand {
         Filter::And(inner) if is_and => items.extend(inner),
         Filter::Or(inner) if !is_and => items.extend(inner),
@@ -946,7 +1245,7 @@ fn push_flat(items: &mut Vec<Filter>, operand: Filter, is_and: bool) {
     }
 }
 
-fn collapse(mut items: Vec<Filter>, make: fn(Vec<Filter>) -> Filter) -> Filter {
+fn collapse<F: FilterField>(mut items: Vec<Filter<F>>, make: fn(Vec<Filter<F>>) -> Filter<F>) -> Filter<F> {
     if items.len() == 1 {
         items.remove(0)
     } else {

@@ -1,0 +1,742 @@
+//! Whole incidents in either dialect: a Graph incident (with expanded `alerts` and their
+//! `evidence`) to the Defender entity and back, plus list pages. Field mapping per the fact
+//! sheet §7.2 (incident), §7.5 (alert), §7.6 (device), §7.7 (entity); enum values through
+//! [`super::enums`].
+//!
+//! Output is a `serde_json::Value` whose objects serialize with keys in a fixed (sorted) order,
+//! so the same input always gives the same bytes; [`graph_to_defender_bytes`] and
+//! [`defender_to_graph_bytes`] give compact bytes ready to cache and serve.
+//!
+//! Documented information loss is listed in [`DEFENDER_FIELDS_LOST`] and [`GRAPH_ONLY_FIELDS`],
+//! which the property tests use as their only exceptions.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::enums::{self, EnumTable};
+use super::TranslateError;
+
+/// Defender `@odata.context` of a list answer.
+pub const DEFENDER_LIST_CONTEXT: &str = "https://api.security.microsoft.com/api/$metadata#Incidents";
+/// Prefix of Graph's `@odata.type` on evidence.
+const GRAPH_TYPE_PREFIX: &str = "#microsoft.graph.security.";
+
+/// Defender fields that do not survive Defender → Graph → Defender, with the reason. Paths use
+/// `[]` for "every element".
+pub const DEFENDER_FIELDS_LOST: &[(&str, &str)] = &[
+    (
+        "detectionSource",
+        "Graph incidents have no detectionSource; rebuilt from the first alert's",
+    ),
+    ("alerts[].investigationId", "Graph alerts have no investigationId (sheet §7.5)"),
+    ("alerts[].devices[].osProcessor", "deviceEvidence has no osProcessor (sheet §7.6)"),
+    (
+        "alerts[].entities[].deviceId",
+        "registryKeyEvidence has no mdeDeviceId; kept for every other type",
+    ),
+    (
+        "alerts[].classification",
+        "an alert's explicit 'Unknown' comes back as null (Graph has only 'unknown' for both)",
+    ),
+    (
+        "alerts[].determination",
+        "an alert's explicit 'NotAvailable' comes back as null (Graph has only 'unknown' for both)",
+    ),
+    (
+        "(enum aliases)",
+        "documented aliases (CompromisedUser, NotMalicious, Active alert status, ...) come back in the output spelling",
+    ),
+];
+
+/// Graph fields that do not survive Graph → Defender → Graph: the Graph-only fields of sheet
+/// §7.2, §7.5, §7.6 and §4.1, which come back as null (or empty lists), and evidence types with
+/// no Defender entity (dropped).
+pub const GRAPH_ONLY_FIELDS: &[(&str, &str)] = &[
+    ("tenantId", "Graph-only incident field (sheet §7.2)"),
+    ("systemTags", "Graph-only incident field"),
+    ("description", "Graph-only incident field"),
+    ("summary", "Graph-only incident field"),
+    ("lastModifiedBy", "Graph-only incident field"),
+    ("resolvingComment", "Graph-only incident field"),
+    ("priorityScore", "Graph-only incident field"),
+    ("alerts[].providerAlertId", "Graph-only alert field (sheet §7.5)"),
+    ("alerts[].alertWebUrl", "Graph-only alert field"),
+    ("alerts[].incidentWebUrl", "Graph-only alert field"),
+    ("alerts[].threatDisplayName", "Graph-only alert field"),
+    ("alerts[].recommendedActions", "Graph-only alert field"),
+    ("alerts[].tenantId", "Graph-only alert field"),
+    ("alerts[].comments", "Graph-only alert field"),
+    ("alerts[].systemTags", "Graph-only alert field"),
+    ("alerts[].additionalData", "Graph-only alert field"),
+    ("alerts[].customDetails", "Graph-only alert field"),
+    ("alerts[].alertPolicyId", "Graph-only alert field"),
+    ("alerts[].productName", "Graph-only alert field"),
+    ("alerts[].detectorId", "Graph-only alert field"),
+    ("alerts[].categories", "rebuilt as [category]; further categories are lost"),
+    (
+        "alerts[].evidence[].createdDateTime",
+        "base evidence field with no Defender source; synthesized as the alert's createdDateTime",
+    ),
+    ("alerts[].evidence[].verdict", "no Defender source; synthesized 'unknown' (sheet §7.7)"),
+    (
+        "alerts[].evidence[].remediationStatus",
+        "no Defender source; synthesized 'none' (sheet §7.7)",
+    ),
+    ("alerts[].evidence[].remediationStatusDetails", "no Defender source"),
+    ("alerts[].evidence[].roles", "no Defender source; synthesized []"),
+    ("alerts[].evidence[].detailedRoles", "no Defender source; synthesized []"),
+    (
+        "alerts[].evidence[].tags",
+        "kept for devices (Defender device tags); entities have no tags",
+    ),
+    (
+        "alerts[].evidence[] (deviceEvidence) hostName, ntDomain, dnsDomain, ipInterfaces, lastIpAddress, lastExternalIpAddress, resourceAccessEvents",
+        "Graph-only device fields (sheet §7.6)",
+    ),
+    (
+        "alerts[].evidence[] nested Graph-only keys (userAccount.displayName, fileDetails.fileSize, p1Sender.displayName, ...)",
+        "no Defender entity field",
+    ),
+    ("alerts[].evidence[] detectionStatus, stream, location, countryLetterCode", "no Defender entity field"),
+    (
+        "alerts[].evidence[] of types without a Defender entity (cloudApplicationEvidence, ...)",
+        "dropped: Defender has no entityType for them (sheet §7.7)",
+    ),
+];
+
+// ----- helpers ---------------------------------------------------------------------------------
+
+fn path(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn as_object<'a>(v: &'a Value, at: &str) -> Result<&'a Map<String, Value>, TranslateError> {
+    v.as_object().ok_or_else(|| TranslateError::WrongType {
+        field: if at.is_empty() { "(document)".into() } else { at.into() },
+        expected: "an object",
+    })
+}
+
+/// A field's value, `Null` when absent.
+fn get<'a>(o: &'a Map<String, Value>, key: &str) -> &'a Value {
+    o.get(key).unwrap_or(&Value::Null)
+}
+
+fn opt_str<'a>(o: &'a Map<String, Value>, key: &str, at: &str) -> Result<Option<&'a str>, TranslateError> {
+    match get(o, key) {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        _ => Err(TranslateError::WrongType {
+            field: path(at, key),
+            expected: "a string or null",
+        }),
+    }
+}
+
+fn array<'a>(o: &'a Map<String, Value>, key: &str, at: &str) -> Result<&'a [Value], TranslateError> {
+    match get(o, key) {
+        Value::Null => Ok(&[]),
+        Value::Array(a) => Ok(a),
+        _ => Err(TranslateError::WrongType {
+            field: path(at, key),
+            expected: "a list or null",
+        }),
+    }
+}
+
+/// A Graph string id (`"924565"`) as Defender's number; numbers are accepted as they are.
+fn id_number(v: &Value, field: String) -> Result<Value, TranslateError> {
+    match v {
+        Value::Null => Ok(Value::Null),
+        Value::Number(n) if n.is_i64() => Ok(v.clone()),
+        Value::String(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+            .map(Value::from)
+            .ok_or(TranslateError::Unmapped {
+                field,
+                value: s.chars().take(64).collect(),
+            }),
+        _ => Err(TranslateError::WrongType {
+            field,
+            expected: "a numeric string",
+        }),
+    }
+}
+
+/// A Defender numeric id as Graph's string.
+fn id_string(v: &Value, field: String) -> Result<Value, TranslateError> {
+    match v {
+        Value::Null => Ok(Value::Null),
+        Value::Number(n) => Ok(Value::String(n.to_string())),
+        Value::String(_) => Ok(v.clone()),
+        _ => Err(TranslateError::WrongType {
+            field,
+            expected: "an integer",
+        }),
+    }
+}
+
+/// An enum value translated for a response (lenient: unknown members pass through recased).
+fn enum_to_defender(table: &EnumTable, o: &Map<String, Value>, key: &str, at: &str) -> Result<Value, TranslateError> {
+    Ok(match opt_str(o, key, at)? {
+        None => Value::Null,
+        Some(s) => Value::String(table.to_defender_lenient(s)),
+    })
+}
+
+fn enum_to_graph(table: &EnumTable, o: &Map<String, Value>, key: &str, at: &str) -> Result<Value, TranslateError> {
+    Ok(match opt_str(o, key, at)? {
+        None => Value::Null,
+        Some(s) => Value::String(table.to_graph_lenient(s)),
+    })
+}
+
+fn nested<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Map<String, Value>> {
+    o.get(key).and_then(Value::as_object)
+}
+
+// ----- Graph → Defender ------------------------------------------------------------------------
+
+/// A Graph incident (alerts expanded or not) as the Defender entity. `alerts` is always present
+/// in the result, as Defender always includes it: a Defender facade must ask Graph with
+/// `$expand=alerts`, or the list is empty.
+pub fn graph_to_defender(graph: &Value) -> Result<Value, TranslateError> {
+    let g = as_object(graph, "")?;
+    let alerts = array(g, "alerts", "")?
+        .iter()
+        .enumerate()
+        .map(|(i, a)| graph_alert_to_defender(a, &format!("alerts[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let comments = array(g, "comments", "")?
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let at = format!("comments[{i}]");
+            let c = as_object(c, &at)?;
+            Ok(json!({
+                "comment": get(c, "comment"),
+                "createdBy": get(c, "createdByDisplayName"),
+                "createdTime": get(c, "createdDateTime"),
+            }))
+        })
+        .collect::<Result<Vec<_>, TranslateError>>()?;
+    // Defender's incident-level detectionSource has no Graph counterpart; the first alert's is
+    // the best available (it is what names the incident).
+    let detection_source = alerts.first().map_or(Value::Null, |a| a["detectionSource"].clone());
+    Ok(json!({
+        "incidentId": id_number(get(g, "id"), "id".into())?,
+        "incidentUri": get(g, "incidentWebUrl"),
+        "redirectIncidentId": id_number(get(g, "redirectIncidentId"), "redirectIncidentId".into())?,
+        "incidentName": get(g, "displayName"),
+        "createdTime": get(g, "createdDateTime"),
+        "lastUpdateTime": get(g, "lastUpdateDateTime"),
+        "assignedTo": get(g, "assignedTo"),
+        "classification": enum_to_defender(&enums::CLASSIFICATION, g, "classification", "")?,
+        "determination": enum_to_defender(&enums::DETERMINATION, g, "determination", "")?,
+        "detectionSource": detection_source,
+        "status": enum_to_defender(&enums::INCIDENT_STATUS, g, "status", "")?,
+        "severity": enum_to_defender(&enums::SEVERITY, g, "severity", "")?,
+        "tags": get(g, "customTags").as_array().cloned().unwrap_or_default(),
+        "comments": comments,
+        "alerts": alerts,
+    }))
+}
+
+/// An alert's classification or determination: Graph `unknown` is Defender `null` on alerts.
+fn alert_verdict_to_defender(table: &EnumTable, o: &Map<String, Value>, key: &str, at: &str) -> Result<Value, TranslateError> {
+    match opt_str(o, key, at)? {
+        None | Some("unknown") => Ok(Value::Null),
+        Some(_) => enum_to_defender(table, o, key, at),
+    }
+}
+
+fn graph_alert_to_defender(alert: &Value, at: &str) -> Result<Value, TranslateError> {
+    let a = as_object(alert, at)?;
+    let mut devices = Vec::new();
+    let mut entities = Vec::new();
+    for (i, e) in array(a, "evidence", at)?.iter().enumerate() {
+        let eat = format!("{at}.evidence[{i}]");
+        let e = as_object(e, &eat)?;
+        let kind = opt_str(e, "@odata.type", &eat)?
+            .map(|t| t.trim_start_matches(GRAPH_TYPE_PREFIX))
+            .unwrap_or("");
+        if kind == "deviceEvidence" {
+            devices.push(device_to_defender(e, &eat)?);
+        } else if let Some(entity) = evidence_to_entity(kind, e, &eat)? {
+            entities.push(entity);
+        }
+    }
+    let category = match get(a, "category") {
+        Value::Null => array(a, "categories", at)?.first().cloned().unwrap_or(Value::Null),
+        v => v.clone(),
+    };
+    Ok(json!({
+        "alertId": get(a, "id"),
+        "incidentId": id_number(get(a, "incidentId"), path(at, "incidentId"))?,
+        "serviceSource": enum_to_defender(&enums::SERVICE_SOURCE, a, "serviceSource", at)?,
+        "creationTime": get(a, "createdDateTime"),
+        "lastUpdatedTime": get(a, "lastUpdateDateTime"),
+        "resolvedTime": get(a, "resolvedDateTime"),
+        "firstActivity": get(a, "firstActivityDateTime"),
+        "lastActivity": get(a, "lastActivityDateTime"),
+        "title": get(a, "title"),
+        "description": get(a, "description"),
+        "category": category,
+        "status": enum_to_defender(&enums::ALERT_STATUS, a, "status", at)?,
+        "severity": enum_to_defender(&enums::SEVERITY, a, "severity", at)?,
+        "investigationId": Value::Null,
+        "investigationState": enum_to_defender(&enums::INVESTIGATION_STATE, a, "investigationState", at)?,
+        "classification": alert_verdict_to_defender(&enums::CLASSIFICATION, a, "classification", at)?,
+        "determination": alert_verdict_to_defender(&enums::DETERMINATION, a, "determination", at)?,
+        "detectionSource": enum_to_defender(&enums::DETECTION_SOURCE, a, "detectionSource", at)?,
+        "assignedTo": get(a, "assignedTo"),
+        "actorName": get(a, "actorDisplayName"),
+        "threatFamilyName": get(a, "threatFamilyName"),
+        "mitreTechniques": get(a, "mitreTechniques").as_array().cloned().unwrap_or_default(),
+        "devices": devices,
+        "entities": entities,
+    }))
+}
+
+fn device_to_defender(e: &Map<String, Value>, at: &str) -> Result<Value, TranslateError> {
+    let mut d = json!({
+        "mdatpDeviceId": get(e, "mdeDeviceId"),
+        "aadDeviceId": get(e, "azureAdDeviceId"),
+        "deviceDnsName": get(e, "deviceDnsName"),
+        "osPlatform": get(e, "osPlatform"),
+        "version": get(e, "version"),
+        "osProcessor": Value::Null,
+        "osBuild": get(e, "osBuild"),
+        "healthStatus": enum_to_defender(&enums::DEVICE_HEALTH_STATUS, e, "healthStatus", at)?,
+        "riskScore": enum_to_defender(&enums::DEVICE_RISK_SCORE, e, "riskScore", at)?,
+        "rbacGroupName": get(e, "rbacGroupName"),
+        "rbacGroupId": get(e, "rbacGroupId"),
+        "firstSeen": get(e, "firstSeenDateTime"),
+        "tags": get(e, "tags").as_array().cloned().unwrap_or_default(),
+        "defenderAvStatus": enum_to_defender(&enums::DEFENDER_AV_STATUS, e, "defenderAvStatus", at)?,
+        "onboardingStatus": enum_to_defender(&enums::ONBOARDING_STATUS, e, "onboardingStatus", at)?,
+        "loggedOnUsers": get(e, "loggedOnUsers").as_array().cloned().unwrap_or_default(),
+    });
+    if let (Some(out), Some(vm)) = (d.as_object_mut(), e.get("vmMetadata").filter(|v| !v.is_null())) {
+        out.insert("vmMetadata".into(), vm.clone());
+    }
+    Ok(d)
+}
+
+/// `(Defender entity field, Graph path)` per evidence type, sheet §7.7. A Graph path is a key
+/// or `object.key`. One table drives both directions.
+pub const ENTITY_MAP: &[(&str, &str, &[(&str, &str)])] = &[
+    (
+        "User",
+        "userEvidence",
+        &[
+            ("accountName", "userAccount.accountName"),
+            ("domainName", "userAccount.domainName"),
+            ("userSid", "userAccount.userSid"),
+            ("aadUserId", "userAccount.azureAdUserId"),
+            ("userPrincipalName", "userAccount.userPrincipalName"),
+        ],
+    ),
+    ("Ip", "ipEvidence", &[("ipAddress", "ipAddress")]),
+    ("Url", "urlEvidence", &[("url", "url")]),
+    (
+        "File",
+        "fileEvidence",
+        &[
+            ("sha1", "fileDetails.sha1"),
+            ("sha256", "fileDetails.sha256"),
+            ("fileName", "fileDetails.fileName"),
+            ("filePath", "fileDetails.filePath"),
+            ("deviceId", "mdeDeviceId"),
+        ],
+    ),
+    (
+        "Process",
+        "processEvidence",
+        &[
+            ("processId", "processId"),
+            ("processCommandLine", "processCommandLine"),
+            ("processCreationTime", "processCreationDateTime"),
+            ("parentProcessId", "parentProcessId"),
+            ("parentProcessCreationTime", "parentProcessCreationDateTime"),
+            ("sha1", "imageFile.sha1"),
+            ("sha256", "imageFile.sha256"),
+            ("fileName", "imageFile.fileName"),
+            ("filePath", "imageFile.filePath"),
+            // The account a process ran as [inf]: processEvidence carries a userAccount.
+            ("accountName", "userAccount.accountName"),
+            ("domainName", "userAccount.domainName"),
+            ("userSid", "userAccount.userSid"),
+            ("deviceId", "mdeDeviceId"),
+        ],
+    ),
+    (
+        "MailBox",
+        "mailboxEvidence",
+        &[
+            ("mailboxDisplayName", "displayName"),
+            ("mailboxAddress", "primaryAddress"),
+            ("userPrincipalName", "upn"),
+            // [inf]: mailboxEvidence carries the owner's userAccount.
+            ("aadUserId", "userAccount.azureAdUserId"),
+        ],
+    ),
+    (
+        "MailMessage",
+        "analyzedMessageEvidence",
+        &[
+            ("subject", "subject"),
+            ("recipient", "recipientEmailAddress"),
+            // The sheet leaves P1 or P2 open; P1 (the envelope sender) is what mail flow reports
+            // as "sender". Decision recorded here; P2 is read when P1 is absent.
+            ("sender", "p1Sender.emailAddress"),
+            ("deliveryAction", "deliveryAction"),
+        ],
+    ),
+    ("MailCluster", "mailClusterEvidence", &[("clusterBy", "clusterBy")]),
+    (
+        "Registry",
+        "registryValueEvidence",
+        &[
+            ("registryHive", "registryHive"),
+            ("registryKey", "registryKey"),
+            ("registryValueType", "registryValueType"),
+            ("registryValue", "registryValue"),
+            ("deviceId", "mdeDeviceId"),
+        ],
+    ),
+    (
+        "Registry",
+        "registryKeyEvidence",
+        &[("registryHive", "registryHive"), ("registryKey", "registryKey")],
+    ),
+    (
+        "SecurityGroup",
+        "securityGroupEvidence",
+        &[("securityGroupId", "securityGroupId"), ("securityGroupName", "displayName")],
+    ),
+];
+
+fn graph_path<'a>(e: &'a Map<String, Value>, graph_path: &str) -> Option<&'a Value> {
+    match graph_path.split_once('.') {
+        None => e.get(graph_path),
+        Some((obj, key)) => nested(e, obj).and_then(|o| o.get(key)),
+    }
+    .filter(|v| !v.is_null())
+}
+
+/// A Defender entity from evidence of `kind`, or `None` for types Defender has no entity for.
+/// Only fields with a value are emitted, as Defender entities carry the fields of their type.
+fn evidence_to_entity(kind: &str, e: &Map<String, Value>, _at: &str) -> Result<Option<Value>, TranslateError> {
+    let Some((entity_type, _, fields)) = ENTITY_MAP.iter().find(|(_, g, _)| *g == kind) else {
+        return Ok(None);
+    };
+    let mut out = Map::new();
+    out.insert("entityType".into(), Value::String((*entity_type).into()));
+    for (defender, graph) in *fields {
+        let value = graph_path(e, graph).or_else(|| {
+            (*graph == "p1Sender.emailAddress")
+                .then(|| graph_path(e, "p2Sender.emailAddress"))
+                .flatten()
+        });
+        if let Some(v) = value {
+            out.insert((*defender).into(), v.clone());
+        }
+    }
+    Ok(Some(Value::Object(out)))
+}
+
+// ----- Defender → Graph ------------------------------------------------------------------------
+
+/// A Defender incident as a Graph incident with `alerts` expanded.
+pub fn defender_to_graph(defender: &Value) -> Result<Value, TranslateError> {
+    defender_to_graph_with(defender, true)
+}
+
+/// A Defender incident as a Graph incident; `alerts` only when `expand_alerts` (Graph's
+/// `$expand=alerts`), as Graph leaves the navigation property out otherwise.
+pub fn defender_to_graph_with(defender: &Value, expand_alerts: bool) -> Result<Value, TranslateError> {
+    let d = as_object(defender, "")?;
+    let comments = array(d, "comments", "")?
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let at = format!("comments[{i}]");
+            let c = as_object(c, &at)?;
+            Ok(json!({
+                "comment": get(c, "comment"),
+                "createdByDisplayName": get(c, "createdBy"),
+                "createdDateTime": get(c, "createdTime"),
+            }))
+        })
+        .collect::<Result<Vec<_>, TranslateError>>()?;
+    let unknown_if_null = |v: Value| if v.is_null() { Value::String("unknown".into()) } else { v };
+    let mut g = json!({
+        "id": id_string(get(d, "incidentId"), "incidentId".into())?,
+        "tenantId": Value::Null,
+        "displayName": get(d, "incidentName"),
+        "description": Value::Null,
+        "summary": Value::Null,
+        "incidentWebUrl": get(d, "incidentUri"),
+        "redirectIncidentId": id_string(get(d, "redirectIncidentId"), "redirectIncidentId".into())?,
+        "createdDateTime": get(d, "createdTime"),
+        "lastUpdateDateTime": get(d, "lastUpdateTime"),
+        "lastModifiedBy": Value::Null,
+        "assignedTo": get(d, "assignedTo"),
+        "classification": unknown_if_null(enum_to_graph(&enums::CLASSIFICATION, d, "classification", "")?),
+        "determination": unknown_if_null(enum_to_graph(&enums::DETERMINATION, d, "determination", "")?),
+        "status": enum_to_graph(&enums::INCIDENT_STATUS, d, "status", "")?,
+        "severity": enum_to_graph(&enums::SEVERITY, d, "severity", "")?,
+        "priorityScore": Value::Null,
+        "resolvingComment": Value::Null,
+        "customTags": get(d, "tags").as_array().cloned().unwrap_or_default(),
+        "systemTags": [],
+        "comments": comments,
+    });
+    if expand_alerts {
+        let alerts = array(d, "alerts", "")?
+            .iter()
+            .enumerate()
+            .map(|(i, a)| defender_alert_to_graph(a, &format!("alerts[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(o) = g.as_object_mut() {
+            o.insert("alerts".into(), Value::Array(alerts));
+        }
+    }
+    Ok(g)
+}
+
+fn defender_alert_to_graph(alert: &Value, at: &str) -> Result<Value, TranslateError> {
+    let a = as_object(alert, at)?;
+    let created = get(a, "creationTime").clone();
+    let mut evidence = Vec::new();
+    for (i, dev) in array(a, "devices", at)?.iter().enumerate() {
+        let dat = format!("{at}.devices[{i}]");
+        evidence.push(device_to_graph(as_object(dev, &dat)?, &created, &dat)?);
+    }
+    for (i, ent) in array(a, "entities", at)?.iter().enumerate() {
+        let eat = format!("{at}.entities[{i}]");
+        if let Some(e) = entity_to_evidence(as_object(ent, &eat)?, &created, &eat)? {
+            evidence.push(e);
+        }
+    }
+    let verdict = |key: &str| -> Result<Value, TranslateError> {
+        Ok(match enum_to_graph(if key == "classification" { &enums::CLASSIFICATION } else { &enums::DETERMINATION }, a, key, at)? {
+            Value::Null => Value::String("unknown".into()),
+            v => v,
+        })
+    };
+    let category = get(a, "category").clone();
+    let categories = if category.is_null() { json!([]) } else { json!([category.clone()]) };
+    Ok(json!({
+        "id": get(a, "alertId"),
+        "providerAlertId": Value::Null,
+        "incidentId": id_string(get(a, "incidentId"), path(at, "incidentId"))?,
+        "status": enum_to_graph(&enums::ALERT_STATUS, a, "status", at)?,
+        "severity": enum_to_graph(&enums::SEVERITY, a, "severity", at)?,
+        "classification": verdict("classification")?,
+        "determination": verdict("determination")?,
+        "serviceSource": enum_to_graph(&enums::SERVICE_SOURCE, a, "serviceSource", at)?,
+        "detectionSource": enum_to_graph(&enums::DETECTION_SOURCE, a, "detectionSource", at)?,
+        "detectorId": Value::Null,
+        "tenantId": Value::Null,
+        "title": get(a, "title"),
+        "description": get(a, "description"),
+        "recommendedActions": Value::Null,
+        "category": category,
+        "categories": categories,
+        "assignedTo": get(a, "assignedTo"),
+        "alertWebUrl": Value::Null,
+        "incidentWebUrl": Value::Null,
+        "actorDisplayName": get(a, "actorName"),
+        "threatDisplayName": Value::Null,
+        "threatFamilyName": get(a, "threatFamilyName"),
+        "mitreTechniques": get(a, "mitreTechniques").as_array().cloned().unwrap_or_default(),
+        "createdDateTime": created,
+        "lastUpdateDateTime": get(a, "lastUpdatedTime"),
+        "resolvedDateTime": get(a, "resolvedTime"),
+        "firstActivityDateTime": get(a, "firstActivity"),
+        "lastActivityDateTime": get(a, "lastActivity"),
+        "investigationState": enum_to_graph(&enums::INVESTIGATION_STATE, a, "investigationState", at)?,
+        "productName": Value::Null,
+        "alertPolicyId": Value::Null,
+        "systemTags": [],
+        "comments": [],
+        "customDetails": Value::Null,
+        "additionalData": Value::Null,
+        "evidence": evidence,
+    }))
+}
+
+/// The base fields every evidence object carries, with the defaults the sheet suggests for
+/// what Defender has no source for (§7.7).
+fn evidence_base(kind: &str, created: &Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("@odata.type".into(), Value::String(format!("{GRAPH_TYPE_PREFIX}{kind}")));
+    m.insert("createdDateTime".into(), created.clone());
+    m.insert("verdict".into(), Value::String("unknown".into()));
+    m.insert("remediationStatus".into(), Value::String("none".into()));
+    m.insert("remediationStatusDetails".into(), Value::Null);
+    m.insert("roles".into(), json!([]));
+    m.insert("detailedRoles".into(), json!([]));
+    m.insert("tags".into(), json!([]));
+    m
+}
+
+fn device_to_graph(d: &Map<String, Value>, created: &Value, at: &str) -> Result<Value, TranslateError> {
+    let mut m = evidence_base("deviceEvidence", created);
+    let fields = [
+        ("mdeDeviceId", get(d, "mdatpDeviceId").clone()),
+        ("azureAdDeviceId", get(d, "aadDeviceId").clone()),
+        ("deviceDnsName", get(d, "deviceDnsName").clone()),
+        ("osPlatform", get(d, "osPlatform").clone()),
+        ("osBuild", get(d, "osBuild").clone()),
+        ("version", get(d, "version").clone()),
+        ("healthStatus", enum_to_graph(&enums::DEVICE_HEALTH_STATUS, d, "healthStatus", at)?),
+        ("riskScore", enum_to_graph(&enums::DEVICE_RISK_SCORE, d, "riskScore", at)?),
+        ("rbacGroupId", get(d, "rbacGroupId").clone()),
+        ("rbacGroupName", get(d, "rbacGroupName").clone()),
+        ("firstSeenDateTime", get(d, "firstSeen").clone()),
+        ("defenderAvStatus", enum_to_graph(&enums::DEFENDER_AV_STATUS, d, "defenderAvStatus", at)?),
+        ("onboardingStatus", enum_to_graph(&enums::ONBOARDING_STATUS, d, "onboardingStatus", at)?),
+        ("loggedOnUsers", get(d, "loggedOnUsers").as_array().cloned().map_or(json!([]), Value::Array)),
+        ("vmMetadata", get(d, "vmMetadata").clone()),
+        ("hostName", Value::Null),
+        ("ntDomain", Value::Null),
+        ("dnsDomain", Value::Null),
+        ("lastIpAddress", Value::Null),
+        ("lastExternalIpAddress", Value::Null),
+        ("ipInterfaces", json!([])),
+        ("resourceAccessEvents", json!([])),
+    ];
+    for (k, v) in fields {
+        m.insert(k.into(), v);
+    }
+    if let Some(tags) = d.get("tags").filter(|t| t.is_array()) {
+        m.insert("tags".into(), tags.clone());
+    }
+    Ok(Value::Object(m))
+}
+
+fn entity_to_evidence(e: &Map<String, Value>, created: &Value, at: &str) -> Result<Option<Value>, TranslateError> {
+    let entity_type = opt_str(e, "entityType", at)?.ok_or_else(|| TranslateError::Missing {
+        field: path(at, "entityType"),
+    })?;
+    // Registry: a value entity when it names a value, a key entity otherwise (sheet §7.7).
+    let is_value = ["registryValueType", "registryValue"]
+        .iter()
+        .any(|k| !get(e, k).is_null());
+    let row = ENTITY_MAP.iter().find(|(d, g, _)| {
+        *d == entity_type && (entity_type != "Registry" || (*g == "registryValueEvidence") == is_value)
+    });
+    let Some((_, kind, fields)) = row else {
+        // Entity types Graph has no evidence for are dropped rather than invented.
+        return Ok(None);
+    };
+    let mut m = evidence_base(kind, created);
+    for (defender, graph) in *fields {
+        let v = get(e, defender).clone();
+        match graph.split_once('.') {
+            None => {
+                m.insert((*graph).into(), v);
+            }
+            Some((obj, key)) => {
+                let slot = m.entry(obj.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                if let Some(o) = slot.as_object_mut() {
+                    o.insert(key.into(), v);
+                }
+            }
+        }
+    }
+    Ok(Some(Value::Object(m)))
+}
+
+// ----- bytes and pages -------------------------------------------------------------------------
+
+fn parse(bytes: &[u8]) -> Result<Value, TranslateError> {
+    serde_json::from_slice(bytes).map_err(|e| TranslateError::Json(e.to_string()))
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    // A Value always serializes.
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Upstream Graph incident bytes to Defender bytes: what a Defender facade caches and serves.
+pub fn graph_to_defender_bytes(body: &[u8]) -> Result<Bytes, TranslateError> {
+    Ok(to_bytes(&graph_to_defender(&parse(body)?)?))
+}
+
+/// Upstream Defender incident bytes to Graph bytes (`@odata.context` of a single incident).
+pub fn defender_to_graph_bytes(body: &[u8], expand_alerts: bool) -> Result<Bytes, TranslateError> {
+    let mut g = defender_to_graph_with(&parse(body)?, expand_alerts)?;
+    if let Some(o) = g.as_object_mut() {
+        o.insert(
+            "@odata.context".into(),
+            Value::String("https://graph.microsoft.com/v1.0/$metadata#security/incidents/$entity".into()),
+        );
+    }
+    Ok(to_bytes(&g))
+}
+
+/// A Graph list page: its incidents translated to Defender, and its `@odata.nextLink`.
+pub fn graph_page_to_defender(body: &[u8]) -> Result<(Vec<Value>, Option<String>), TranslateError> {
+    let v = parse(body)?;
+    let page = as_object(&v, "")?;
+    let items = array(page, "value", "")?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            graph_to_defender(item).map_err(|e| match e {
+                TranslateError::WrongType { field, expected } => TranslateError::WrongType {
+                    field: format!("value[{i}].{field}"),
+                    expected,
+                },
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = opt_str(page, "@odata.nextLink", "")?.map(str::to_string);
+    Ok((items, next))
+}
+
+/// A Defender list answer's body from translated incidents.
+pub fn defender_list_body(items: Vec<Value>) -> Bytes {
+    to_bytes(&json!({ "@odata.context": DEFENDER_LIST_CONTEXT, "value": items }))
+}
+
+/// A Defender list answer's incidents translated to Graph (alerts only when expanded).
+pub fn defender_page_to_graph(body: &[u8], expand_alerts: bool) -> Result<Vec<Value>, TranslateError> {
+    let v = parse(body)?;
+    let page = as_object(&v, "")?;
+    array(page, "value", "")?
+        .iter()
+        .map(|item| defender_to_graph_with(item, expand_alerts))
+        .collect()
+}
+
+/// A Graph list answer's body. `next_link` is already rewritten to point at whoever serves
+/// the caller; `count` is `@odata.count` when `$count=true` was asked.
+pub fn graph_list_body(items: Vec<Value>, expand_alerts: bool, next_link: Option<&str>, count: Option<u64>) -> Bytes {
+    let context = if expand_alerts {
+        "https://graph.microsoft.com/v1.0/$metadata#security/incidents(alerts())"
+    } else {
+        "https://graph.microsoft.com/v1.0/$metadata#security/incidents"
+    };
+    let mut o = Map::new();
+    o.insert("@odata.context".into(), Value::String(context.into()));
+    if let Some(n) = count {
+        o.insert("@odata.count".into(), Value::from(n));
+    }
+    o.insert("value".into(), Value::Array(items));
+    if let Some(link) = next_link {
+        o.insert("@odata.nextLink".into(), Value::String(link.into()));
+    }
+    to_bytes(&Value::Object(o))
+}
