@@ -739,11 +739,7 @@ fn parse_timestamp(s: &str, max_fraction_digits: usize) -> Result<OffsetDateTime
 /// give equal values. Hand-built values that break it still print and evaluate sensibly.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter<F: FilterField = Field> {
-    Compare {
-        field: F,
-        op: CompareOp,
-        value: Literal,
-    },
+    Compare { field: F, op: CompareOp, value: Literal },
     Not(Box<Filter<F>>),
     And(Vec<Filter<F>>),
     Or(Vec<Filter<F>>),

@@ -44,7 +44,12 @@ impl EnumTable {
         let exact = self.rows.iter().map(|(_, g)| *g).find(|g| *g == graph);
         exact
             .or_else(|| self.graph_aliases.iter().find(|(a, _)| *a == graph).map(|(_, g)| *g))
-            .or_else(|| self.rows.iter().map(|(_, g)| *g).find(|g| g.eq_ignore_ascii_case(graph)))
+            .or_else(|| {
+                self.rows
+                    .iter()
+                    .map(|(_, g)| *g)
+                    .find(|g| g.eq_ignore_ascii_case(graph))
+            })
             .or_else(|| {
                 self.graph_aliases
                     .iter()
@@ -321,7 +326,12 @@ pub const GRAPH_INCIDENT_STATUSES: [&str; 5] = ["active", "resolved", "inProgres
 /// Graph `$filter` literals for `severity` (metadata `alertSeverity`).
 pub const GRAPH_SEVERITIES: [&str; 5] = ["unknown", "informational", "low", "medium", "high"];
 /// Graph `$filter` literals for `classification` (metadata `alertClassification`).
-pub const GRAPH_CLASSIFICATIONS: [&str; 4] = ["unknown", "falsePositive", "truePositive", "informationalExpectedActivity"];
+pub const GRAPH_CLASSIFICATIONS: [&str; 4] = [
+    "unknown",
+    "falsePositive",
+    "truePositive",
+    "informationalExpectedActivity",
+];
 /// Graph `$filter` literals for `determination` (metadata `alertDetermination`).
 pub const GRAPH_DETERMINATIONS: [&str; 15] = [
     "unknown",

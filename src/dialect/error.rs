@@ -48,7 +48,11 @@ pub fn defender_code(graph_code: &str, status: u16) -> &'static str {
     ERROR_CODES
         .iter()
         .find(|(_, g, s)| !graph_code.is_empty() && *g == graph_code && *s == status)
-        .or_else(|| ERROR_CODES.iter().find(|(_, g, _)| !graph_code.is_empty() && *g == graph_code))
+        .or_else(|| {
+            ERROR_CODES
+                .iter()
+                .find(|(_, g, _)| !graph_code.is_empty() && *g == graph_code)
+        })
         .or_else(|| ERROR_CODES.iter().find(|(_, _, s)| *s == status))
         .map_or("InternalServerError", |(d, _, _)| *d)
 }
@@ -69,7 +73,13 @@ pub fn graph_error_date(t: OffsetDateTime) -> String {
 
 /// Graph's error envelope as bytes, keys in Graph's order (code, message, innerError).
 /// `client_request_id` defaults to the request id, as Graph echoes one when the client sent none.
-pub fn graph_envelope(code: &str, message: &str, request_id: &str, client_request_id: Option<&str>, date: &str) -> Bytes {
+pub fn graph_envelope(
+    code: &str,
+    message: &str,
+    request_id: &str,
+    client_request_id: Option<&str>,
+    date: &str,
+) -> Bytes {
     let s = |v: &str| Value::String(v.to_string()).to_string();
     Bytes::from(format!(
         r#"{{"error":{{"code":{},"message":{},"innerError":{{"date":{},"request-id":{},"client-request-id":{}}}}}}}"#,
@@ -91,7 +101,13 @@ pub fn defender_envelope(code: &str, message: &str, target: &str) -> Bytes {
 pub fn defender_error_to_graph(body: &[u8], status: u16, request_id: &str, date: &str) -> Bytes {
     let (code, message) = read_envelope(body);
     let message = message.unwrap_or_else(|| format!("The upstream answered {status}."));
-    graph_envelope(graph_code(code.as_deref().unwrap_or(""), status), &message, request_id, None, date)
+    graph_envelope(
+        graph_code(code.as_deref().unwrap_or(""), status),
+        &message,
+        request_id,
+        None,
+        date,
+    )
 }
 
 /// Rewrites a Graph upstream error body for a Defender caller (`target` = request id).
@@ -129,7 +145,13 @@ mod tests {
 
     #[test]
     fn graph_envelope_shape_and_order() {
-        let b = graph_envelope("itemNotFound", "no \"such\" incident", "r-1", None, "2026-01-01T00:00:00");
+        let b = graph_envelope(
+            "itemNotFound",
+            "no \"such\" incident",
+            "r-1",
+            None,
+            "2026-01-01T00:00:00",
+        );
         let text = std::str::from_utf8(&b).unwrap();
         assert!(text.starts_with(r#"{"error":{"code":"itemNotFound","message":"no \"such\" incident","innerError":"#));
         let v: Value = serde_json::from_slice(&b).unwrap();
@@ -148,7 +170,8 @@ mod tests {
         let g: Value = serde_json::from_slice(&defender_error_to_graph(d, 404, "r", "x")).unwrap();
         assert_eq!(g["error"]["code"], "itemNotFound");
         assert_eq!(g["error"]["message"], "Incident 5 was not found.");
-        let top = br#"{"error":{"code":"","message":"The limit of '50' for Top query has been exceeded.","details":[]}}"#;
+        let top =
+            br#"{"error":{"code":"","message":"The limit of '50' for Top query has been exceeded.","details":[]}}"#;
         let back: Value = serde_json::from_slice(&graph_error_to_defender(top, 400, "req")).unwrap();
         assert_eq!(back["error"]["code"], "BadRequest");
         assert_eq!(back["error"]["target"], "req");

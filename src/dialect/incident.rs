@@ -21,36 +21,42 @@ pub const DEFENDER_LIST_CONTEXT: &str = "https://api.security.microsoft.com/api/
 /// Prefix of Graph's `@odata.type` on evidence.
 const GRAPH_TYPE_PREFIX: &str = "#microsoft.graph.security.";
 
-/// Defender fields that do not survive Defender → Graph → Defender, with the reason. Paths use
-/// `[]` for "every element".
+/// Defender fields that do not survive Defender → Graph → Defender, with the reason. A path
+/// names a field (`[]` = every element); an entry whose path carries a parenthesised condition
+/// is lost only in that case. The property tests skip exactly the unconditional paths.
 pub const DEFENDER_FIELDS_LOST: &[(&str, &str)] = &[
-    (
-        "detectionSource",
-        "Graph incidents have no detectionSource; rebuilt from the first alert's",
-    ),
     ("alerts[].investigationId", "Graph alerts have no investigationId (sheet §7.5)"),
     ("alerts[].devices[].osProcessor", "deviceEvidence has no osProcessor (sheet §7.6)"),
     (
-        "alerts[].entities[].deviceId",
+        "detectionSource (when the first alert's differs)",
+        "Graph incidents have no detectionSource; it is rebuilt from the first alert's",
+    ),
+    (
+        "alerts[].entities[].deviceId (Registry entity without a value)",
         "registryKeyEvidence has no mdeDeviceId; kept for every other type",
     ),
     (
-        "alerts[].classification",
-        "an alert's explicit 'Unknown' comes back as null (Graph has only 'unknown' for both)",
+        "alerts[].classification (explicit 'Unknown')",
+        "comes back as null: Graph has only 'unknown' for both",
     ),
     (
-        "alerts[].determination",
-        "an alert's explicit 'NotAvailable' comes back as null (Graph has only 'unknown' for both)",
+        "alerts[].determination (explicit 'NotAvailable')",
+        "comes back as null: Graph has only 'unknown' for both",
     ),
     (
-        "(enum aliases)",
-        "documented aliases (CompromisedUser, NotMalicious, Active alert status, ...) come back in the output spelling",
+        "(any enum holding a documented alias)",
+        "CompromisedUser, NotMalicious, InsufficientData, ConfirmedUserActivity, alert status Active, ... come back in the output spelling",
+    ),
+    (
+        "alerts[].entities[] (entityType without Graph evidence)",
+        "dropped rather than invented",
     ),
 ];
 
-/// Graph fields that do not survive Graph → Defender → Graph: the Graph-only fields of sheet
-/// §7.2, §7.5, §7.6 and §4.1, which come back as null (or empty lists), and evidence types with
-/// no Defender entity (dropped).
+/// Graph fields that do not survive Graph → Defender → Graph, with the reason: the Graph-only
+/// fields of sheet §7.2, §7.5, §7.6 and §4.1, which come back as null, empty or synthesized
+/// defaults (`verdict: unknown`, `remediationStatus: none`, `roles: []`). Same path syntax as
+/// [`DEFENDER_FIELDS_LOST`].
 pub const GRAPH_ONLY_FIELDS: &[(&str, &str)] = &[
     ("tenantId", "Graph-only incident field (sheet §7.2)"),
     ("systemTags", "Graph-only incident field"),
@@ -72,37 +78,129 @@ pub const GRAPH_ONLY_FIELDS: &[(&str, &str)] = &[
     ("alerts[].alertPolicyId", "Graph-only alert field"),
     ("alerts[].productName", "Graph-only alert field"),
     ("alerts[].detectorId", "Graph-only alert field"),
-    ("alerts[].categories", "rebuilt as [category]; further categories are lost"),
     (
-        "alerts[].evidence[].createdDateTime",
-        "base evidence field with no Defender source; synthesized as the alert's createdDateTime",
+        "alerts[].categories",
+        "rebuilt as [category]; further categories are lost",
     ),
-    ("alerts[].evidence[].verdict", "no Defender source; synthesized 'unknown' (sheet §7.7)"),
+    (
+        "alerts[].evidence[].verdict",
+        "no Defender source; synthesized 'unknown' (sheet §7.7)",
+    ),
     (
         "alerts[].evidence[].remediationStatus",
-        "no Defender source; synthesized 'none' (sheet §7.7)",
+        "no Defender source; synthesized 'none'",
     ),
     ("alerts[].evidence[].remediationStatusDetails", "no Defender source"),
     ("alerts[].evidence[].roles", "no Defender source; synthesized []"),
-    ("alerts[].evidence[].detailedRoles", "no Defender source; synthesized []"),
     (
-        "alerts[].evidence[].tags",
-        "kept for devices (Defender device tags); entities have no tags",
+        "alerts[].evidence[].detailedRoles",
+        "no Defender source; synthesized []",
     ),
     (
-        "alerts[].evidence[] (deviceEvidence) hostName, ntDomain, dnsDomain, ipInterfaces, lastIpAddress, lastExternalIpAddress, resourceAccessEvents",
-        "Graph-only device fields (sheet §7.6)",
+        "alerts[].evidence[].hostName",
+        "Graph-only deviceEvidence field (sheet §7.6)",
+    ),
+    ("alerts[].evidence[].ntDomain", "Graph-only deviceEvidence field"),
+    ("alerts[].evidence[].dnsDomain", "Graph-only deviceEvidence field"),
+    ("alerts[].evidence[].ipInterfaces", "Graph-only deviceEvidence field"),
+    ("alerts[].evidence[].lastIpAddress", "Graph-only deviceEvidence field"),
+    (
+        "alerts[].evidence[].lastExternalIpAddress",
+        "Graph-only deviceEvidence field",
     ),
     (
-        "alerts[].evidence[] nested Graph-only keys (userAccount.displayName, fileDetails.fileSize, p1Sender.displayName, ...)",
+        "alerts[].evidence[].resourceAccessEvents",
+        "Graph-only deviceEvidence field",
+    ),
+    (
+        "alerts[].evidence[].detectionStatus",
+        "no Defender entity field (file, process)",
+    ),
+    ("alerts[].evidence[].stream", "no Defender entity field (user, ip)"),
+    ("alerts[].evidence[].location", "no Defender entity field (ip)"),
+    ("alerts[].evidence[].countryLetterCode", "no Defender entity field (ip)"),
+    (
+        "alerts[].evidence[].parentProcessImageFile",
+        "no Defender entity field (process)",
+    ),
+    (
+        "alerts[].evidence[].userAccount.displayName",
         "no Defender entity field",
     ),
-    ("alerts[].evidence[] detectionStatus, stream, location, countryLetterCode", "no Defender entity field"),
     (
-        "alerts[].evidence[] of types without a Defender entity (cloudApplicationEvidence, ...)",
+        "alerts[].evidence[].userAccount.activeDirectoryObjectGuid",
+        "no Defender entity field",
+    ),
+    (
+        "alerts[].evidence[].userAccount.resourceAccessEvents",
+        "no Defender entity field",
+    ),
+    (
+        "alerts[].evidence[].p1Sender.displayName",
+        "Defender's sender is an address only",
+    ),
+    (
+        "alerts[].evidence[].p1Sender.domainName",
+        "Defender's sender is an address only",
+    ),
+    ("alerts[].evidence[].p2Sender", "Defender has one sender (mapped to P1)"),
+    (
+        "alerts[].evidence[].deliveryLocation",
+        "no Defender entity field (mail message)",
+    ),
+    (
+        "alerts[].evidence[].networkMessageId",
+        "no Defender entity field (mail message)",
+    ),
+    ("alerts[].evidence[].urls", "no Defender entity field (mail message)"),
+    (
+        "alerts[].evidence[].clusterByValue",
+        "no Defender entity field (mail cluster)",
+    ),
+    (
+        "alerts[].evidence[].emailCount",
+        "no Defender entity field (mail cluster)",
+    ),
+    (
+        "alerts[].evidence[].networkMessageIds",
+        "no Defender entity field (mail cluster)",
+    ),
+    ("alerts[].evidence[].query", "no Defender entity field (mail cluster)"),
+    ("alerts[].evidence[].urn", "no Defender entity field (mail cluster)"),
+    (
+        "alerts[].evidence[].registryValueName",
+        "no Defender entity field (registry)",
+    ),
+    ("alerts[].evidence[].sid", "no Defender entity field (security group)"),
+    (
+        "alerts[].evidence[].activeDirectoryObjectGuid",
+        "no Defender entity field (security group)",
+    ),
+    (
+        "alerts[].evidence[].distinguishedName",
+        "no Defender entity field (security group)",
+    ),
+    (
+        "alerts[].evidence[].friendlyName",
+        "no Defender entity field (security group)",
+    ),
+    (
+        "alerts[].evidence[] (types without a Defender entity, e.g. cloudApplicationEvidence)",
         "dropped: Defender has no entityType for them (sheet §7.7)",
     ),
 ];
+
+/// Whether `path` (as built by a field-by-field comparison: `[]` for array elements) is one of
+/// the unconditional entries of `list`, or lies inside one.
+pub fn is_listed(list: &[(&str, &str)], path: &str) -> bool {
+    list.iter().any(|(p, _)| {
+        !p.contains(' ')
+            && (path == *p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('[')))
+    })
+}
 
 // ----- helpers ---------------------------------------------------------------------------------
 
@@ -249,7 +347,12 @@ pub fn graph_to_defender(graph: &Value) -> Result<Value, TranslateError> {
 }
 
 /// An alert's classification or determination: Graph `unknown` is Defender `null` on alerts.
-fn alert_verdict_to_defender(table: &EnumTable, o: &Map<String, Value>, key: &str, at: &str) -> Result<Value, TranslateError> {
+fn alert_verdict_to_defender(
+    table: &EnumTable,
+    o: &Map<String, Value>,
+    key: &str,
+    at: &str,
+) -> Result<Value, TranslateError> {
     match opt_str(o, key, at)? {
         None | Some("unknown") => Ok(Value::Null),
         Some(_) => enum_to_defender(table, o, key, at),
@@ -383,7 +486,9 @@ pub const ENTITY_MAP: &[(&str, &str, &[(&str, &str)])] = &[
             ("mailboxDisplayName", "displayName"),
             ("mailboxAddress", "primaryAddress"),
             ("userPrincipalName", "upn"),
-            // [inf]: mailboxEvidence carries the owner's userAccount.
+            // [inf]: mailboxEvidence also carries the owner's userAccount; the UPN is written
+            // to both places and read from `upn` first.
+            ("userPrincipalName", "userAccount.userPrincipalName"),
             ("aadUserId", "userAccount.azureAdUserId"),
         ],
     ),
@@ -419,7 +524,10 @@ pub const ENTITY_MAP: &[(&str, &str, &[(&str, &str)])] = &[
     (
         "SecurityGroup",
         "securityGroupEvidence",
-        &[("securityGroupId", "securityGroupId"), ("securityGroupName", "displayName")],
+        &[
+            ("securityGroupId", "securityGroupId"),
+            ("securityGroupName", "displayName"),
+        ],
     ),
 ];
 
@@ -446,7 +554,7 @@ fn evidence_to_entity(kind: &str, e: &Map<String, Value>, _at: &str) -> Result<O
                 .flatten()
         });
         if let Some(v) = value {
-            out.insert((*defender).into(), v.clone());
+            out.entry(*defender).or_insert_with(|| v.clone());
         }
     }
     Ok(Some(Value::Object(out)))
@@ -476,7 +584,13 @@ pub fn defender_to_graph_with(defender: &Value, expand_alerts: bool) -> Result<V
             }))
         })
         .collect::<Result<Vec<_>, TranslateError>>()?;
-    let unknown_if_null = |v: Value| if v.is_null() { Value::String("unknown".into()) } else { v };
+    let unknown_if_null = |v: Value| {
+        if v.is_null() {
+            Value::String("unknown".into())
+        } else {
+            v
+        }
+    };
     let mut g = json!({
         "id": id_string(get(d, "incidentId"), "incidentId".into())?,
         "tenantId": Value::Null,
@@ -527,13 +641,28 @@ fn defender_alert_to_graph(alert: &Value, at: &str) -> Result<Value, TranslateEr
         }
     }
     let verdict = |key: &str| -> Result<Value, TranslateError> {
-        Ok(match enum_to_graph(if key == "classification" { &enums::CLASSIFICATION } else { &enums::DETERMINATION }, a, key, at)? {
-            Value::Null => Value::String("unknown".into()),
-            v => v,
-        })
+        Ok(
+            match enum_to_graph(
+                if key == "classification" {
+                    &enums::CLASSIFICATION
+                } else {
+                    &enums::DETERMINATION
+                },
+                a,
+                key,
+                at,
+            )? {
+                Value::Null => Value::String("unknown".into()),
+                v => v,
+            },
+        )
     };
     let category = get(a, "category").clone();
-    let categories = if category.is_null() { json!([]) } else { json!([category.clone()]) };
+    let categories = if category.is_null() {
+        json!([])
+    } else {
+        json!([category.clone()])
+    };
     Ok(json!({
         "id": get(a, "alertId"),
         "providerAlertId": Value::Null,
@@ -578,7 +707,10 @@ fn defender_alert_to_graph(alert: &Value, at: &str) -> Result<Value, TranslateEr
 /// what Defender has no source for (§7.7).
 fn evidence_base(kind: &str, created: &Value) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("@odata.type".into(), Value::String(format!("{GRAPH_TYPE_PREFIX}{kind}")));
+    m.insert(
+        "@odata.type".into(),
+        Value::String(format!("{GRAPH_TYPE_PREFIX}{kind}")),
+    );
     m.insert("createdDateTime".into(), created.clone());
     m.insert("verdict".into(), Value::String("unknown".into()));
     m.insert("remediationStatus".into(), Value::String("none".into()));
@@ -598,14 +730,32 @@ fn device_to_graph(d: &Map<String, Value>, created: &Value, at: &str) -> Result<
         ("osPlatform", get(d, "osPlatform").clone()),
         ("osBuild", get(d, "osBuild").clone()),
         ("version", get(d, "version").clone()),
-        ("healthStatus", enum_to_graph(&enums::DEVICE_HEALTH_STATUS, d, "healthStatus", at)?),
-        ("riskScore", enum_to_graph(&enums::DEVICE_RISK_SCORE, d, "riskScore", at)?),
+        (
+            "healthStatus",
+            enum_to_graph(&enums::DEVICE_HEALTH_STATUS, d, "healthStatus", at)?,
+        ),
+        (
+            "riskScore",
+            enum_to_graph(&enums::DEVICE_RISK_SCORE, d, "riskScore", at)?,
+        ),
         ("rbacGroupId", get(d, "rbacGroupId").clone()),
         ("rbacGroupName", get(d, "rbacGroupName").clone()),
         ("firstSeenDateTime", get(d, "firstSeen").clone()),
-        ("defenderAvStatus", enum_to_graph(&enums::DEFENDER_AV_STATUS, d, "defenderAvStatus", at)?),
-        ("onboardingStatus", enum_to_graph(&enums::ONBOARDING_STATUS, d, "onboardingStatus", at)?),
-        ("loggedOnUsers", get(d, "loggedOnUsers").as_array().cloned().map_or(json!([]), Value::Array)),
+        (
+            "defenderAvStatus",
+            enum_to_graph(&enums::DEFENDER_AV_STATUS, d, "defenderAvStatus", at)?,
+        ),
+        (
+            "onboardingStatus",
+            enum_to_graph(&enums::ONBOARDING_STATUS, d, "onboardingStatus", at)?,
+        ),
+        (
+            "loggedOnUsers",
+            get(d, "loggedOnUsers")
+                .as_array()
+                .cloned()
+                .map_or(json!([]), Value::Array),
+        ),
         ("vmMetadata", get(d, "vmMetadata").clone()),
         ("hostName", Value::Null),
         ("ntDomain", Value::Null),

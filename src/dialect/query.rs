@@ -44,9 +44,7 @@ pub fn defender_filter_to_graph(filter: &Filter) -> Filter<GraphField> {
     match filter {
         Filter::Compare { field, op, value } => {
             let value = match (field, value) {
-                (Field::Status, Literal::String(s)) => {
-                    Literal::String(enums::INCIDENT_STATUS.to_graph_lenient(s))
-                }
+                (Field::Status, Literal::String(s)) => Literal::String(enums::INCIDENT_STATUS.to_graph_lenient(s)),
                 (_, v) => v.clone(),
             };
             Filter::Compare {
@@ -295,7 +293,8 @@ mod tests {
             graph_list_over_defender(&q),
             GraphOverDefender::Direct(dq("$filter=status eq 'Active'&$top=20&$skip=40"))
         );
-        let q = GraphListQuery::parse("$filter=severity eq 'high' and lastUpdateDateTime ge 2024-01-01T00:00:00Z").unwrap();
+        let q =
+            GraphListQuery::parse("$filter=severity eq 'high' and lastUpdateDateTime ge 2024-01-01T00:00:00Z").unwrap();
         assert_eq!(
             graph_list_over_defender(&q),
             GraphOverDefender::Local {
@@ -325,6 +324,8 @@ mod tests {
         assert!(graph_next_link(base, &q, 10, None).is_some());
         assert_eq!(graph_next_link(base, &q, 9, None), None);
         let default = GraphListQuery::default();
-        assert!(graph_next_link(base, &default, 50, Some(51)).unwrap().ends_with("?$top=50&$skip=50"));
+        assert!(graph_next_link(base, &default, 50, Some(51))
+            .unwrap()
+            .ends_with("?$top=50&$skip=50"));
     }
 }

@@ -75,7 +75,10 @@ fn unmapped(key: &str, value: &str) -> TranslateError {
 /// Defender value → Graph metadata spelling, strictly (aliases accepted).
 fn to_graph(table: &EnumTable, key: &str, v: &Value) -> Result<Value, TranslateError> {
     let s = string(key, v)?;
-    table.to_graph(s).map(|g| Value::String(g.into())).ok_or_else(|| unmapped(key, s))
+    table
+        .to_graph(s)
+        .map(|g| Value::String(g.into()))
+        .ok_or_else(|| unmapped(key, s))
 }
 
 /// Graph value → a Defender spelling the Defender update accepts (`allowed`).
@@ -362,8 +365,10 @@ mod tests {
     #[test]
     fn graph_bodies_are_normalized_and_comments_parsed() {
         assert_eq!(
-            normalize_graph_update(&json!({"status": "Resolved", "determination": "compromisedUser", "severity": "HIGH"}))
-                .unwrap(),
+            normalize_graph_update(
+                &json!({"status": "Resolved", "determination": "compromisedUser", "severity": "HIGH"})
+            )
+            .unwrap(),
             json!({"status": "resolved", "determination": "compromisedAccount", "severity": "high"})
         );
         assert_eq!(
@@ -381,6 +386,11 @@ mod tests {
             parse_graph_comment(&json!({"text": "c"})).unwrap_err().field(),
             Some("text")
         );
-        assert_eq!(parse_graph_comment(&json!({"@odata.type": COMMENT_ODATA_TYPE})).unwrap_err().field(), Some("comment"));
+        assert_eq!(
+            parse_graph_comment(&json!({"@odata.type": COMMENT_ODATA_TYPE}))
+                .unwrap_err()
+                .field(),
+            Some("comment")
+        );
     }
 }

@@ -1,0 +1,557 @@
+//! Integration tests of the simulator's Microsoft Graph security routes over real sockets
+//! (127.0.0.1:0): token audience, Graph's schema, paging and errors, its own quotas and faults,
+//! and one store behind both dialects.
+
+use std::time::Duration;
+
+use defender_proxy::simulator::{FaultKind, FaultRule, Faults, SimConfig, SimHandle, SimQuota, SimQuotas, Simulator};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+const DEFENDER_SCOPE: &str = "https://api.security.microsoft.com/.default";
+const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+async fn start(cfg: SimConfig) -> SimHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Simulator::start(cfg, listener).await.unwrap()
+}
+
+fn small() -> SimConfig {
+    SimConfig {
+        incidents: 200,
+        ..SimConfig::default()
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn existing_id(sim: &SimHandle) -> i64 {
+    (1..).find(|id| sim.incident_json(*id).is_some()).unwrap()
+}
+
+fn missing_id(sim: &SimHandle) -> i64 {
+    (1..).find(|id| sim.incident_json(*id).is_none()).unwrap()
+}
+
+async fn get(sim: &SimHandle, token: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}{path}", sim.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn send_json(
+    sim: &SimHandle,
+    method: reqwest::Method,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> reqwest::Response {
+    client()
+        .request(method, format!("{}{path}", sim.base_url()))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn json_body(resp: reqwest::Response) -> Value {
+    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap()
+}
+
+/// Asserts Graph's error envelope and returns (status, code, message).
+async fn graph_error(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let v = json_body(resp).await;
+    let e = &v["error"];
+    assert!(e["code"].is_string() && e["message"].is_string(), "{v}");
+    let inner = &e["innerError"];
+    for key in ["date", "request-id", "client-request-id"] {
+        assert!(inner[key].is_string(), "innerError.{key} missing: {v}");
+    }
+    assert!(e.get("target").is_none(), "Graph errors have no target: {v}");
+    (
+        status,
+        e["code"].as_str().unwrap().to_string(),
+        e["message"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn token(sim: &SimHandle, scope: &str) -> reqwest::Response {
+    client()
+        .post(format!(
+            "{}/00000000-0000-0000-0000-00000000d3f0/oauth2/v2.0/token",
+            sim.base_url()
+        ))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "defender-proxy-demo"),
+            ("client_secret", "demo-secret"),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_are_bound_to_their_audience() {
+    let sim = start(small()).await;
+    let id = existing_id(&sim);
+    let graph = json_body(token(&sim, GRAPH_SCOPE).await).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let defender = json_body(token(&sim, DEFENDER_SCOPE).await).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = token(&sim, "https://example.com/.default").await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    assert_eq!(
+        get(&sim, &graph, &format!("/v1.0/security/incidents/{id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&sim, &defender, &format!("/api/incidents/{id}")).await.status(),
+        200
+    );
+
+    // A Graph token on a Defender route: Defender's 401 envelope.
+    let resp = get(&sim, &graph, &format!("/api/incidents/{id}")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let v = json_body(resp).await;
+    assert_eq!(v["error"]["code"], "Unauthorized");
+    assert!(v["error"]["message"].as_str().unwrap().contains("audience"));
+
+    // A Defender token on a Graph route: Graph's 401 envelope.
+    let resp = get(&sim, &defender, &format!("/v1.0/security/incidents/{id}")).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let (_, code, message) = graph_error(resp).await;
+    assert_eq!(code, "InvalidAuthenticationToken");
+    assert!(message.contains("Invalid audience"), "{message}");
+    let resp = get(&sim, "", "/v1.0/security/incidents").await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let stats = sim.stats();
+    assert_eq!(stats.graph_calls["graph_get"].unauthorized, 1);
+    assert_eq!(stats.graph_calls["graph_list"].unauthorized, 1);
+    assert_eq!(stats.calls["get"].unauthorized, 1);
+    assert_eq!(stats.calls.len(), 3, "Defender route counters are unchanged");
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn get_serves_graphs_schema_and_errors() {
+    let sim = start(small()).await;
+    let t = sim.issue_graph_token();
+    let id = existing_id(&sim);
+    let v = json_body(get(&sim, &t, &format!("/v1.0/security/incidents/{id}")).await).await;
+    assert_eq!(v["id"], id.to_string());
+    assert!(v["@odata.context"]
+        .as_str()
+        .unwrap()
+        .ends_with("#security/incidents/$entity"));
+    assert!(v.get("alerts").is_none(), "alerts only with $expand");
+    let defender = sim.incident_json(id).unwrap();
+    assert_eq!(v["displayName"], defender["incidentName"]);
+    assert_eq!(v["createdDateTime"], defender["createdTime"]);
+    assert_eq!(v["customTags"], defender["tags"]);
+    let status = v["status"].as_str().unwrap();
+    assert!(
+        ["active", "resolved", "inProgress", "redirected"].contains(&status),
+        "{status}"
+    );
+
+    let v = json_body(get(&sim, &t, &format!("/v1.0/security/incidents/{id}?$expand=alerts")).await).await;
+    assert!(v["@odata.context"].as_str().unwrap().contains("(alerts())"));
+    let alerts = v["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), defender["alerts"].as_array().unwrap().len());
+    assert_eq!(alerts[0]["incidentId"], id.to_string());
+    let evidence = alerts[0]["evidence"].as_array().unwrap();
+    assert!(!evidence.is_empty());
+    assert!(evidence.iter().all(|e| e["@odata.type"]
+        .as_str()
+        .unwrap()
+        .starts_with("#microsoft.graph.security.")));
+    assert_eq!(
+        v.to_string().contains("\"createdBy\""),
+        false,
+        "Graph comments use createdByDisplayName"
+    );
+
+    let missing = missing_id(&sim);
+    let (status, code, _) = graph_error(get(&sim, &t, &format!("/v1.0/security/incidents/{missing}")).await).await;
+    assert_eq!((status, code.as_str()), (404, "itemNotFound"));
+    let (status, code, _) = graph_error(get(&sim, &t, "/v1.0/security/incidents/abc").await).await;
+    assert_eq!((status, code.as_str()), (400, "BadRequest"));
+    let (status, _, _) = graph_error(get(&sim, &t, &format!("/v1.0/security/incidents/{id}?$select=id")).await).await;
+    assert_eq!(status, 400);
+    // The client's request id comes back in innerError.
+    let resp = client()
+        .get(format!("{}/v1.0/security/incidents/{missing}", sim.base_url()))
+        .bearer_auth(&t)
+        .header("client-request-id", "my-id-1")
+        .send()
+        .await
+        .unwrap();
+    let v = json_body(resp).await;
+    assert_eq!(v["error"]["innerError"]["client-request-id"], "my-id-1");
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn list_pages_with_next_links_filters_orders_and_counts() {
+    let sim = start(small()).await;
+    let t = sim.issue_graph_token();
+
+    // $top over 50: Graph's observed 400 (empty code, details array).
+    let resp = get(&sim, &t, "/v1.0/security/incidents?$top=100").await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v = json_body(resp).await;
+    assert_eq!(v["error"]["code"], "");
+    assert_eq!(v["error"]["details"], json!([]));
+    assert_eq!(
+        v["error"]["message"],
+        "The query specified in the URI is not valid. The limit of '50' for Top query has been exceeded. The value from the incoming request is '100'."
+    );
+    let (status, _, message) = graph_error(get(&sim, &t, "/v1.0/security/incidents?$select=id").await).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("$select"), "{message}");
+    let (status, _, _) = graph_error(get(&sim, &t, "/v1.0/security/incidents?$filter=status eq 'Active'").await).await;
+    assert_eq!(status, 400, "enum literals are camelCase");
+
+    // Paging: follow nextLink to the end; it is absolute on the simulator's own host.
+    let mut url = format!("{}/v1.0/security/incidents?$top=40&$count=true", sim.base_url());
+    let mut seen = Vec::new();
+    let mut count = None;
+    for _ in 0..20 {
+        let resp = client().get(&url).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let page = json_body(resp).await;
+        assert_eq!(
+            page["@odata.context"],
+            "https://graph.microsoft.com/v1.0/$metadata#security/incidents"
+        );
+        count = page["@odata.count"].as_u64();
+        let items = page["value"].as_array().unwrap();
+        assert!(items.len() <= 40);
+        seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_string()));
+        match page["@odata.nextLink"].as_str() {
+            Some(next) => {
+                assert!(
+                    next.starts_with(&format!("{}/v1.0/security/incidents?", sim.base_url())),
+                    "{next}"
+                );
+                url = next.to_string();
+            }
+            None => break,
+        }
+    }
+    let total = count.expect("@odata.count with $count=true") as usize;
+    assert_eq!(seen.len(), total);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), total, "no incident twice across pages");
+    let defender_total = (1..=200).filter(|id| sim.incident_json(*id).is_some()).count();
+    assert_eq!(total, defender_total);
+
+    // Default page size is 50.
+    let page = json_body(get(&sim, &t, "/v1.0/security/incidents").await).await;
+    assert_eq!(page["value"].as_array().unwrap().len(), 50);
+    assert!(page.get("@odata.count").is_none());
+
+    // Filter on a Graph-only field, with the documented spelling.
+    let page = json_body(
+        get(
+            &sim,
+            &t,
+            "/v1.0/security/incidents?$filter=severity%20eq%20'high'%20and%20status%20ne%20'resolved'&$top=50",
+        )
+        .await,
+    )
+    .await;
+    let items = page["value"].as_array().unwrap();
+    assert!(!items.is_empty());
+    assert!(items
+        .iter()
+        .all(|i| i["severity"] == "high" && i["status"] != "resolved"));
+
+    // Order by lastUpdateDateTime ascending.
+    let page = json_body(
+        get(
+            &sim,
+            &t,
+            "/v1.0/security/incidents?$orderby=lastUpdateDateTime%20asc&$top=30",
+        )
+        .await,
+    )
+    .await;
+    let stamps: Vec<&str> = page["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["lastUpdateDateTime"].as_str().unwrap())
+        .collect();
+    assert_eq!(stamps.len(), 30);
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+
+    // $expand=alerts on a list.
+    let page = json_body(get(&sim, &t, "/v1.0/security/incidents?$top=2&$expand=alerts").await).await;
+    assert!(page["@odata.context"]
+        .as_str()
+        .unwrap()
+        .ends_with("incidents(alerts())"));
+    assert!(page["value"][0]["alerts"].is_array());
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn changes_through_one_dialect_show_in_the_other() {
+    let sim = start(small()).await;
+    let gt = sim.issue_graph_token();
+    let dt = sim.issue_token();
+    let id = existing_id(&sim);
+
+    // Graph PATCH: 200 with the full incident; Defender sees it.
+    let resp = send_json(
+        &sim,
+        reqwest::Method::PATCH,
+        &gt,
+        &format!("/v1.0/security/incidents/{id}"),
+        json!({"status": "resolved", "classification": "truePositive", "determination": "compromisedAccount", "customTags": ["graph"], "assignedTo": "g@contoso.com", "severity": "high"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let g = json_body(resp).await;
+    assert_eq!(g["status"], "resolved");
+    assert_eq!(g["determination"], "compromisedAccount");
+    assert_eq!(g["id"], id.to_string());
+    let d = json_body(get(&sim, &dt, &format!("/api/incidents/{id}")).await).await;
+    assert_eq!(d["status"], "Resolved");
+    assert_eq!(d["classification"], "TruePositive");
+    assert_eq!(d["determination"], "CompromisedAccount");
+    assert_eq!(d["tags"], json!(["graph"]));
+    assert_eq!(d["assignedTo"], "g@contoso.com");
+    assert_eq!(d["severity"], "High");
+    assert_eq!(d["lastUpdateTime"], g["lastUpdateDateTime"]);
+
+    // Defender PATCH with a comment: Graph sees both.
+    let resp = send_json(
+        &sim,
+        reqwest::Method::PATCH,
+        &dt,
+        &format!("/api/incidents/{id}"),
+        json!({"status": "Active", "comment": "from defender"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let g = json_body(get(&sim, &gt, &format!("/v1.0/security/incidents/{id}")).await).await;
+    assert_eq!(g["status"], "active");
+    let last = g["comments"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["comment"], "from defender");
+    assert!(last["createdDateTime"].is_string() && last["createdByDisplayName"].is_string());
+
+    // Graph comment POST: 200 with every comment; Defender sees it.
+    let before = g["comments"].as_array().unwrap().len();
+    let resp = send_json(
+        &sim,
+        reqwest::Method::POST,
+        &gt,
+        &format!("/v1.0/security/incidents/{id}/comments"),
+        json!({"@odata.type": "microsoft.graph.security.alertComment", "comment": "from graph"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let c = json_body(resp).await;
+    let all = c["value"].as_array().unwrap();
+    assert_eq!(all.len(), before + 1);
+    assert_eq!(all.last().unwrap()["comment"], "from graph");
+    let d = json_body(get(&sim, &dt, &format!("/api/incidents/{id}")).await).await;
+    assert_eq!(
+        d["comments"].as_array().unwrap().last().unwrap()["comment"],
+        "from graph"
+    );
+
+    // Bad bodies: 400 in Graph's shape, nothing changed; unknown id: 404.
+    for body in [
+        json!({"status": "Closed"}),
+        json!({"status": "awaitingAction"}),
+        json!({"comment": "not on PATCH"}),
+        json!({"customTags": "x"}),
+    ] {
+        let resp = send_json(
+            &sim,
+            reqwest::Method::PATCH,
+            &gt,
+            &format!("/v1.0/security/incidents/{id}"),
+            body,
+        )
+        .await;
+        let (status, code, _) = graph_error(resp).await;
+        assert_eq!((status, code.as_str()), (400, "BadRequest"));
+    }
+    let resp = send_json(
+        &sim,
+        reqwest::Method::POST,
+        &gt,
+        &format!("/v1.0/security/incidents/{id}/comments"),
+        json!({"text": "x"}),
+    )
+    .await;
+    assert_eq!(graph_error(resp).await.0, 400);
+    let missing = missing_id(&sim);
+    let resp = send_json(
+        &sim,
+        reqwest::Method::PATCH,
+        &gt,
+        &format!("/v1.0/security/incidents/{missing}"),
+        json!({"status": "active"}),
+    )
+    .await;
+    assert_eq!(graph_error(resp).await.0, 404);
+    let d2 = json_body(get(&sim, &dt, &format!("/api/incidents/{id}")).await).await;
+    assert_eq!(d2["lastUpdateTime"], d["lastUpdateTime"]);
+
+    let stats = sim.stats();
+    assert_eq!(stats.graph_calls["graph_update"].total, 6);
+    assert_eq!(stats.graph_calls["graph_update"].ok, 1);
+    assert_eq!(stats.graph_calls["graph_update"].not_found, 1);
+    assert_eq!(stats.graph_calls["graph_comment"].total, 2);
+    assert_eq!(stats.calls["update"].total, 1);
+    assert_eq!(stats.changes.len(), 3);
+    sim.shutdown();
+}
+
+fn quota(limit: u32, millis: u64) -> SimQuota {
+    SimQuota {
+        limit,
+        window: Duration::from_millis(millis),
+    }
+}
+
+#[tokio::test]
+async fn graph_routes_have_their_own_quotas_and_fractional_retry_after() {
+    let sim = start(SimConfig {
+        quotas: SimQuotas {
+            graph_get: vec![quota(2, 10_000)],
+            get: vec![quota(100, 60_000)],
+            ..SimQuotas::default()
+        },
+        ..small()
+    })
+    .await;
+    let t = sim.issue_graph_token();
+    let id = existing_id(&sim);
+    let path = format!("/v1.0/security/incidents/{id}");
+    assert_eq!(get(&sim, &t, &path).await.status(), 200);
+    assert_eq!(get(&sim, &t, &path).await.status(), 200);
+    let resp = get(&sim, &t, &path).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry = resp.headers()["retry-after"].to_str().unwrap().to_string();
+    let secs: f64 = retry.parse().unwrap();
+    assert!(retry.contains('.'), "fractional Retry-After: {retry}");
+    assert!(secs > 0.0 && secs <= 10.0, "{secs}");
+    let v = json_body(resp).await;
+    assert_eq!(v["error"]["code"], "TooManyRequests");
+    assert_eq!(v["error"]["innerError"]["status"], "429");
+    // The Defender route and other Graph routes count separately.
+    assert_eq!(
+        get(&sim, &sim.issue_token(), &format!("/api/incidents/{id}"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(get(&sim, &t, "/v1.0/security/incidents?$top=1").await.status(), 200);
+    let stats = sim.stats();
+    assert_eq!(stats.graph_calls["graph_get"].throttled, 1);
+    assert_eq!(stats.graph_calls["graph_get"].at_ms.len(), 3);
+    assert_eq!(stats.calls["get"].throttled, 0);
+    sim.shutdown();
+
+    // Whole seconds when configured so.
+    let sim = start(SimConfig {
+        graph_fractional_retry_after: false,
+        quotas: SimQuotas {
+            graph_list: vec![quota(1, 5_000)],
+            ..SimQuotas::default()
+        },
+        ..small()
+    })
+    .await;
+    let t = sim.issue_graph_token();
+    assert_eq!(get(&sim, &t, "/v1.0/security/incidents?$top=1").await.status(), 200);
+    let resp = get(&sim, &t, "/v1.0/security/incidents?$top=1").await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry));
+    sim.shutdown();
+}
+
+#[tokio::test]
+async fn faults_apply_to_graph_routes_by_name() {
+    let sim = start(small()).await;
+    let t = sim.issue_graph_token();
+    let id = existing_id(&sim);
+    sim.set_faults(Faults {
+        rules: vec![
+            FaultRule {
+                route: Some("graph_get".into()),
+                kind: FaultKind::Status { code: 503 },
+                count: Some(1),
+                probability: 1.0,
+            },
+            FaultRule {
+                route: Some("graph_list".into()),
+                kind: FaultKind::Throttle { retry_after_secs: 7 },
+                count: Some(1),
+                probability: 1.0,
+            },
+            FaultRule {
+                route: Some("graph_update".into()),
+                kind: FaultKind::Malformed,
+                count: Some(1),
+                probability: 1.0,
+            },
+        ],
+    });
+    let path = format!("/v1.0/security/incidents/{id}");
+    let (status, code, _) = graph_error(get(&sim, &t, &path).await).await;
+    assert_eq!((status, code.as_str()), (503, "serviceNotAvailable"));
+    assert_eq!(get(&sim, &t, &path).await.status(), 200, "count spent");
+    let resp = get(&sim, &t, "/v1.0/security/incidents").await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "7");
+    let resp = send_json(&sim, reqwest::Method::PATCH, &t, &path, json!({"assignedTo": "x"})).await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    assert!(serde_json::from_slice::<Value>(&body).is_err(), "truncated body");
+    // The PATCH was applied although its answer was spoiled.
+    assert_eq!(sim.incident_json(id).unwrap()["assignedTo"], "x");
+    // Defender routes are untouched by Graph rules.
+    assert_eq!(
+        get(&sim, &sim.issue_token(), &format!("/api/incidents/{id}"))
+            .await
+            .status(),
+        200
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.graph_calls["graph_get"].faults, 1);
+    assert_eq!(stats.graph_calls["graph_list"].faults, 1);
+    assert_eq!(stats.graph_calls["graph_update"].faults, 1);
+    assert_eq!(stats.calls["get"].faults, 0);
+    sim.shutdown();
+}
