@@ -890,3 +890,371 @@ pub fn graph_list_body(items: Vec<Value>, expand_alerts: bool, next_link: Option
     }
     to_bytes(&Value::Object(o))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(kind: &str) -> Value {
+        json!({ "@odata.type": format!("{GRAPH_TYPE_PREFIX}{kind}"), "createdDateTime": "2026-01-22T12:09:22.9566667Z",
+                "verdict": "suspicious", "remediationStatus": "active", "roles": [], "detailedRoles": [], "tags": [] })
+    }
+
+    fn with(kind: &str, own: Value) -> Value {
+        let mut v = base(kind);
+        v.as_object_mut().unwrap().extend(own.as_object().unwrap().clone());
+        v
+    }
+
+    fn evidence() -> Value {
+        Value::Array(vec![
+            with(
+                "deviceEvidence",
+                json!({"mdeDeviceId": "m1", "azureAdDeviceId": "a1", "deviceDnsName": "w11.contoso.com",
+                        "osPlatform": "Windows11", "osBuild": 26200, "version": "25H2", "healthStatus": "impairedCommunication",
+                        "riskScore": "informational", "rbacGroupId": 125, "rbacGroupName": "Clients", "firstSeenDateTime": "2025-08-18T11:09:18Z",
+                        "defenderAvStatus": "notUpdated", "onboardingStatus": "canBeOnboarded", "tags": ["Tier0"],
+                        "loggedOnUsers": [{"accountName": "u", "domainName": "D"}], "vmMetadata": {"cloudProvider": "azure", "vmId": "v"},
+                        "hostName": "w11"}),
+            ),
+            with(
+                "userEvidence",
+                json!({"userAccount": {"accountName": "adminlocal", "domainName": "W11", "userSid": "S-1-5-21",
+                        "azureAdUserId": "aad", "userPrincipalName": "u@contoso.com", "displayName": "U"}}),
+            ),
+            with(
+                "ipEvidence",
+                json!({"ipAddress": "10.0.0.1", "countryLetterCode": "NL"}),
+            ),
+            with("urlEvidence", json!({"url": "https://evil.test/x"})),
+            with(
+                "fileEvidence",
+                json!({"mdeDeviceId": "m1", "detectionStatus": "detected",
+                        "fileDetails": {"sha1": "s1", "sha256": "s256", "fileName": "f.exe", "filePath": "C:\\t", "fileSize": 5}}),
+            ),
+            with(
+                "processEvidence",
+                json!({"processId": 4780, "parentProcessId": 668, "processCommandLine": "\"MsSense.exe\"",
+                        "processCreationDateTime": "2021-08-12T12:43:19.0772577Z", "parentProcessCreationDateTime": "2021-08-12T07:39:09.0909239Z",
+                        "mdeDeviceId": "m1", "imageFile": {"sha1": "p1", "sha256": "p256", "fileName": "MsSense.exe", "filePath": "C:\\P"},
+                        "userAccount": {"accountName": "svc", "domainName": "NT", "userSid": "S-1-5-18"}}),
+            ),
+            with(
+                "mailboxEvidence",
+                json!({"displayName": "Megan", "primaryAddress": "m@contoso.com", "upn": "m@contoso.com",
+                        "userAccount": {"azureAdUserId": "aad2"}}),
+            ),
+            with(
+                "analyzedMessageEvidence",
+                json!({"subject": "Invoice", "recipientEmailAddress": "m@contoso.com",
+                        "p1Sender": null, "p2Sender": {"emailAddress": "bad@evil.test"}, "deliveryAction": "Delivered"}),
+            ),
+            with("mailClusterEvidence", json!({"clusterBy": "Subject"})),
+            with(
+                "registryKeyEvidence",
+                json!({"registryHive": "HKEY_LOCAL_MACHINE", "registryKey": "SYSTEM\\X"}),
+            ),
+            with(
+                "registryValueEvidence",
+                json!({"registryHive": "HKEY_CURRENT_USER", "registryKey": "SOFTWARE\\Run",
+                        "registryValueType": "String", "registryValue": "C:\\a.exe", "mdeDeviceId": "m1"}),
+            ),
+            with(
+                "securityGroupEvidence",
+                json!({"securityGroupId": "S-1-5-512", "displayName": "Domain Admins"}),
+            ),
+            with("cloudApplicationEvidence", json!({"appId": 1, "displayName": "app"})),
+        ])
+    }
+
+    /// A Graph incident exercising every row of sheet §7.2, §7.5, §7.6 and §7.7.
+    fn graph_incident() -> Value {
+        json!({
+            "@odata.context": "x",
+            "id": "924565",
+            "tenantId": "t",
+            "incidentWebUrl": "https://security.microsoft.com/incidents/924565?tid=t",
+            "redirectIncidentId": "924570",
+            "displayName": "Multi-stage incident",
+            "createdDateTime": "2026-01-22T12:09:23.1433333Z",
+            "lastUpdateDateTime": "2026-02-25T16:29:33.1Z",
+            "assignedTo": "secop1@contoso.com",
+            "classification": "truePositive",
+            "determination": "compromisedAccount",
+            "status": "redirected",
+            "severity": "unknown",
+            "customTags": ["VIP"],
+            "systemTags": ["Defender Experts"],
+            "comments": [{"comment": "c1", "createdByDisplayName": "a@b", "createdDateTime": "2026-01-22T12:10:00Z"}],
+            "alerts": [alert()],
+        })
+    }
+
+    fn alert() -> Value {
+        json!({
+            "id": "da637551227677560813_-961444813",
+            "incidentId": "924565",
+            "serviceSource": "microsoftDefenderForCloudApps",
+            "detectionSource": "cloudAppSecurity",
+            "createdDateTime": "2026-01-22T12:09:22Z",
+            "lastUpdateDateTime": "2026-01-22T12:20:00Z",
+            "resolvedDateTime": null,
+            "firstActivityDateTime": "2026-01-22T11:00:00Z",
+            "lastActivityDateTime": "2026-01-22T12:00:00Z",
+            "title": "Impossible travel activity",
+            "description": "d",
+            "category": null,
+            "categories": ["InitialAccess"],
+            "status": "inProgress",
+            "severity": "high",
+            "investigationState": "unsupportedAlertType",
+            "classification": "unknown",
+            "determination": "unknown",
+            "assignedTo": "Automation",
+            "actorDisplayName": "Midnight Blizzard",
+            "threatFamilyName": "Emotet",
+            "mitreTechniques": ["T1078"],
+            "evidence": evidence(),
+        })
+    }
+
+    #[test]
+    fn every_incident_alert_device_and_entity_row_graph_to_defender() {
+        let d = graph_to_defender(&graph_incident()).unwrap();
+        // §7.2
+        assert_eq!(d["incidentId"], 924565);
+        assert_eq!(d["redirectIncidentId"], 924570);
+        assert_eq!(d["incidentName"], "Multi-stage incident");
+        assert_eq!(
+            d["incidentUri"],
+            "https://security.microsoft.com/incidents/924565?tid=t"
+        );
+        assert_eq!(d["createdTime"], "2026-01-22T12:09:23.1433333Z");
+        assert_eq!(
+            d["lastUpdateTime"], "2026-02-25T16:29:33.1Z",
+            "timestamps kept as they are"
+        );
+        assert_eq!(d["assignedTo"], "secop1@contoso.com");
+        assert_eq!(d["classification"], "TruePositive");
+        assert_eq!(d["determination"], "CompromisedAccount");
+        assert_eq!(d["status"], "Redirected");
+        assert_eq!(d["severity"], "UnSpecified");
+        assert_eq!(d["tags"], json!(["VIP"]));
+        assert_eq!(
+            d["comments"],
+            json!([{"comment": "c1", "createdBy": "a@b", "createdTime": "2026-01-22T12:10:00Z"}])
+        );
+        assert_eq!(d["detectionSource"], "MCAS");
+        for gone in ["systemTags", "tenantId", "customTags", "displayName", "@odata.context"] {
+            assert!(d.get(gone).is_none(), "{gone}");
+        }
+        // §7.5
+        let a = &d["alerts"][0];
+        assert_eq!(a["alertId"], "da637551227677560813_-961444813");
+        assert_eq!(a["incidentId"], 924565);
+        assert_eq!(a["serviceSource"], "MicrosoftCloudAppSecurity");
+        assert_eq!(a["detectionSource"], "MCAS");
+        assert_eq!(a["creationTime"], "2026-01-22T12:09:22Z");
+        assert_eq!(a["lastUpdatedTime"], "2026-01-22T12:20:00Z");
+        assert_eq!(a["resolvedTime"], Value::Null);
+        assert_eq!(a["firstActivity"], "2026-01-22T11:00:00Z");
+        assert_eq!(a["lastActivity"], "2026-01-22T12:00:00Z");
+        assert_eq!(a["title"], "Impossible travel activity");
+        assert_eq!(a["description"], "d");
+        assert_eq!(a["category"], "InitialAccess", "from categories when category is null");
+        assert_eq!(a["status"], "InProgress");
+        assert_eq!(a["severity"], "High");
+        assert_eq!(a["investigationId"], Value::Null);
+        assert_eq!(a["investigationState"], "UnsupportedAlertType");
+        assert_eq!(a["classification"], Value::Null);
+        assert_eq!(a["determination"], Value::Null);
+        assert_eq!(a["assignedTo"], "Automation");
+        assert_eq!(a["actorName"], "Midnight Blizzard");
+        assert_eq!(a["threatFamilyName"], "Emotet");
+        assert_eq!(a["mitreTechniques"], json!(["T1078"]));
+        // §7.6
+        let dev = &a["devices"][0];
+        assert_eq!(a["devices"].as_array().unwrap().len(), 1);
+        for (k, v) in [
+            ("mdatpDeviceId", json!("m1")),
+            ("aadDeviceId", json!("a1")),
+            ("deviceDnsName", json!("w11.contoso.com")),
+            ("osPlatform", json!("Windows11")),
+            ("osBuild", json!(26200)),
+            ("version", json!("25H2")),
+            ("osProcessor", Value::Null),
+            ("healthStatus", json!("ImpairedCommunication")),
+            ("riskScore", json!("Informational")),
+            ("rbacGroupId", json!(125)),
+            ("rbacGroupName", json!("Clients")),
+            ("firstSeen", json!("2025-08-18T11:09:18Z")),
+            ("tags", json!(["Tier0"])),
+            ("defenderAvStatus", json!("NotUpdated")),
+            ("onboardingStatus", json!("CanBeOnboarded")),
+            ("loggedOnUsers", json!([{"accountName": "u", "domainName": "D"}])),
+            ("vmMetadata", json!({"cloudProvider": "azure", "vmId": "v"})),
+        ] {
+            assert_eq!(dev[k], v, "device {k}");
+        }
+        // §7.7: one entity per evidence type with a Defender counterpart, in order.
+        let e = a["entities"].as_array().unwrap();
+        let expected = [
+            json!({"entityType": "User", "accountName": "adminlocal", "domainName": "W11", "userSid": "S-1-5-21", "aadUserId": "aad", "userPrincipalName": "u@contoso.com"}),
+            json!({"entityType": "Ip", "ipAddress": "10.0.0.1"}),
+            json!({"entityType": "Url", "url": "https://evil.test/x"}),
+            json!({"entityType": "File", "sha1": "s1", "sha256": "s256", "fileName": "f.exe", "filePath": "C:\\t", "deviceId": "m1"}),
+            json!({"entityType": "Process", "processId": 4780, "parentProcessId": 668, "processCommandLine": "\"MsSense.exe\"",
+                   "processCreationTime": "2021-08-12T12:43:19.0772577Z", "parentProcessCreationTime": "2021-08-12T07:39:09.0909239Z",
+                   "sha1": "p1", "sha256": "p256", "fileName": "MsSense.exe", "filePath": "C:\\P",
+                   "accountName": "svc", "domainName": "NT", "userSid": "S-1-5-18", "deviceId": "m1"}),
+            json!({"entityType": "MailBox", "mailboxDisplayName": "Megan", "mailboxAddress": "m@contoso.com", "userPrincipalName": "m@contoso.com", "aadUserId": "aad2"}),
+            json!({"entityType": "MailMessage", "subject": "Invoice", "recipient": "m@contoso.com", "sender": "bad@evil.test", "deliveryAction": "Delivered"}),
+            json!({"entityType": "MailCluster", "clusterBy": "Subject"}),
+            json!({"entityType": "Registry", "registryHive": "HKEY_LOCAL_MACHINE", "registryKey": "SYSTEM\\X"}),
+            json!({"entityType": "Registry", "registryHive": "HKEY_CURRENT_USER", "registryKey": "SOFTWARE\\Run", "registryValueType": "String", "registryValue": "C:\\a.exe", "deviceId": "m1"}),
+            json!({"entityType": "SecurityGroup", "securityGroupId": "S-1-5-512", "securityGroupName": "Domain Admins"}),
+        ];
+        assert_eq!(e.len(), expected.len(), "cloudApplicationEvidence has no entity: {e:?}");
+        for (got, want) in e.iter().zip(expected) {
+            assert_eq!(*got, want);
+        }
+    }
+
+    #[test]
+    fn every_row_defender_to_graph_and_back() {
+        let d = graph_to_defender(&graph_incident()).unwrap();
+        let g = defender_to_graph(&d).unwrap();
+        assert_eq!(g["id"], "924565");
+        assert_eq!(g["redirectIncidentId"], "924570");
+        assert_eq!(g["displayName"], "Multi-stage incident");
+        assert_eq!(
+            g["incidentWebUrl"],
+            "https://security.microsoft.com/incidents/924565?tid=t"
+        );
+        assert_eq!(g["status"], "redirected");
+        assert_eq!(g["severity"], "unknown");
+        assert_eq!(g["determination"], "compromisedAccount");
+        assert_eq!(g["customTags"], json!(["VIP"]));
+        assert_eq!(g["comments"][0]["createdByDisplayName"], "a@b");
+        let a = &g["alerts"][0];
+        assert_eq!(a["incidentId"], "924565");
+        assert_eq!(a["classification"], "unknown", "Defender null is Graph unknown");
+        assert_eq!(a["categories"], json!(["InitialAccess"]));
+        assert_eq!(a["actorDisplayName"], "Midnight Blizzard");
+        let ev = a["evidence"].as_array().unwrap();
+        // The device first, then the entities; cloudApplicationEvidence was dropped.
+        assert_eq!(ev.len(), 12);
+        let types: Vec<&str> = ev.iter().map(|e| e["@odata.type"].as_str().unwrap()).collect();
+        assert_eq!(types[0], "#microsoft.graph.security.deviceEvidence");
+        assert_eq!(types[9], "#microsoft.graph.security.registryKeyEvidence");
+        assert_eq!(types[10], "#microsoft.graph.security.registryValueEvidence");
+        for e in ev {
+            assert_eq!(e["verdict"], "unknown");
+            assert_eq!(e["remediationStatus"], "none");
+            assert_eq!(e["roles"], json!([]));
+            assert_eq!(e["createdDateTime"], "2026-01-22T12:09:22Z");
+        }
+        assert_eq!(ev[0]["mdeDeviceId"], "m1");
+        assert_eq!(ev[0]["healthStatus"], "impairedCommunication");
+        assert_eq!(ev[0]["tags"], json!(["Tier0"]));
+        assert_eq!(ev[1]["userAccount"]["azureAdUserId"], "aad");
+        assert_eq!(ev[5]["imageFile"]["fileName"], "MsSense.exe");
+        assert_eq!(ev[6]["upn"], "m@contoso.com");
+        assert_eq!(ev[6]["userAccount"]["userPrincipalName"], "m@contoso.com");
+        assert_eq!(ev[7]["p1Sender"]["emailAddress"], "bad@evil.test");
+        assert_eq!(ev[11]["displayName"], "Domain Admins");
+        // And back: the Defender incident is unchanged.
+        assert_eq!(graph_to_defender(&g).unwrap(), d);
+        // Without $expand the alerts stay out.
+        assert!(defender_to_graph_with(&d, false).unwrap().get("alerts").is_none());
+    }
+
+    #[test]
+    fn defender_nulls_aliases_and_unknown_values() {
+        let d = json!({
+            "incidentId": 7, "incidentName": "n", "status": "Active", "severity": "Low",
+            "classification": null, "determination": "InsufficientData", "tags": null, "comments": [],
+            "alerts": [{"alertId": "a", "incidentId": 7, "status": "Active", "serviceSource": "MicrosoftDefenderATP",
+                        "detectionSource": "SomethingNew", "classification": "Unknown", "determination": null,
+                        "devices": [], "entities": [{"entityType": "Unheard"}, {"entityType": "Registry", "registryHive": "H", "registryKey": "K", "deviceId": "m"}]}],
+        });
+        let g = defender_to_graph(&d).unwrap();
+        assert_eq!(g["classification"], "unknown");
+        assert_eq!(g["determination"], "notEnoughDataToValidate");
+        assert_eq!(g["customTags"], json!([]));
+        let a = &g["alerts"][0];
+        assert_eq!(a["status"], "new");
+        assert_eq!(a["serviceSource"], "microsoftDefenderForEndpoint");
+        assert_eq!(
+            a["detectionSource"], "somethingNew",
+            "unknown members pass through recased"
+        );
+        assert_eq!(a["determination"], "unknown");
+        let ev = a["evidence"].as_array().unwrap();
+        assert_eq!(ev.len(), 1, "an entity type without evidence is dropped");
+        assert_eq!(ev[0]["@odata.type"], "#microsoft.graph.security.registryKeyEvidence");
+        assert!(ev[0].get("mdeDeviceId").is_none());
+        let back = graph_to_defender(&g).unwrap();
+        assert_eq!(back["determination"], "NoEnoughDataToValidate");
+        assert_eq!(back["alerts"][0]["classification"], Value::Null);
+        let awaiting = json!({"id": "1", "status": "awaitingAction", "alerts": []});
+        assert_eq!(graph_to_defender(&awaiting).unwrap()["status"], "AwaitingAction");
+    }
+
+    #[test]
+    fn bad_documents_name_the_field() {
+        for (g, field) in [
+            (json!({"id": "abc"}), "id"),
+            (json!({"id": "-5"}), "id"),
+            (json!({"id": "1", "status": 5}), "status"),
+            (json!({"id": "1", "alerts": {}}), "alerts"),
+            (
+                json!({"id": "1", "alerts": [{"incidentId": "x"}]}),
+                "alerts[0].incidentId",
+            ),
+            (
+                json!({"id": "1", "alerts": [{"evidence": [5]}]}),
+                "alerts[0].evidence[0]",
+            ),
+            (json!({"id": "1", "comments": [1]}), "comments[0]"),
+        ] {
+            let e = graph_to_defender(&g).unwrap_err();
+            assert_eq!(e.field(), Some(field), "{g}: {e}");
+        }
+        assert!(graph_to_defender(&json!([])).is_err());
+        let e = defender_to_graph(&json!({"incidentId": 1, "alerts": [{"entities": [{}]}]})).unwrap_err();
+        assert_eq!(e.field(), Some("alerts[0].entities[0].entityType"));
+        assert!(matches!(graph_to_defender_bytes(b"{"), Err(TranslateError::Json(_))));
+    }
+
+    #[test]
+    fn bytes_and_pages() {
+        let g = graph_incident();
+        let page = json!({"@odata.context": "c", "value": [g.clone(), g], "@odata.nextLink": "https://graph.microsoft.com/v1.0/security/incidents?$skip=2"});
+        let (items, next) = graph_page_to_defender(page.to_string().as_bytes()).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            next.as_deref(),
+            Some("https://graph.microsoft.com/v1.0/security/incidents?$skip=2")
+        );
+        let body = defender_list_body(items.clone());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["@odata.context"], DEFENDER_LIST_CONTEXT);
+        let one = graph_to_defender_bytes(graph_incident().to_string().as_bytes()).unwrap();
+        assert_eq!(
+            one,
+            graph_to_defender_bytes(graph_incident().to_string().as_bytes()).unwrap(),
+            "stable bytes"
+        );
+        let back = defender_to_graph_bytes(&one, false).unwrap();
+        let v: Value = serde_json::from_slice(&back).unwrap();
+        assert!(v["@odata.context"].as_str().unwrap().ends_with("$entity"));
+        let graphs = defender_page_to_graph(&body, true).unwrap();
+        assert_eq!(graphs.len(), 2);
+        let list: Value =
+            serde_json::from_slice(&graph_list_body(graphs, true, Some("http://p/next"), Some(9))).unwrap();
+        assert_eq!(list["@odata.count"], 9);
+        assert_eq!(list["@odata.nextLink"], "http://p/next");
+        assert!(list["@odata.context"].as_str().unwrap().ends_with("(alerts())"));
+    }
+}
