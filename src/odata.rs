@@ -457,6 +457,10 @@ pub trait FilterField: Copy + Eq + std::hash::Hash + std::fmt::Debug + 'static {
     /// The field's name in filters and in the incident JSON the filter is evaluated against.
     fn name(self) -> &'static str;
     fn kind(self) -> FieldKind;
+    /// The field a caller most likely meant by `word` from the other dialect, for hints.
+    fn other_dialect(_word: &str) -> Option<Self> {
+        None
+    }
 }
 
 impl FilterField for Field {
@@ -527,6 +531,14 @@ impl FilterField for GraphField {
             GraphField::Determination => FieldKind::Enum(&enums::GRAPH_DETERMINATIONS),
             GraphField::Severity => FieldKind::Enum(&enums::GRAPH_SEVERITIES),
             GraphField::Status => FieldKind::Enum(&enums::GRAPH_INCIDENT_STATUSES),
+        }
+    }
+
+    fn other_dialect(word: &str) -> Option<Self> {
+        match word {
+            "lastUpdateTime" => Some(GraphField::LastUpdateDateTime),
+            "createdTime" => Some(GraphField::CreatedDateTime),
+            _ => None,
         }
     }
 }
@@ -1223,7 +1235,10 @@ fn unknown_field<F: FilterField>(word: &str, pos: usize) -> QueryError {
     }
     let hint = match F::FIELDS.iter().find(|f| f.name().eq_ignore_ascii_case(word)) {
         Some(f) => format!("; field names are case-sensitive: did you mean '{}'?", f.name()),
-        None => format!("; filterable fields are {}", F::LIST),
+        None => match F::other_dialect(word) {
+            Some(f) => format!("; did you mean '{}'?", f.name()),
+            None => format!("; filterable fields are {}", F::LIST),
+        },
     };
     QueryError::filter(format!(
         "expected a field but found '{}' at position {pos}{hint}",
@@ -1821,6 +1836,211 @@ mod tests {
             .prop_map(normalized)
     }
 
+    fn graph_err(raw: &str) -> QueryError {
+        match GraphListQuery::parse(raw) {
+            Ok(q) => panic!("{raw:?} should be rejected, parsed as {q:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn graph_list_query_options() {
+        assert_eq!(GraphListQuery::parse("").unwrap(), GraphListQuery::default());
+        let q = GraphListQuery::parse(
+            "%24count=TRUE&$expand=alerts&$orderby=lastUpdateDateTime+DESC&$skip=7&$top=050&$filter=lastUpdateDateTime%20ge%202024-01-15T10:00:00Z%20and%20status%20eq%20'active'%20and%20severity%20ne%20'low'",
+        )
+        .unwrap();
+        assert_eq!(q.top, Some(50));
+        assert_eq!(q.skip, Some(7));
+        assert_eq!(
+            q.orderby,
+            Some(GraphOrderBy {
+                field: GraphOrderField::LastUpdateDateTime,
+                descending: true
+            })
+        );
+        assert!(q.expand_alerts);
+        assert_eq!(q.count, Some(true));
+        let canonical = "$filter=lastUpdateDateTime%20ge%202024-01-15T10:00:00Z%20and%20status%20eq%20'active'%20and%20severity%20ne%20'low'&$top=50&$skip=7&$orderby=lastUpdateDateTime%20desc&$expand=alerts&$count=true";
+        assert_eq!(q.canonical(), canonical);
+        assert_eq!(GraphListQuery::parse(canonical).unwrap(), q);
+        let q = GraphListQuery::parse("$orderby=createdDateTime&$count=false").unwrap();
+        assert_eq!(q.canonical(), "$orderby=createdDateTime%20asc&$count=false");
+        // Every documented filterable field, with its literal kinds.
+        for text in [
+            "assignedTo eq null",
+            "assignedTo eq 'a@b.c'",
+            "classification eq 'informationalExpectedActivity'",
+            "createdDateTime lt 2024-01-15T10:00:00Z",
+            "determination ne 'notEnoughDataToValidate'",
+            "lastUpdateDateTime gt 2024-01-15T10:00:00.1234567Z",
+            "severity eq 'unknown'",
+            "status eq 'awaitingAction' or status eq 'inProgress'",
+        ] {
+            let f = Filter::parse_graph(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(Filter::parse_graph(&f.canonical()).unwrap(), f);
+        }
+        // The Defender parser is untouched by the Graph vocabulary, and vice versa.
+        assert!(Filter::parse("severity eq 'high'").is_err());
+        assert!(Filter::parse_graph("lastUpdateTime ge 2024-01-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn graph_list_query_rejections() {
+        let cases = [
+            (
+                "$top=51",
+                "$top",
+                "The limit of '50' for Top query has been exceeded. The value from the incoming request is '51'.",
+            ),
+            ("$top=99999999999999999999", "$top", "The limit of '50'"),
+            ("$top=0", "$top", "between 1 and 50"),
+            ("$top=-1", "$top", "non-negative integer"),
+            ("$skip=x", "$skip", "non-negative integer"),
+            (
+                "$orderby=severity desc",
+                "$orderby",
+                "lastUpdateDateTime or createdDateTime",
+            ),
+            ("$orderby=createdDateTime sideways", "$orderby", "asc or desc"),
+            (
+                "$orderby=createdDateTime asc, lastUpdateDateTime desc",
+                "$orderby",
+                "asc or desc",
+            ),
+            ("$orderby=createdDateTime asc extra", "$orderby", "one key"),
+            ("$expand=comments", "$expand", "only 'alerts'"),
+            ("$count=yes", "$count", "true or false"),
+            ("$count=true&$count=true", "$count", "more than once"),
+            (
+                "$select=id",
+                "$select",
+                "$filter, $top, $skip, $orderby, $expand and $count",
+            ),
+            ("$Top=5", "$Top", "did you mean '$top'"),
+            ("expand=alerts", "expand", "did you mean '$expand'"),
+            ("$filter=status eq 'Active'", "$filter", "not a status"),
+            ("$filter=severity gt 'low'", "$filter", "only be compared with eq or ne"),
+            (
+                "$filter=lastUpdateTime ge 2024-01-01T00:00:00Z",
+                "$filter",
+                "did you mean",
+            ),
+            (
+                "$filter=id eq '5'",
+                "$filter",
+                "filterable fields are assignedTo, classification",
+            ),
+            (
+                "$filter=determination eq 'compromisedUser'",
+                "$filter",
+                "not a determination",
+            ),
+            (
+                "$filter=classification eq null",
+                "$filter",
+                "single-quoted classification",
+            ),
+            ("$filter=", "$filter", "empty value"),
+            ("$filter=%zz", "$filter", "malformed percent-escape"),
+        ];
+        for (raw, option, reason) in cases {
+            let e = graph_err(raw);
+            assert_eq!(e.option, option, "{raw:?}: {e:?}");
+            assert!(
+                e.message.contains(reason),
+                "{raw:?}: {:?} should mention {reason:?}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn graph_filters_match_graph_incidents() {
+        let incident = json!({
+            "id": "7",
+            "createdDateTime": "2024-04-01T10:00:00.1234567Z",
+            "lastUpdateDateTime": "2024-05-02T00:00:00Z",
+            "status": "active",
+            "severity": "high",
+            "classification": "unknown",
+            "determination": "unknown",
+            "assignedTo": null,
+        });
+        let p = |s: &str| Filter::parse_graph(s).unwrap();
+        assert!(p("lastUpdateDateTime ge 2024-05-01T00:00:00Z and severity eq 'high'").matches(&incident));
+        assert!(p("status eq 'active' and assignedTo eq null").matches(&incident));
+        assert!(p("classification ne 'truePositive'").matches(&incident));
+        assert!(!p("severity eq 'low' or createdDateTime gt 2024-05-01T00:00:00Z").matches(&incident));
+        assert!(!p("determination eq 'malware'").matches(&incident));
+    }
+
+    fn arb_graph_filter() -> impl Strategy<Value = Filter<GraphField>> {
+        let leaf = prop_oneof![
+            (
+                prop_oneof![Just(GraphField::LastUpdateDateTime), Just(GraphField::CreatedDateTime)],
+                proptest::sample::select(CompareOp::ALL.to_vec()),
+                arb_datetime()
+            )
+                .prop_map(|(field, op, t)| Filter::Compare {
+                    field,
+                    op,
+                    value: Literal::DateTime(t)
+                }),
+            (
+                proptest::sample::select(vec![
+                    GraphField::Status,
+                    GraphField::Severity,
+                    GraphField::Classification,
+                    GraphField::Determination
+                ]),
+                prop_oneof![Just(CompareOp::Eq), Just(CompareOp::Ne)],
+                any::<proptest::sample::Index>()
+            )
+                .prop_map(|(field, op, i)| {
+                    let FieldKind::Enum(values) = field.kind() else {
+                        unreachable!("enum fields")
+                    };
+                    Filter::Compare {
+                        field,
+                        op,
+                        value: Literal::String(i.get(values).to_string()),
+                    }
+                }),
+            (
+                prop_oneof![Just(CompareOp::Eq), Just(CompareOp::Ne)],
+                prop_oneof![
+                    Just(Literal::Null),
+                    "[a-zA-Z' @.&=+%#-]{0,10}".prop_map(Literal::String)
+                ]
+            )
+                .prop_map(|(op, value)| Filter::Compare {
+                    field: GraphField::AssignedTo,
+                    op,
+                    value
+                }),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|f| Filter::Not(Box::new(f))),
+                proptest::collection::vec(inner.clone(), 2..4).prop_map(|items| {
+                    let mut out = Vec::new();
+                    for item in items {
+                        push_flat(&mut out, item, true);
+                    }
+                    collapse(out, Filter::And)
+                }),
+                proptest::collection::vec(inner, 2..4).prop_map(|items| {
+                    let mut out = Vec::new();
+                    for item in items {
+                        push_flat(&mut out, item, false);
+                    }
+                    collapse(out, Filter::Or)
+                }),
+            ]
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1856,6 +2076,40 @@ mod tests {
             } else {
                 let f = query.filter.as_ref().expect("only a filter can exceed limits");
                 prop_assert!(f.canonical().len() > MAX_FILTER_LEN || count_comparisons(f) > MAX_COMPARISONS);
+            }
+        }
+
+        #[test]
+        fn graph_list_query_round_trips(
+            filter in proptest::option::of(arb_graph_filter()),
+            top in proptest::option::of(1u32..=GRAPH_MAX_TOP),
+            skip in proptest::option::of(any::<u64>()),
+            order in proptest::option::of((any::<bool>(), any::<bool>())),
+            expand_alerts in any::<bool>(),
+            count in proptest::option::of(any::<bool>()),
+        ) {
+            let orderby = order.map(|(last, descending)| GraphOrderBy {
+                field: if last { GraphOrderField::LastUpdateDateTime } else { GraphOrderField::CreatedDateTime },
+                descending,
+            });
+            let query = GraphListQuery { filter, top, skip, orderby, expand_alerts, count };
+            let canonical = query.canonical();
+            match GraphListQuery::parse(&canonical) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed.canonical(), canonical);
+                    prop_assert_eq!(parsed, query);
+                }
+                Err(e) => {
+                    let f = query.filter.as_ref().expect("only a filter can exceed limits");
+                    prop_assert!(f.canonical().len() > MAX_FILTER_LEN || f.depth() > MAX_DEPTH, "{}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_graph_query_strings_never_panic(raw in "([$%a-zA-Z0-9=&+' ]|%[0-9A-Fa-f]{2}){0,80}") {
+            if let Ok(q) = GraphListQuery::parse(&raw) {
+                prop_assert_eq!(GraphListQuery::parse(&q.canonical()), Ok(q));
             }
         }
 
