@@ -186,9 +186,8 @@ async fn get_serves_graphs_schema_and_errors() {
         .as_str()
         .unwrap()
         .starts_with("#microsoft.graph.security.")));
-    assert_eq!(
-        v.to_string().contains("\"createdBy\""),
-        false,
+    assert!(
+        !v.to_string().contains("\"createdBy\""),
         "Graph comments use createdByDisplayName"
     );
 

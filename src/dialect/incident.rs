@@ -434,7 +434,11 @@ fn device_to_defender(e: &Map<String, Value>, at: &str) -> Result<Value, Transla
 
 /// `(Defender entity field, Graph path)` per evidence type, sheet §7.7. A Graph path is a key
 /// or `object.key`. One table drives both directions.
-pub const ENTITY_MAP: &[(&str, &str, &[(&str, &str)])] = &[
+/// One row of [`ENTITY_MAP`]: Defender `entityType`, Graph evidence type, and the
+/// `(Defender field, Graph path)` pairs.
+pub type EntityRow = (&'static str, &'static str, &'static [(&'static str, &'static str)]);
+
+pub const ENTITY_MAP: &[EntityRow] = &[
     (
         "User",
         "userEvidence",

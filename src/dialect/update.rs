@@ -25,7 +25,7 @@ pub struct GraphUpdate {
     pub comment: Option<String>,
 }
 
-fn object<'a>(body: &'a Value) -> Result<&'a Map<String, Value>, TranslateError> {
+fn object(body: &Value) -> Result<&Map<String, Value>, TranslateError> {
     let o = body.as_object().ok_or_else(|| TranslateError::WrongType {
         field: "(body)".into(),
         expected: "a JSON object",
