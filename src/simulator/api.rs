@@ -1,5 +1,6 @@
 //! The simulated Defender API routes: authentication, fault injection, quota and the three
-//! incident methods, answered with the upstream's bodies, headers and error envelopes.
+//! incident methods, answered with the upstream's bodies, headers and error envelopes. The
+//! router also mounts the Graph routes of `graph` and the token and `/_sim` routes.
 
 use std::sync::Arc;
 use std::time::Duration;
