@@ -202,6 +202,46 @@ pub fn is_listed(list: &[(&str, &str)], path: &str) -> bool {
     })
 }
 
+/// Field-by-field differences between a native rendering (`expected`) and a translation
+/// (`actual`), skipping the unconditional paths of `lossy` ([`DEFENDER_FIELDS_LOST`] or
+/// [`GRAPH_ONLY_FIELDS`]). A missing key equals `null`; paths use `[]` for array elements. For
+/// tests (here and in the integration of the facades): empty means "the same, up to the
+/// documented losses".
+pub fn field_differences(expected: &Value, actual: &Value, lossy: &[(&str, &str)]) -> Vec<String> {
+    let mut out = Vec::new();
+    diff(expected, actual, "", &|p| is_listed(lossy, p), &mut out);
+    out
+}
+
+fn diff(expected: &Value, actual: &Value, path: &str, skip: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
+    if skip(path) {
+        return;
+    }
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            let mut keys: Vec<&String> = e.keys().chain(a.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let null = Value::Null;
+                diff(e.get(k).unwrap_or(&null), a.get(k).unwrap_or(&null), &child, skip, out);
+            }
+        }
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
+            for (x, y) in e.iter().zip(a) {
+                diff(x, y, &format!("{path}[]"), skip, out);
+            }
+        }
+        _ if expected == actual => {}
+        _ => out.push(format!("{path}: expected {expected} but got {actual}")),
+    }
+}
+
 // ----- helpers ---------------------------------------------------------------------------------
 
 fn path(prefix: &str, key: &str) -> String {

@@ -8,48 +8,12 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use crate::dialect::incident::{
-    defender_to_graph, graph_to_defender, is_listed, DEFENDER_FIELDS_LOST, GRAPH_ONLY_FIELDS,
+    defender_to_graph, field_differences as differences, graph_to_defender, is_listed, DEFENDER_FIELDS_LOST,
+    GRAPH_ONLY_FIELDS,
 };
 use crate::simulator::clock::{now_ticks, TICKS_PER_DAY, TICKS_PER_SEC};
 use crate::simulator::data::{self, Comment, DataParams, IncidentState};
 use crate::simulator::graph;
-
-/// Field-by-field difference of `expected` (native rendering) and `actual` (translation):
-/// a missing key equals `null`; paths use `[]` for array elements; `skip` paths are ignored.
-fn diff(expected: &Value, actual: &Value, path: &str, skip: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
-    if skip(path) {
-        return;
-    }
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            let mut keys: Vec<&String> = e.keys().chain(a.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let child = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                let null = Value::Null;
-                diff(e.get(k).unwrap_or(&null), a.get(k).unwrap_or(&null), &child, skip, out);
-            }
-        }
-        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
-            for (x, y) in e.iter().zip(a) {
-                diff(x, y, &format!("{path}[]"), skip, out);
-            }
-        }
-        _ if expected == actual => {}
-        _ => out.push(format!("{path}: native {expected} but translated {actual}")),
-    }
-}
-
-fn differences(expected: &Value, actual: &Value, lossy: &[(&str, &str)]) -> Vec<String> {
-    let mut out = Vec::new();
-    diff(expected, actual, "", &|p| is_listed(lossy, p), &mut out);
-    out
-}
 
 fn params(seed: u64) -> DataParams {
     DataParams {
