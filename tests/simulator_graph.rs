@@ -702,3 +702,109 @@ async fn a_graph_page_from_a_defender_upstream_equals_the_graph_page() {
     }
     sim.shutdown();
 }
+
+/// Drops what legitimately differs between two simulators applying the same change at
+/// different moments: the change's timestamp, in both dialects' spellings.
+fn without_change_times(mut v: Value) -> Value {
+    let o = v.as_object_mut().unwrap();
+    for key in ["lastUpdateTime", "lastUpdateDateTime"] {
+        o.remove(key);
+    }
+    if let Some(Value::Array(comments)) = o.get_mut("comments") {
+        for c in comments {
+            let c = c.as_object_mut().unwrap();
+            c.remove("createdTime");
+            c.remove("createdDateTime");
+        }
+    }
+    v
+}
+
+/// Updates, end to end: a Defender PATCH sent as Graph PATCH + comment POST leaves the incident
+/// exactly as the Defender PATCH itself does, and a Graph PATCH + comment sent as one Defender
+/// PATCH leaves it exactly as the Graph calls do (two simulators with one seed).
+#[tokio::test]
+async fn updates_translated_either_way_change_the_same_things() {
+    use defender_proxy::dialect::update::{defender_update_to_graph, graph_comment_body, graph_update_to_defender};
+
+    let (a, b) = (start(small()).await, start(small()).await);
+    let id = existing_id(&a);
+    assert_eq!(a.incident_json(id), b.incident_json(id), "one seed, one data set");
+
+    let defender_patch = json!({"status": "Resolved", "assignedTo": "x@contoso.com", "classification": "FalsePositive",
+        "determination": "Clean", "tags": ["a", "b"], "comment": "closing"});
+    let resp = send_json(
+        &a,
+        reqwest::Method::PATCH,
+        &a.issue_token(),
+        &format!("/api/incidents/{id}"),
+        defender_patch.clone(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let translated = defender_update_to_graph(&defender_patch).unwrap();
+    let gt = b.issue_graph_token();
+    let resp = send_json(
+        &b,
+        reqwest::Method::PATCH,
+        &gt,
+        &format!("/v1.0/security/incidents/{id}"),
+        translated.patch.unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let resp = send_json(
+        &b,
+        reqwest::Method::POST,
+        &gt,
+        &format!("/v1.0/security/incidents/{id}/comments"),
+        graph_comment_body(translated.comment.as_deref().unwrap()),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        without_change_times(a.incident_json(id).unwrap()),
+        without_change_times(b.incident_json(id).unwrap())
+    );
+
+    let other = (id + 1..).find(|i| a.incident_json(*i).is_some()).unwrap();
+    let graph_patch = json!({"status": "inProgress", "classification": "informationalExpectedActivity",
+        "determination": "confirmedUserActivity", "customTags": ["z"], "assignedTo": null});
+    let gt = a.issue_graph_token();
+    let resp = send_json(
+        &a,
+        reqwest::Method::PATCH,
+        &gt,
+        &format!("/v1.0/security/incidents/{other}"),
+        graph_patch.clone(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let resp = send_json(
+        &a,
+        reqwest::Method::POST,
+        &gt,
+        &format!("/v1.0/security/incidents/{other}/comments"),
+        graph_comment_body("why"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let defender = graph_update_to_defender(Some(&graph_patch), Some("why")).unwrap();
+    let resp = send_json(
+        &b,
+        reqwest::Method::PATCH,
+        &b.issue_token(),
+        &format!("/api/incidents/{other}"),
+        defender,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let (ga, gb) = (
+        a.graph_incident_json(other, true).unwrap(),
+        b.graph_incident_json(other, true).unwrap(),
+    );
+    assert_eq!(ga["determination"], "confirmedActivity");
+    assert_eq!(without_change_times(ga), without_change_times(gb));
+    a.shutdown();
+    b.shutdown();
+}
