@@ -12,11 +12,13 @@
 //! * [`query`]: list queries: Defender filter ↔ Graph filter, and Defender pages over Graph's
 //!   smaller pages.
 //! * [`error`]: Graph's error envelope and the error-code mapping.
+//! * [`target`]: a Graph-dialect request's route and id, as strict as [`crate::target`].
 
 pub mod enums;
 pub mod error;
 pub mod incident;
 pub mod query;
+pub mod target;
 pub mod update;
 
 /// Which wire dialect a caller speaks or an upstream serves.
