@@ -411,7 +411,7 @@ fn graph_alert_to_defender(alert: &Value, at: &str) -> Result<Value, TranslateEr
             .unwrap_or("");
         if kind == "deviceEvidence" {
             devices.push(device_to_defender(e, &eat)?);
-        } else if let Some(entity) = evidence_to_entity(kind, e, &eat)? {
+        } else if let Some(entity) = evidence_to_entity(kind, e) {
             entities.push(entity);
         }
     }
@@ -585,10 +585,8 @@ fn graph_path<'a>(e: &'a Map<String, Value>, graph_path: &str) -> Option<&'a Val
 
 /// A Defender entity from evidence of `kind`, or `None` for types Defender has no entity for.
 /// Only fields with a value are emitted, as Defender entities carry the fields of their type.
-fn evidence_to_entity(kind: &str, e: &Map<String, Value>, _at: &str) -> Result<Option<Value>, TranslateError> {
-    let Some((entity_type, _, fields)) = ENTITY_MAP.iter().find(|(_, g, _)| *g == kind) else {
-        return Ok(None);
-    };
+fn evidence_to_entity(kind: &str, e: &Map<String, Value>) -> Option<Value> {
+    let (entity_type, _, fields) = ENTITY_MAP.iter().find(|(_, g, _)| *g == kind)?;
     let mut out = Map::new();
     out.insert("entityType".into(), Value::String((*entity_type).into()));
     for (defender, graph) in *fields {
@@ -601,7 +599,7 @@ fn evidence_to_entity(kind: &str, e: &Map<String, Value>, _at: &str) -> Result<O
             out.entry(*defender).or_insert_with(|| v.clone());
         }
     }
-    Ok(Some(Value::Object(out)))
+    Some(Value::Object(out))
 }
 
 // ----- Defender → Graph ------------------------------------------------------------------------

@@ -70,3 +70,24 @@ impl TranslateError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_and_error_fields() {
+        assert_eq!(Dialect::Defender.scope(), "https://api.security.microsoft.com/.default");
+        assert_eq!(Dialect::Graph.scope(), "https://graph.microsoft.com/.default");
+        let e = TranslateError::Unmapped {
+            field: "status".into(),
+            value: "Closed".into(),
+        };
+        assert_eq!(e.field(), Some("status"));
+        assert_eq!(
+            e.to_string(),
+            "'Closed' is not a valid status; it has no counterpart in the other dialect"
+        );
+        assert_eq!(TranslateError::Empty.field(), None);
+    }
+}
