@@ -27,10 +27,15 @@
 //!   [`budget::ledger`]).
 //! * [`upstream`]: the Defender HTTP client; [`token`]: its Entra ID access token.
 //!
+//! Beside the request path, not yet wired into it (issue 13): [`dialect`], pure translations
+//! between the Defender and Microsoft Graph security dialects, with [`enums`], the one table per
+//! enum type where the documents' disagreements are decided (also used by [`odata`]).
+//!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
 //! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`], [`app`]
-//! (build, serve, drain) and [`simulator`] (a faithful fake of Defender and Entra ID for the
-//! quick start, tests and benchmarks).
+//! (build, serve, drain), [`dialect`] (pure translation between the Defender and Microsoft
+//! Graph security dialects: incidents, updates, queries, errors) and [`simulator`] (a faithful
+//! fake of Defender, Graph security and Entra ID for the quick start, tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +46,8 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod dialect;
+pub mod enums;
 pub mod error;
 pub mod exchange;
 pub mod flight;

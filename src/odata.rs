@@ -99,7 +99,7 @@ impl ListQuery {
             })?;
             let option = match name.as_str() {
                 "$filter" | "$top" | "$skip" => name.clone(),
-                _ => return Err(unknown_option(&name)),
+                _ => return Err(unknown_option(&name, &DEFENDER_OPTIONS)),
             };
             let value = decode_component(raw_value)
                 .map_err(|reason| QueryError::new(option.clone(), format!("{option} value {reason}")))?;
@@ -149,6 +149,187 @@ impl ListQuery {
     }
 }
 
+/// Largest `$top` Graph's incidents list accepts (fact sheet §2.1, observed).
+pub const GRAPH_MAX_TOP: u32 = 50;
+
+/// The query options of `GET /v1.0/security/incidents`.
+const GRAPH_OPTIONS: [&str; 6] = ["$filter", "$top", "$skip", "$orderby", "$expand", "$count"];
+
+/// A sort key Graph's incidents list accepts in `$orderby` (the metadata marks incidents
+/// sortable; these two are the keys real integrations use, fact sheet §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphOrderField {
+    LastUpdateDateTime,
+    CreatedDateTime,
+}
+
+impl GraphOrderField {
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphOrderField::LastUpdateDateTime => "lastUpdateDateTime",
+            GraphOrderField::CreatedDateTime => "createdDateTime",
+        }
+    }
+}
+
+/// `$orderby`: one key and a direction (OData's default direction is ascending).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GraphOrderBy {
+    pub field: GraphOrderField,
+    pub descending: bool,
+}
+
+/// The list options of one `GET /v1.0/security/incidents` request (the Graph facade's own
+/// query model). Parsed with the same strictness as [`ListQuery`]: unknown options, repeated
+/// options and bad values are errors naming the option.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GraphListQuery {
+    pub filter: Option<Filter<GraphField>>,
+    pub top: Option<u32>,
+    pub skip: Option<u64>,
+    pub orderby: Option<GraphOrderBy>,
+    /// `$expand=alerts`.
+    pub expand_alerts: bool,
+    /// `$count=true|false`; `Some(false)` is kept so the canonical form says what was asked.
+    pub count: Option<bool>,
+}
+
+impl GraphListQuery {
+    /// Parses a raw URL query string (still percent-encoded; '+' means space).
+    pub fn parse(raw: &str) -> Result<GraphListQuery, QueryError> {
+        let mut query = GraphListQuery::default();
+        let mut seen: Vec<&'static str> = Vec::new();
+        for segment in raw.split('&').filter(|s| !s.is_empty()) {
+            let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
+            let name = decode_component(raw_name).map_err(|reason| {
+                QueryError::new(
+                    truncate(raw_name),
+                    format!("query option name '{}' {reason}", echo(raw_name)),
+                )
+            })?;
+            let Some(option) = GRAPH_OPTIONS.iter().copied().find(|o| *o == name) else {
+                return Err(unknown_option(&name, &GRAPH_OPTIONS));
+            };
+            let value = decode_component(raw_value)
+                .map_err(|reason| QueryError::new(option, format!("{option} value {reason}")))?;
+            if seen.contains(&option) {
+                return Err(QueryError::new(
+                    option,
+                    format!("{option} is given more than once; give it at most once"),
+                ));
+            }
+            seen.push(option);
+            if value.trim().is_empty() {
+                return Err(QueryError::new(option, format!("{option} has an empty value")));
+            }
+            match option {
+                "$filter" => query.filter = Some(Filter::parse_graph(&value)?),
+                "$top" => {
+                    // Graph's own words for a page too large (fact sheet §2.1, observed).
+                    if value.bytes().all(|b| b.is_ascii_digit())
+                        && value.parse::<u64>().map_or(true, |n| n > u64::from(GRAPH_MAX_TOP))
+                    {
+                        return Err(QueryError::new(
+                            "$top",
+                            format!(
+                                "The query specified in the URI is not valid. The limit of '{GRAPH_MAX_TOP}' for Top query has been exceeded. The value from the incoming request is '{}'.",
+                                echo(&value)
+                            ),
+                        ));
+                    }
+                    let top = parse_integer("$top", &value, 1, u64::from(GRAPH_MAX_TOP))?;
+                    query.top = Some(u32::try_from(top).unwrap_or(GRAPH_MAX_TOP));
+                }
+                "$skip" => query.skip = Some(parse_integer("$skip", &value, 0, u64::MAX)?),
+                "$orderby" => query.orderby = Some(parse_orderby(&value)?),
+                "$expand" => {
+                    if value.trim() != "alerts" {
+                        return Err(QueryError::new(
+                            "$expand",
+                            format!("$expand supports only 'alerts', got '{}'", echo(&value)),
+                        ));
+                    }
+                    query.expand_alerts = true;
+                }
+                _ => {
+                    query.count = Some(match value.trim().to_ascii_lowercase().as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(QueryError::new(
+                                "$count",
+                                format!("$count must be true or false, got '{}'", echo(&value)),
+                            ))
+                        }
+                    })
+                }
+            }
+        }
+        Ok(query)
+    }
+
+    /// Canonical query string, options in the fixed order $filter, $top, $skip, $orderby,
+    /// $expand, $count; the same rules as [`ListQuery::canonical`]. A cache key and what is sent
+    /// to a Graph upstream.
+    pub fn canonical(&self) -> String {
+        let mut parts = Vec::with_capacity(6);
+        if let Some(filter) = &self.filter {
+            let text = filter.canonical();
+            parts.push(format!("$filter={}", utf8_percent_encode(&text, FILTER_VALUE_ENCODE)));
+        }
+        if let Some(top) = self.top {
+            parts.push(format!("$top={top}"));
+        }
+        if let Some(skip) = self.skip {
+            parts.push(format!("$skip={skip}"));
+        }
+        if let Some(order) = self.orderby {
+            let dir = if order.descending { "desc" } else { "asc" };
+            parts.push(format!("$orderby={}%20{dir}", order.field.name()));
+        }
+        if self.expand_alerts {
+            parts.push("$expand=alerts".to_string());
+        }
+        if let Some(count) = self.count {
+            parts.push(format!("$count={count}"));
+        }
+        parts.join("&")
+    }
+}
+
+/// `field [asc|desc]`, one key only.
+fn parse_orderby(value: &str) -> Result<GraphOrderBy, QueryError> {
+    let bad = |why: String| QueryError::new("$orderby", why);
+    let mut words = value.split_whitespace();
+    let field = match words.next() {
+        Some("lastUpdateDateTime") => GraphOrderField::LastUpdateDateTime,
+        Some("createdDateTime") => GraphOrderField::CreatedDateTime,
+        _ => {
+            return Err(bad(format!(
+                "$orderby supports lastUpdateDateTime or createdDateTime with asc or desc, got '{}'",
+                echo(value)
+            )))
+        }
+    };
+    let descending = match words.next().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => {
+            return Err(bad(format!(
+                "$orderby direction must be asc or desc, got '{}'",
+                echo(value)
+            )))
+        }
+    };
+    if words.next().is_some() {
+        return Err(bad(format!(
+            "$orderby takes one key and a direction, got '{}'",
+            echo(value)
+        )));
+    }
+    Ok(GraphOrderBy { field, descending })
+}
+
 /// Percent-decodes one query component, '+' meaning space as in HTML forms. Malformed escapes
 /// are rejected rather than passed through, so `%zz` and `%25zz` cannot share a cache key by
 /// accident and the upstream never sees a query we could not read ourselves.
@@ -175,15 +356,18 @@ fn decode_component(raw: &str) -> Result<String, String> {
         .map_err(|_| "is not valid UTF-8 after percent-decoding".to_string())
 }
 
-fn unknown_option(name: &str) -> QueryError {
-    let supported = ["$filter", "$top", "$skip"];
+/// The query options of `GET /api/incidents`.
+const DEFENDER_OPTIONS: [&str; 3] = ["$filter", "$top", "$skip"];
+
+fn unknown_option(name: &str, supported: &[&str]) -> QueryError {
     let hint = if let Some(right) = supported
         .iter()
         .find(|s| s.eq_ignore_ascii_case(name) || s.get(1..).is_some_and(|bare| bare.eq_ignore_ascii_case(name)))
     {
         format!("; option names are case-sensitive and start with '$': did you mean '{right}'?")
     } else {
-        "; the supported options are $filter, $top and $skip".to_string()
+        let (last, rest) = supported.split_last().unwrap_or((&"", &[]));
+        format!("; the supported options are {} and {last}", rest.join(", "))
     };
     QueryError::new(truncate(name), format!("unknown query option '{}'{hint}", echo(name)))
 }
@@ -250,9 +434,112 @@ impl Field {
             Field::AssignedTo => "assignedTo",
         }
     }
+}
 
-    fn is_datetime(self) -> bool {
-        matches!(self, Field::LastUpdateTime | Field::CreatedTime)
+/// What a filterable field is compared against, which decides the operators and literals a
+/// comparison may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Unquoted (or quoted) ISO-8601 timestamps; all six operators.
+    DateTime,
+    /// A single-quoted member of this list (case-sensitive); eq and ne only.
+    Enum(&'static [&'static str]),
+    /// A single-quoted string or `null`; eq and ne only.
+    Text,
+}
+
+/// The filterable fields of one API dialect: the grammar is shared, the vocabulary is not.
+pub trait FilterField: Copy + Eq + std::hash::Hash + std::fmt::Debug + 'static {
+    /// Every field, in the order error messages list them.
+    const FIELDS: &'static [Self];
+    /// The fields as an error message lists them ("a, b and c").
+    const LIST: &'static str;
+    /// The field's name in filters and in the incident JSON the filter is evaluated against.
+    fn name(self) -> &'static str;
+    fn kind(self) -> FieldKind;
+    /// The field a caller most likely meant by `word` from the other dialect, for hints.
+    fn other_dialect(_word: &str) -> Option<Self> {
+        None
+    }
+}
+
+impl FilterField for Field {
+    const FIELDS: &'static [Self] = &Field::ALL;
+    const LIST: &'static str = "lastUpdateTime, createdTime, status and assignedTo";
+
+    fn name(self) -> &'static str {
+        Field::name(self)
+    }
+
+    fn kind(self) -> FieldKind {
+        match self {
+            Field::LastUpdateTime | Field::CreatedTime => FieldKind::DateTime,
+            Field::Status => FieldKind::Enum(&STATUS_VALUES),
+            Field::AssignedTo => FieldKind::Text,
+        }
+    }
+}
+
+/// A filterable field of the Graph dialect (`GET /v1.0/security/incidents`), per the fact
+/// sheet §2.1: the documented filterable properties, enum literals in metadata camelCase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphField {
+    AssignedTo,
+    Classification,
+    CreatedDateTime,
+    Determination,
+    LastUpdateDateTime,
+    Severity,
+    Status,
+}
+
+impl GraphField {
+    pub const ALL: [GraphField; 7] = [
+        GraphField::AssignedTo,
+        GraphField::Classification,
+        GraphField::CreatedDateTime,
+        GraphField::Determination,
+        GraphField::LastUpdateDateTime,
+        GraphField::Severity,
+        GraphField::Status,
+    ];
+}
+
+impl FilterField for GraphField {
+    const FIELDS: &'static [Self] = &GraphField::ALL;
+    const LIST: &'static str =
+        "assignedTo, classification, createdDateTime, determination, lastUpdateDateTime, severity and status";
+
+    fn name(self) -> &'static str {
+        match self {
+            GraphField::AssignedTo => "assignedTo",
+            GraphField::Classification => "classification",
+            GraphField::CreatedDateTime => "createdDateTime",
+            GraphField::Determination => "determination",
+            GraphField::LastUpdateDateTime => "lastUpdateDateTime",
+            GraphField::Severity => "severity",
+            GraphField::Status => "status",
+        }
+    }
+
+    fn kind(self) -> FieldKind {
+        use crate::enums;
+        match self {
+            GraphField::AssignedTo => FieldKind::Text,
+            GraphField::CreatedDateTime | GraphField::LastUpdateDateTime => FieldKind::DateTime,
+            GraphField::Classification => FieldKind::Enum(&enums::GRAPH_CLASSIFICATIONS),
+            GraphField::Determination => FieldKind::Enum(&enums::GRAPH_DETERMINATIONS),
+            GraphField::Severity => FieldKind::Enum(&enums::GRAPH_SEVERITIES),
+            GraphField::Status => FieldKind::Enum(&enums::GRAPH_INCIDENT_STATUSES),
+        }
+    }
+
+    fn other_dialect(word: &str) -> Option<Self> {
+        match word {
+            "lastUpdateTime" => Some(GraphField::LastUpdateDateTime),
+            "createdTime" => Some(GraphField::CreatedDateTime),
+            _ => None,
+        }
     }
 }
 
@@ -463,65 +750,76 @@ fn parse_timestamp(s: &str, max_fraction_digits: usize) -> Result<OffsetDateTime
 /// operand of their own kind (`a and (b and c)` is `And([a, b, c])`), so equivalent spellings
 /// give equal values. Hand-built values that break it still print and evaluate sensibly.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Filter {
-    Compare {
-        field: Field,
-        op: CompareOp,
-        value: Literal,
-    },
-    Not(Box<Filter>),
-    And(Vec<Filter>),
-    Or(Vec<Filter>),
+pub enum Filter<F: FilterField = Field> {
+    Compare { field: F, op: CompareOp, value: Literal },
+    Not(Box<Filter<F>>),
+    And(Vec<Filter<F>>),
+    Or(Vec<Filter<F>>),
 }
 
 impl Filter {
-    /// Parses `$filter` text that is already percent-decoded.
+    /// Parses Defender-dialect `$filter` text that is already percent-decoded.
     pub fn parse(text: &str) -> Result<Filter, QueryError> {
-        if text.len() > MAX_FILTER_LEN {
-            return Err(QueryError::filter(format!(
-                "the filter is {} bytes long; at most {MAX_FILTER_LEN} are allowed",
-                text.len()
-            )));
-        }
-        let tokens = tokenize(text)?;
-        let mut parser = Parser {
-            tokens,
-            next: 0,
-            syntax_depth: 0,
-            comparisons: 0,
-        };
-        if parser.peek().kind == TokenKind::End {
-            return Err(QueryError::filter("the filter is empty"));
-        }
-        let filter = parser.parse_or()?;
-        let trailing = parser.peek();
-        if trailing.kind != TokenKind::End {
-            let what = if trailing.kind == TokenKind::RParen {
-                "unbalanced ')'".to_string()
-            } else {
-                format!("unexpected {}", trailing.describe())
-            };
-            return Err(QueryError::filter(format!(
-                "{what} at position {} after a complete expression",
-                trailing.pos
-            )));
-        }
-        if filter.depth() > MAX_DEPTH {
-            return Err(QueryError::filter(format!(
-                "the filter nests and/or/not more than {MAX_DEPTH} levels deep"
-            )));
-        }
-        // Checked on the canonical form too, so that every accepted filter's canonical form
-        // (which may be longer, e.g. seconds added to `T00:00Z`) is itself accepted.
-        let canonical_len = filter.canonical().len();
-        if canonical_len > MAX_FILTER_LEN {
-            return Err(QueryError::filter(format!(
-                "the filter's canonical form is {canonical_len} bytes long; at most {MAX_FILTER_LEN} are allowed"
-            )));
-        }
-        Ok(filter)
+        parse_filter(text)
     }
+}
 
+impl Filter<GraphField> {
+    /// Parses Graph-dialect `$filter` text that is already percent-decoded: the same grammar
+    /// and limits as [`Filter::parse`], Graph's field names and enum spellings.
+    pub fn parse_graph(text: &str) -> Result<Filter<GraphField>, QueryError> {
+        parse_filter(text)
+    }
+}
+
+fn parse_filter<F: FilterField>(text: &str) -> Result<Filter<F>, QueryError> {
+    if text.len() > MAX_FILTER_LEN {
+        return Err(QueryError::filter(format!(
+            "the filter is {} bytes long; at most {MAX_FILTER_LEN} are allowed",
+            text.len()
+        )));
+    }
+    let tokens = tokenize(text)?;
+    let mut parser = Parser::<F> {
+        tokens,
+        next: 0,
+        syntax_depth: 0,
+        comparisons: 0,
+        fields: std::marker::PhantomData,
+    };
+    if parser.peek().kind == TokenKind::End {
+        return Err(QueryError::filter("the filter is empty"));
+    }
+    let filter = parser.parse_or()?;
+    let trailing = parser.peek();
+    if trailing.kind != TokenKind::End {
+        let what = if trailing.kind == TokenKind::RParen {
+            "unbalanced ')'".to_string()
+        } else {
+            format!("unexpected {}", trailing.describe())
+        };
+        return Err(QueryError::filter(format!(
+            "{what} at position {} after a complete expression",
+            trailing.pos
+        )));
+    }
+    if filter.depth() > MAX_DEPTH {
+        return Err(QueryError::filter(format!(
+            "the filter nests and/or/not more than {MAX_DEPTH} levels deep"
+        )));
+    }
+    // Checked on the canonical form too, so that every accepted filter's canonical form
+    // (which may be longer, e.g. seconds added to `T00:00Z`) is itself accepted.
+    let canonical_len = filter.canonical().len();
+    if canonical_len > MAX_FILTER_LEN {
+        return Err(QueryError::filter(format!(
+            "the filter's canonical form is {canonical_len} bytes long; at most {MAX_FILTER_LEN} are allowed"
+        )));
+    }
+    Ok(filter)
+}
+
+impl<F: FilterField> Filter<F> {
     /// Canonical text, not percent-encoded: single spaces, lowercase keywords, parentheses only
     /// where precedence needs them, UTC timestamps, re-quoted strings.
     ///
@@ -599,14 +897,14 @@ impl Filter {
         match self {
             Filter::Compare { .. } => 0,
             Filter::Not(inner) => 1 + inner.depth(),
-            Filter::And(items) | Filter::Or(items) => 1 + items.iter().map(Filter::depth).max().unwrap_or(0),
+            Filter::And(items) | Filter::Or(items) => 1 + items.iter().map(Filter::<F>::depth).max().unwrap_or(0),
         }
     }
 }
 
-fn compare(incident: &serde_json::Value, field: Field, op: CompareOp, value: &Literal) -> bool {
+fn compare<F: FilterField>(incident: &serde_json::Value, field: F, op: CompareOp, value: &Literal) -> bool {
     let actual = incident.get(field.name());
-    if field.is_datetime() {
+    if field.kind() == FieldKind::DateTime {
         let Literal::DateTime(expected) = value else {
             return false;
         };
@@ -745,14 +1043,15 @@ fn tokenize(text: &str) -> Result<Vec<Token>, QueryError> {
 /// primary    := "(" or ")" | comparison
 /// comparison := field op literal
 /// ```
-struct Parser {
+struct Parser<F> {
     tokens: Vec<Token>,
     next: usize,
     syntax_depth: usize,
     comparisons: usize,
+    fields: std::marker::PhantomData<F>,
 }
 
-impl Parser {
+impl<F: FilterField> Parser<F> {
     fn peek(&self) -> &Token {
         // `tokenize` always ends the list with `End`, and `advance` never moves past it.
         &self.tokens[self.next.min(self.tokens.len() - 1)]
@@ -784,7 +1083,7 @@ impl Parser {
         self.syntax_depth -= 1;
     }
 
-    fn parse_or(&mut self) -> Result<Filter, QueryError> {
+    fn parse_or(&mut self) -> Result<Filter<F>, QueryError> {
         let mut items = Vec::new();
         push_flat(&mut items, self.parse_and()?, false);
         while self.peek_keyword("or") {
@@ -794,7 +1093,7 @@ impl Parser {
         Ok(collapse(items, Filter::Or))
     }
 
-    fn parse_and(&mut self) -> Result<Filter, QueryError> {
+    fn parse_and(&mut self) -> Result<Filter<F>, QueryError> {
         let mut items = Vec::new();
         push_flat(&mut items, self.parse_unary()?, true);
         while self.peek_keyword("and") {
@@ -804,7 +1103,7 @@ impl Parser {
         Ok(collapse(items, Filter::And))
     }
 
-    fn parse_unary(&mut self) -> Result<Filter, QueryError> {
+    fn parse_unary(&mut self) -> Result<Filter<F>, QueryError> {
         if self.peek_keyword("not") {
             let token = self.advance();
             self.enter(token.pos)?;
@@ -815,7 +1114,7 @@ impl Parser {
         self.parse_primary()
     }
 
-    fn parse_primary(&mut self) -> Result<Filter, QueryError> {
+    fn parse_primary(&mut self) -> Result<Filter<F>, QueryError> {
         let token = self.advance();
         match token.kind {
             TokenKind::LParen => {
@@ -842,11 +1141,13 @@ impl Parser {
         }
     }
 
-    fn parse_comparison(&mut self, word: &str, pos: usize) -> Result<Filter, QueryError> {
-        let field = Field::ALL
-            .into_iter()
+    fn parse_comparison(&mut self, word: &str, pos: usize) -> Result<Filter<F>, QueryError> {
+        let field = F::FIELDS
+            .iter()
+            .copied()
             .find(|f| f.name() == word)
-            .ok_or_else(|| unknown_field(word, pos))?;
+            .ok_or_else(|| unknown_field::<F>(word, pos))?;
+        let kind = field.kind();
         self.comparisons += 1;
         if self.comparisons > MAX_COMPARISONS {
             return Err(QueryError::filter(format!(
@@ -867,7 +1168,7 @@ impl Parser {
                 op_token.pos
             ))
         })?;
-        if !field.is_datetime() && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
+        if kind != FieldKind::DateTime && !matches!(op, CompareOp::Eq | CompareOp::Ne) {
             return Err(QueryError::filter(format!(
                 "'{}' can only be compared with eq or ne, not {} (position {})",
                 field.name(),
@@ -877,9 +1178,8 @@ impl Parser {
         }
 
         let literal = self.advance();
-        let value = match (field, &literal.kind) {
-            (Field::LastUpdateTime | Field::CreatedTime, TokenKind::Word(text))
-            | (Field::LastUpdateTime | Field::CreatedTime, TokenKind::Str(text)) => {
+        let value = match (kind, &literal.kind) {
+            (FieldKind::DateTime, TokenKind::Word(text)) | (FieldKind::DateTime, TokenKind::Str(text)) => {
                 let t = parse_timestamp(text, LITERAL_FRACTION_DIGITS).map_err(|reason| {
                     QueryError::filter(format!(
                         "bad timestamp '{}' for '{}' at position {}: {reason}",
@@ -890,23 +1190,30 @@ impl Parser {
                 })?;
                 Literal::DateTime(t)
             }
-            (Field::Status, TokenKind::Str(s)) => {
-                if !STATUS_VALUES.contains(&s.as_str()) {
+            (FieldKind::Enum(values), TokenKind::Str(s)) => {
+                if !values.contains(&s.as_str()) {
+                    let expected: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
                     return Err(QueryError::filter(format!(
-                        "'{}' is not a status (position {}); expected one of 'Active', 'Resolved', 'InProgress', 'Redirected'",
+                        "'{}' is not a {} (position {}); expected one of {}",
                         echo(s),
-                        literal.pos
+                        field.name(),
+                        literal.pos,
+                        expected.join(", ")
                     )));
                 }
                 Literal::String(s.clone())
             }
-            (Field::AssignedTo, TokenKind::Str(s)) => Literal::String(s.clone()),
-            (Field::AssignedTo, TokenKind::Word(w)) if w.eq_ignore_ascii_case("null") => Literal::Null,
+            (FieldKind::Text, TokenKind::Str(s)) => Literal::String(s.clone()),
+            (FieldKind::Text, TokenKind::Word(w)) if w.eq_ignore_ascii_case("null") => Literal::Null,
             _ => {
-                let expected = match field {
-                    Field::LastUpdateTime | Field::CreatedTime => "a timestamp like 2024-05-01T00:00:00Z",
-                    Field::Status => "a single-quoted status like 'Active'",
-                    Field::AssignedTo => "a single-quoted string or null",
+                let expected = match kind {
+                    FieldKind::DateTime => "a timestamp like 2024-05-01T00:00:00Z".to_string(),
+                    FieldKind::Enum(values) => format!(
+                        "a single-quoted {} like '{}'",
+                        field.name(),
+                        values.first().copied().unwrap_or("")
+                    ),
+                    FieldKind::Text => "a single-quoted string or null".to_string(),
                 };
                 return Err(QueryError::filter(format!(
                     "'{}' must be compared with {expected}, but found {} at position {}",
@@ -920,15 +1227,18 @@ impl Parser {
     }
 }
 
-fn unknown_field(word: &str, pos: usize) -> QueryError {
+fn unknown_field<F: FilterField>(word: &str, pos: usize) -> QueryError {
     if ["and", "or"].iter().any(|k| k.eq_ignore_ascii_case(word)) {
         return QueryError::filter(format!(
             "expected a comparison, 'not' or '(' but found '{word}' at position {pos}"
         ));
     }
-    let hint = match Field::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(word)) {
+    let hint = match F::FIELDS.iter().find(|f| f.name().eq_ignore_ascii_case(word)) {
         Some(f) => format!("; field names are case-sensitive: did you mean '{}'?", f.name()),
-        None => "; filterable fields are lastUpdateTime, createdTime, status and assignedTo".into(),
+        None => match F::other_dialect(word) {
+            Some(f) => format!("; did you mean '{}'?", f.name()),
+            None => format!("; filterable fields are {}", F::LIST),
+        },
     };
     QueryError::filter(format!(
         "expected a field but found '{}' at position {pos}{hint}",
@@ -938,7 +1248,7 @@ fn unknown_field(word: &str, pos: usize) -> QueryError {
 
 /// Appends an operand to an `and` (`is_and`) or `or` list, splicing in the operands of a nested
 /// list of the same kind so `a and (b and c)` and `(a and b) and c` parse to the same value.
-fn push_flat(items: &mut Vec<Filter>, operand: Filter, is_and: bool) {
+fn push_flat<F: FilterField>(items: &mut Vec<Filter<F>>, operand: Filter<F>, is_and: bool) {
     match operand {
         Filter::And(inner) if is_and => items.extend(inner),
         Filter::Or(inner) if !is_and => items.extend(inner),
@@ -946,7 +1256,7 @@ fn push_flat(items: &mut Vec<Filter>, operand: Filter, is_and: bool) {
     }
 }
 
-fn collapse(mut items: Vec<Filter>, make: fn(Vec<Filter>) -> Filter) -> Filter {
+fn collapse<F: FilterField>(mut items: Vec<Filter<F>>, make: fn(Vec<Filter<F>>) -> Filter<F>) -> Filter<F> {
     if items.len() == 1 {
         items.remove(0)
     } else {
@@ -1526,6 +1836,211 @@ mod tests {
             .prop_map(normalized)
     }
 
+    fn graph_err(raw: &str) -> QueryError {
+        match GraphListQuery::parse(raw) {
+            Ok(q) => panic!("{raw:?} should be rejected, parsed as {q:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn graph_list_query_options() {
+        assert_eq!(GraphListQuery::parse("").unwrap(), GraphListQuery::default());
+        let q = GraphListQuery::parse(
+            "%24count=TRUE&$expand=alerts&$orderby=lastUpdateDateTime+DESC&$skip=7&$top=050&$filter=lastUpdateDateTime%20ge%202024-01-15T10:00:00Z%20and%20status%20eq%20'active'%20and%20severity%20ne%20'low'",
+        )
+        .unwrap();
+        assert_eq!(q.top, Some(50));
+        assert_eq!(q.skip, Some(7));
+        assert_eq!(
+            q.orderby,
+            Some(GraphOrderBy {
+                field: GraphOrderField::LastUpdateDateTime,
+                descending: true
+            })
+        );
+        assert!(q.expand_alerts);
+        assert_eq!(q.count, Some(true));
+        let canonical = "$filter=lastUpdateDateTime%20ge%202024-01-15T10:00:00Z%20and%20status%20eq%20'active'%20and%20severity%20ne%20'low'&$top=50&$skip=7&$orderby=lastUpdateDateTime%20desc&$expand=alerts&$count=true";
+        assert_eq!(q.canonical(), canonical);
+        assert_eq!(GraphListQuery::parse(canonical).unwrap(), q);
+        let q = GraphListQuery::parse("$orderby=createdDateTime&$count=false").unwrap();
+        assert_eq!(q.canonical(), "$orderby=createdDateTime%20asc&$count=false");
+        // Every documented filterable field, with its literal kinds.
+        for text in [
+            "assignedTo eq null",
+            "assignedTo eq 'a@b.c'",
+            "classification eq 'informationalExpectedActivity'",
+            "createdDateTime lt 2024-01-15T10:00:00Z",
+            "determination ne 'notEnoughDataToValidate'",
+            "lastUpdateDateTime gt 2024-01-15T10:00:00.1234567Z",
+            "severity eq 'unknown'",
+            "status eq 'awaitingAction' or status eq 'inProgress'",
+        ] {
+            let f = Filter::parse_graph(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(Filter::parse_graph(&f.canonical()).unwrap(), f);
+        }
+        // The Defender parser is untouched by the Graph vocabulary, and vice versa.
+        assert!(Filter::parse("severity eq 'high'").is_err());
+        assert!(Filter::parse_graph("lastUpdateTime ge 2024-01-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn graph_list_query_rejections() {
+        let cases = [
+            (
+                "$top=51",
+                "$top",
+                "The limit of '50' for Top query has been exceeded. The value from the incoming request is '51'.",
+            ),
+            ("$top=99999999999999999999", "$top", "The limit of '50'"),
+            ("$top=0", "$top", "between 1 and 50"),
+            ("$top=-1", "$top", "non-negative integer"),
+            ("$skip=x", "$skip", "non-negative integer"),
+            (
+                "$orderby=severity desc",
+                "$orderby",
+                "lastUpdateDateTime or createdDateTime",
+            ),
+            ("$orderby=createdDateTime sideways", "$orderby", "asc or desc"),
+            (
+                "$orderby=createdDateTime asc, lastUpdateDateTime desc",
+                "$orderby",
+                "asc or desc",
+            ),
+            ("$orderby=createdDateTime asc extra", "$orderby", "one key"),
+            ("$expand=comments", "$expand", "only 'alerts'"),
+            ("$count=yes", "$count", "true or false"),
+            ("$count=true&$count=true", "$count", "more than once"),
+            (
+                "$select=id",
+                "$select",
+                "$filter, $top, $skip, $orderby, $expand and $count",
+            ),
+            ("$Top=5", "$Top", "did you mean '$top'"),
+            ("expand=alerts", "expand", "did you mean '$expand'"),
+            ("$filter=status eq 'Active'", "$filter", "not a status"),
+            ("$filter=severity gt 'low'", "$filter", "only be compared with eq or ne"),
+            (
+                "$filter=lastUpdateTime ge 2024-01-01T00:00:00Z",
+                "$filter",
+                "did you mean",
+            ),
+            (
+                "$filter=id eq '5'",
+                "$filter",
+                "filterable fields are assignedTo, classification",
+            ),
+            (
+                "$filter=determination eq 'compromisedUser'",
+                "$filter",
+                "not a determination",
+            ),
+            (
+                "$filter=classification eq null",
+                "$filter",
+                "single-quoted classification",
+            ),
+            ("$filter=", "$filter", "empty value"),
+            ("$filter=%zz", "$filter", "malformed percent-escape"),
+        ];
+        for (raw, option, reason) in cases {
+            let e = graph_err(raw);
+            assert_eq!(e.option, option, "{raw:?}: {e:?}");
+            assert!(
+                e.message.contains(reason),
+                "{raw:?}: {:?} should mention {reason:?}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn graph_filters_match_graph_incidents() {
+        let incident = json!({
+            "id": "7",
+            "createdDateTime": "2024-04-01T10:00:00.1234567Z",
+            "lastUpdateDateTime": "2024-05-02T00:00:00Z",
+            "status": "active",
+            "severity": "high",
+            "classification": "unknown",
+            "determination": "unknown",
+            "assignedTo": null,
+        });
+        let p = |s: &str| Filter::parse_graph(s).unwrap();
+        assert!(p("lastUpdateDateTime ge 2024-05-01T00:00:00Z and severity eq 'high'").matches(&incident));
+        assert!(p("status eq 'active' and assignedTo eq null").matches(&incident));
+        assert!(p("classification ne 'truePositive'").matches(&incident));
+        assert!(!p("severity eq 'low' or createdDateTime gt 2024-05-01T00:00:00Z").matches(&incident));
+        assert!(!p("determination eq 'malware'").matches(&incident));
+    }
+
+    fn arb_graph_filter() -> impl Strategy<Value = Filter<GraphField>> {
+        let leaf = prop_oneof![
+            (
+                prop_oneof![Just(GraphField::LastUpdateDateTime), Just(GraphField::CreatedDateTime)],
+                proptest::sample::select(CompareOp::ALL.to_vec()),
+                arb_datetime()
+            )
+                .prop_map(|(field, op, t)| Filter::Compare {
+                    field,
+                    op,
+                    value: Literal::DateTime(t)
+                }),
+            (
+                proptest::sample::select(vec![
+                    GraphField::Status,
+                    GraphField::Severity,
+                    GraphField::Classification,
+                    GraphField::Determination
+                ]),
+                prop_oneof![Just(CompareOp::Eq), Just(CompareOp::Ne)],
+                any::<proptest::sample::Index>()
+            )
+                .prop_map(|(field, op, i)| {
+                    let FieldKind::Enum(values) = field.kind() else {
+                        unreachable!("enum fields")
+                    };
+                    Filter::Compare {
+                        field,
+                        op,
+                        value: Literal::String(i.get(values).to_string()),
+                    }
+                }),
+            (
+                prop_oneof![Just(CompareOp::Eq), Just(CompareOp::Ne)],
+                prop_oneof![
+                    Just(Literal::Null),
+                    "[a-zA-Z' @.&=+%#-]{0,10}".prop_map(Literal::String)
+                ]
+            )
+                .prop_map(|(op, value)| Filter::Compare {
+                    field: GraphField::AssignedTo,
+                    op,
+                    value
+                }),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                inner.clone().prop_map(|f| Filter::Not(Box::new(f))),
+                proptest::collection::vec(inner.clone(), 2..4).prop_map(|items| {
+                    let mut out = Vec::new();
+                    for item in items {
+                        push_flat(&mut out, item, true);
+                    }
+                    collapse(out, Filter::And)
+                }),
+                proptest::collection::vec(inner, 2..4).prop_map(|items| {
+                    let mut out = Vec::new();
+                    for item in items {
+                        push_flat(&mut out, item, false);
+                    }
+                    collapse(out, Filter::Or)
+                }),
+            ]
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1561,6 +2076,40 @@ mod tests {
             } else {
                 let f = query.filter.as_ref().expect("only a filter can exceed limits");
                 prop_assert!(f.canonical().len() > MAX_FILTER_LEN || count_comparisons(f) > MAX_COMPARISONS);
+            }
+        }
+
+        #[test]
+        fn graph_list_query_round_trips(
+            filter in proptest::option::of(arb_graph_filter()),
+            top in proptest::option::of(1u32..=GRAPH_MAX_TOP),
+            skip in proptest::option::of(any::<u64>()),
+            order in proptest::option::of((any::<bool>(), any::<bool>())),
+            expand_alerts in any::<bool>(),
+            count in proptest::option::of(any::<bool>()),
+        ) {
+            let orderby = order.map(|(last, descending)| GraphOrderBy {
+                field: if last { GraphOrderField::LastUpdateDateTime } else { GraphOrderField::CreatedDateTime },
+                descending,
+            });
+            let query = GraphListQuery { filter, top, skip, orderby, expand_alerts, count };
+            let canonical = query.canonical();
+            match GraphListQuery::parse(&canonical) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed.canonical(), canonical);
+                    prop_assert_eq!(parsed, query);
+                }
+                Err(e) => {
+                    let f = query.filter.as_ref().expect("only a filter can exceed limits");
+                    prop_assert!(f.canonical().len() > MAX_FILTER_LEN || f.depth() > MAX_DEPTH, "{}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_graph_query_strings_never_panic(raw in "([$%a-zA-Z0-9=&+' ]|%[0-9A-Fa-f]{2}){0,80}") {
+            if let Ok(q) = GraphListQuery::parse(&raw) {
+                prop_assert_eq!(GraphListQuery::parse(&q.canonical()), Ok(q));
             }
         }
 

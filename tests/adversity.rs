@@ -18,9 +18,10 @@ fn sim_with(get: &[(u32, u64)], list: &[(u32, u64)], update: &[(u32, u64)]) -> S
     let d = SimQuotas::default();
     SimConfig {
         quotas: SimQuotas {
-            get: if get.is_empty() { d.get } else { q(get) },
-            list: if list.is_empty() { d.list } else { q(list) },
-            update: if update.is_empty() { d.update } else { q(update) },
+            get: if get.is_empty() { d.get.clone() } else { q(get) },
+            list: if list.is_empty() { d.list.clone() } else { q(list) },
+            update: if update.is_empty() { d.update.clone() } else { q(update) },
+            ..d
         },
         ..SimConfig::default()
     }

@@ -1,5 +1,6 @@
 //! The simulated Defender API routes: authentication, fault injection, quota and the three
-//! incident methods, answered with the upstream's bodies, headers and error envelopes.
+//! incident methods, answered with the upstream's bodies, headers and error envelopes. The
+//! router also mounts the Graph routes of `graph` and the token and `/_sim` routes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +13,14 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::time::Instant;
 
+use crate::dialect::Dialect;
 use crate::odata::ListQuery;
 use crate::simulator::faults::FaultKind;
 use crate::simulator::quota::{throttle_message, Admission};
 use crate::simulator::stats::Outcome;
 use crate::simulator::store::parse_update;
 use crate::simulator::token::{token_endpoint, AuthError};
-use crate::simulator::{admin, Route, Shared};
+use crate::simulator::{admin, graph, Route, Shared};
 
 /// The upstream's OData content type for successful answers.
 pub(crate) const ODATA_JSON: &str =
@@ -37,6 +39,12 @@ pub(crate) fn router(sim: Arc<Shared>) -> Router {
     Router::new()
         .route("/api/incidents", get(list_incidents))
         .route("/api/incidents/{id}", get(get_incident).patch(update_incident))
+        .route("/v1.0/security/incidents", get(graph::list_incidents))
+        .route(
+            "/v1.0/security/incidents/{id}",
+            get(graph::get_incident).patch(graph::update_incident),
+        )
+        .route("/v1.0/security/incidents/{id}/comments", post(graph::post_comment))
         .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
         .route("/_sim/stats", get(admin::stats))
         .route("/_sim/stats/reset", post(admin::reset_stats))
@@ -91,7 +99,7 @@ async fn no_such_route() -> Response {
 /// is then throttled, and even one a fault spoils), except a simulated token revocation.
 async fn handle(sim: Arc<Shared>, route: Route, headers: &HeaderMap, call: Call) -> Response {
     let arrived = Instant::now();
-    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION)) {
+    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Dialect::Defender) {
         sim.stats.arrive(route, false);
         let resp = unauthorized(e);
         sim.stats.finish(route, Outcome::Answered(resp.status()), false);
@@ -184,6 +192,7 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> R
         retry_after_secs,
         limit,
         window,
+        ..
     } = admission
     {
         return throttled(sim, *limit, *window, *retry_after_secs);
@@ -260,7 +269,7 @@ fn list(sim: &Shared, raw_query: &str, wrong_id: bool) -> Response {
     ok_json(Bytes::from(out))
 }
 
-fn parse_id(raw: &str) -> Option<i64> {
+pub(crate) fn parse_id(raw: &str) -> Option<i64> {
     raw.parse::<i64>().ok()
 }
 
@@ -274,11 +283,11 @@ fn bad_id(raw: &str) -> Response {
 }
 
 /// A fresh tracking id, as the upstream puts in an error's `target`.
-fn tracking_id() -> String {
+pub(crate) fn tracking_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-fn ok_json(body: Bytes) -> Response {
+pub(crate) fn ok_json(body: Bytes) -> Response {
     (
         StatusCode::OK,
         [
@@ -319,7 +328,9 @@ fn unauthorized(e: AuthError) -> Response {
     let mut resp = envelope(StatusCode::UNAUTHORIZED, "Unauthorized", &e.to_string(), &tracking_id());
     let challenge = match e {
         AuthError::Missing => "Bearer",
-        AuthError::Unknown | AuthError::Expired | AuthError::Revoked => "Bearer error=\"invalid_token\"",
+        AuthError::Unknown | AuthError::Expired | AuthError::Revoked | AuthError::WrongAudience => {
+            "Bearer error=\"invalid_token\""
+        }
     };
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
@@ -339,13 +350,13 @@ fn throttled(sim: &Shared, limit: u32, window: Duration, retry_after_secs: u64) 
     resp
 }
 
-fn close_connection() -> Response {
+pub(crate) fn close_connection() -> Response {
     let mut resp = StatusCode::INTERNAL_SERVER_ERROR.into_response();
     resp.extensions_mut().insert(CloseConnection);
     resp
 }
 
-fn status_code_name(status: StatusCode) -> String {
+pub(crate) fn status_code_name(status: StatusCode) -> String {
     match status.as_u16() {
         400 => "BadRequest".into(),
         500 => "InternalServerError".into(),

@@ -343,146 +343,146 @@ fn phase_name(category: &str) -> &'static str {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct IncidentOut<'a> {
-    incident_id: i64,
-    incident_uri: String,
-    redirect_incident_id: Option<i64>,
-    incident_name: &'a str,
-    created_time: String,
-    last_update_time: String,
-    assigned_to: Option<&'a str>,
-    classification: &'a str,
-    determination: &'a str,
-    detection_source: &'a str,
-    status: &'a str,
-    severity: &'a str,
-    tags: &'a [String],
-    comments: &'a [Comment],
-    alerts: Vec<Alert>,
+pub(crate) struct IncidentOut<'a> {
+    pub(crate) incident_id: i64,
+    pub(crate) incident_uri: String,
+    pub(crate) redirect_incident_id: Option<i64>,
+    pub(crate) incident_name: &'a str,
+    pub(crate) created_time: String,
+    pub(crate) last_update_time: String,
+    pub(crate) assigned_to: Option<&'a str>,
+    pub(crate) classification: &'a str,
+    pub(crate) determination: &'a str,
+    pub(crate) detection_source: &'a str,
+    pub(crate) status: &'a str,
+    pub(crate) severity: &'a str,
+    pub(crate) tags: &'a [String],
+    pub(crate) comments: &'a [Comment],
+    pub(crate) alerts: Vec<Alert>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Alert {
-    alert_id: String,
-    incident_id: i64,
-    service_source: &'static str,
-    creation_time: String,
-    last_updated_time: String,
-    resolved_time: Option<String>,
-    first_activity: String,
-    last_activity: String,
-    title: &'static str,
-    description: &'static str,
-    category: &'static str,
-    status: &'static str,
-    severity: &'static str,
-    investigation_id: Option<i64>,
-    investigation_state: &'static str,
-    classification: Option<&'static str>,
-    determination: Option<&'static str>,
-    detection_source: &'static str,
-    assigned_to: Option<String>,
-    actor_name: Option<&'static str>,
-    threat_family_name: Option<&'static str>,
-    mitre_techniques: &'static [&'static str],
-    devices: Vec<Device>,
-    entities: Vec<Entity>,
+pub(crate) struct Alert {
+    pub(crate) alert_id: String,
+    pub(crate) incident_id: i64,
+    pub(crate) service_source: &'static str,
+    pub(crate) creation_time: String,
+    pub(crate) last_updated_time: String,
+    pub(crate) resolved_time: Option<String>,
+    pub(crate) first_activity: String,
+    pub(crate) last_activity: String,
+    pub(crate) title: &'static str,
+    pub(crate) description: &'static str,
+    pub(crate) category: &'static str,
+    pub(crate) status: &'static str,
+    pub(crate) severity: &'static str,
+    pub(crate) investigation_id: Option<i64>,
+    pub(crate) investigation_state: &'static str,
+    pub(crate) classification: Option<&'static str>,
+    pub(crate) determination: Option<&'static str>,
+    pub(crate) detection_source: &'static str,
+    pub(crate) assigned_to: Option<String>,
+    pub(crate) actor_name: Option<&'static str>,
+    pub(crate) threat_family_name: Option<&'static str>,
+    pub(crate) mitre_techniques: &'static [&'static str],
+    pub(crate) devices: Vec<Device>,
+    pub(crate) entities: Vec<Entity>,
 }
 
 #[derive(Serialize, Clone)]
 #[serde(rename_all = "camelCase")]
-struct Device {
-    mdatp_device_id: String,
-    aad_device_id: Option<String>,
-    device_dns_name: String,
-    os_platform: &'static str,
-    version: &'static str,
-    os_processor: &'static str,
-    os_build: Option<u32>,
-    health_status: &'static str,
-    risk_score: &'static str,
-    rbac_group_name: &'static str,
-    rbac_group_id: u32,
-    first_seen: String,
-    tags: Vec<&'static str>,
-    defender_av_status: &'static str,
-    onboarding_status: &'static str,
-    logged_on_users: Vec<LoggedOnUser>,
+pub(crate) struct Device {
+    pub(crate) mdatp_device_id: String,
+    pub(crate) aad_device_id: Option<String>,
+    pub(crate) device_dns_name: String,
+    pub(crate) os_platform: &'static str,
+    pub(crate) version: &'static str,
+    pub(crate) os_processor: &'static str,
+    pub(crate) os_build: Option<u32>,
+    pub(crate) health_status: &'static str,
+    pub(crate) risk_score: &'static str,
+    pub(crate) rbac_group_name: &'static str,
+    pub(crate) rbac_group_id: u32,
+    pub(crate) first_seen: String,
+    pub(crate) tags: Vec<&'static str>,
+    pub(crate) defender_av_status: &'static str,
+    pub(crate) onboarding_status: &'static str,
+    pub(crate) logged_on_users: Vec<LoggedOnUser>,
 }
 
 #[derive(Serialize, Clone)]
 #[serde(rename_all = "camelCase")]
-struct LoggedOnUser {
-    account_name: String,
-    domain_name: &'static str,
+pub(crate) struct LoggedOnUser {
+    pub(crate) account_name: String,
+    pub(crate) domain_name: &'static str,
 }
 
 /// An entity carries only the fields of its type, as the upstream's examples show.
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Entity {
-    entity_type: &'static str,
+pub(crate) struct Entity {
+    pub(crate) entity_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sha1: Option<String>,
+    pub(crate) sha1: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    file_name: Option<String>,
+    pub(crate) file_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    file_path: Option<String>,
+    pub(crate) file_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    process_id: Option<u32>,
+    pub(crate) process_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    process_command_line: Option<String>,
+    pub(crate) process_command_line: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    process_creation_time: Option<String>,
+    pub(crate) process_creation_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parent_process_id: Option<u32>,
+    pub(crate) parent_process_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parent_process_creation_time: Option<String>,
+    pub(crate) parent_process_creation_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ip_address: Option<String>,
+    pub(crate) ip_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    account_name: Option<String>,
+    pub(crate) account_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    domain_name: Option<&'static str>,
+    pub(crate) domain_name: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    user_sid: Option<String>,
+    pub(crate) user_sid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    aad_user_id: Option<String>,
+    pub(crate) aad_user_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    user_principal_name: Option<String>,
+    pub(crate) user_principal_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    mailbox_display_name: Option<String>,
+    pub(crate) mailbox_display_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    mailbox_address: Option<String>,
+    pub(crate) mailbox_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cluster_by: Option<&'static str>,
+    pub(crate) cluster_by: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sender: Option<String>,
+    pub(crate) sender: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    recipient: Option<String>,
+    pub(crate) recipient: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    subject: Option<&'static str>,
+    pub(crate) subject: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    delivery_action: Option<&'static str>,
+    pub(crate) delivery_action: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    security_group_id: Option<String>,
+    pub(crate) security_group_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    security_group_name: Option<&'static str>,
+    pub(crate) security_group_name: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    registry_hive: Option<&'static str>,
+    pub(crate) registry_hive: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    registry_key: Option<&'static str>,
+    pub(crate) registry_key: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    registry_value_type: Option<&'static str>,
+    pub(crate) registry_value_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    registry_value: Option<String>,
+    pub(crate) registry_value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    device_id: Option<String>,
+    pub(crate) device_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -504,12 +504,20 @@ struct Pools {
 
 /// Renders the full incident as the upstream would serialize it.
 pub(crate) fn render(params: &DataParams, state: &IncidentState) -> Bytes {
+    let out = build(params, state);
+    // Plain structs with string keys: serialization cannot fail.
+    Bytes::from(serde_json::to_vec(&out).expect("incident serializes"))
+}
+
+/// The full incident in the simulator's data model (Defender's shape, field for field), from
+/// which both dialects are rendered: Defender's by serde, Graph's by `graph::render`.
+pub(crate) fn build<'a>(params: &DataParams, state: &'a IncidentState) -> IncidentOut<'a> {
     let mut rng = rng_for(params.seed, state.id, STREAM_DETAIL);
     let pools = make_pools(&mut rng, state);
     let alerts = (0..state.alert_count)
         .map(|i| make_alert(&mut rng, &pools, state, i))
         .collect();
-    let out = IncidentOut {
+    IncidentOut {
         incident_id: state.id,
         incident_uri: format!(
             "https://security.microsoft.com/incidents/{}?tid={}",
@@ -528,9 +536,7 @@ pub(crate) fn render(params: &DataParams, state: &IncidentState) -> Bytes {
         tags: &state.tags,
         comments: &state.comments,
         alerts,
-    };
-    // Plain structs with string keys: serialization cannot fail.
-    Bytes::from(serde_json::to_vec(&out).expect("incident serializes"))
+    }
 }
 
 fn make_pools(rng: &mut ChaCha8Rng, state: &IncidentState) -> Pools {

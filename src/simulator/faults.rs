@@ -20,7 +20,8 @@ pub struct Faults {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultRule {
-    /// "get", "list" or "update"; `None` matches every API route.
+    /// "get", "list" or "update", or a Graph route: "graph_get", "graph_list", "graph_update",
+    /// "graph_comment"; `None` matches every API route.
     #[serde(default)]
     pub route: Option<String>,
     pub kind: FaultKind,

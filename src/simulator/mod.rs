@@ -1,17 +1,21 @@
-//! A faithful fake of the Microsoft 365 Defender incidents API and of the Entra ID token
-//! endpoint, served over a real socket: the upstream for the quick-start demo, every
+//! A faithful fake of the Microsoft 365 Defender incidents API, of its successor the Microsoft
+//! Graph security incidents API (both dialects over the same incidents), and of the Entra ID
+//! token endpoint, served over a real socket: the upstream for the quick-start demo, every
 //! integration test and the benchmarks.
 //!
 //! Submodules: `data` generates incidents from the seed, `store` holds their current truth,
 //! `quota` enforces the per-route sliding windows, `token` is the Entra endpoint, `faults` the
-//! injectable misbehaviour, `stats` what was seen, `api` and `admin` the HTTP routes, and
-//! `server` the accept loop.
+//! injectable misbehaviour, `stats` what was seen, `api` (Defender), `graph` (Graph) and `admin`
+//! the HTTP routes, and `server` the accept loop.
 
 mod admin;
 mod api;
 mod clock;
 mod data;
+#[cfg(test)]
+mod dialect_props;
 mod faults;
+mod graph;
 mod quota;
 mod server;
 mod stats;
@@ -62,6 +66,9 @@ pub struct SimConfig {
     /// If set, one random existing incident changes every interval.
     #[serde(with = "humantime_serde")]
     pub change_interval: Option<Duration>,
+    /// Graph routes' 429s say `Retry-After` to the millisecond (`2.128`, as Graph's own
+    /// documentation shows) instead of whole seconds.
+    pub graph_fractional_retry_after: bool,
 }
 
 impl Default for SimConfig {
@@ -77,6 +84,7 @@ impl Default for SimConfig {
             token_ttl: Duration::from_secs(3599),
             quotas: SimQuotas::default(),
             change_interval: None,
+            graph_fractional_retry_after: true,
         }
     }
 }
@@ -88,6 +96,11 @@ pub struct SimQuotas {
     pub get: Vec<SimQuota>,
     pub list: Vec<SimQuota>,
     pub update: Vec<SimQuota>,
+    /// The Graph routes count separately from Defender's (Graph's are another service).
+    pub graph_get: Vec<SimQuota>,
+    pub graph_list: Vec<SimQuota>,
+    pub graph_update: Vec<SimQuota>,
+    pub graph_comment: Vec<SimQuota>,
 }
 
 impl Default for SimQuotas {
@@ -105,10 +118,22 @@ impl Default for SimQuotas {
                 },
             ]
         };
+        // Graph documents no incident limit; its only /security row is 150/min per app and
+        // tenant (fact sheet §6.3).
+        let graph = || {
+            vec![SimQuota {
+                limit: 150,
+                window: Duration::from_secs(60),
+            }]
+        };
         Self {
             get: pair(100),
             list: pair(50),
             update: pair(50),
+            graph_get: graph(),
+            graph_list: graph(),
+            graph_update: graph(),
+            graph_comment: graph(),
         }
     }
 }
@@ -122,23 +147,44 @@ pub struct SimQuota {
     pub window: Duration,
 }
 
-/// The three API routes, each with its own quota and counters.
+/// The API routes of both dialects, each with its own quota and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
     Get,
     List,
     Update,
+    GraphGet,
+    GraphList,
+    GraphUpdate,
+    GraphComment,
 }
 
 impl Route {
-    pub(crate) const ALL: [Route; 3] = [Route::Get, Route::List, Route::Update];
+    pub(crate) const ALL: [Route; 7] = [
+        Route::Get,
+        Route::List,
+        Route::Update,
+        Route::GraphGet,
+        Route::GraphList,
+        Route::GraphUpdate,
+        Route::GraphComment,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Route::Get => "get",
             Route::List => "list",
             Route::Update => "update",
+            Route::GraphGet => "graph_get",
+            Route::GraphList => "graph_list",
+            Route::GraphUpdate => "graph_update",
+            Route::GraphComment => "graph_comment",
         }
+    }
+
+    /// A route of the Graph dialect (`/v1.0/security/...`).
+    pub(crate) fn is_graph(self) -> bool {
+        !matches!(self, Route::Get | Route::List | Route::Update)
     }
 
     fn index(self) -> usize {
@@ -146,6 +192,10 @@ impl Route {
             Route::Get => 0,
             Route::List => 1,
             Route::Update => 2,
+            Route::GraphGet => 3,
+            Route::GraphList => 4,
+            Route::GraphUpdate => 5,
+            Route::GraphComment => 6,
         }
     }
 }
@@ -154,7 +204,7 @@ impl Route {
 pub(crate) struct Shared {
     pub(crate) cfg: SimConfig,
     pub(crate) store: Store,
-    quotas: [RouteQuota; 3],
+    quotas: [RouteQuota; 7],
     pub(crate) faults: Mutex<FaultPlan>,
     pub(crate) tokens: Tokens,
     pub(crate) stats: Recorder,
@@ -178,6 +228,11 @@ impl Shared {
         let stamp = self.store.touch(id, comment, by)?;
         self.stats.change(id, stamp.clone());
         Some(stamp)
+    }
+
+    /// The base URL clients reach this simulator on (for Graph's absolute `@odata.nextLink`).
+    pub(crate) fn base_url(&self) -> String {
+        base_url(self.addr)
     }
 
     pub(crate) fn update(&self, id: i64, update: store::Update) -> Option<String> {
@@ -208,6 +263,10 @@ fn validate(cfg: &SimConfig) -> anyhow::Result<()> {
         ("get", &cfg.quotas.get),
         ("list", &cfg.quotas.list),
         ("update", &cfg.quotas.update),
+        ("graph_get", &cfg.quotas.graph_get),
+        ("graph_list", &cfg.quotas.graph_list),
+        ("graph_update", &cfg.quotas.graph_update),
+        ("graph_comment", &cfg.quotas.graph_comment),
     ] {
         anyhow::ensure!(
             quotas.iter().all(|q| !q.window.is_zero()),
@@ -241,6 +300,10 @@ impl Simulator {
                 quota(&cfg.quotas.get),
                 quota(&cfg.quotas.list),
                 quota(&cfg.quotas.update),
+                quota(&cfg.quotas.graph_get),
+                quota(&cfg.quotas.graph_list),
+                quota(&cfg.quotas.graph_update),
+                quota(&cfg.quotas.graph_comment),
             ],
             faults: Mutex::new(FaultPlan::new(cfg.seed)),
             tokens: Tokens::new(cfg.token_ttl),
@@ -257,6 +320,16 @@ impl Simulator {
         }
         Ok(SimHandle { shared })
     }
+}
+
+/// `http://127.0.0.1:port` (a wildcard bind address is replaced by loopback).
+fn base_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Changes one random existing incident every `every`, as analysts and automation would.
@@ -297,13 +370,7 @@ impl SimHandle {
 
     /// `http://127.0.0.1:port` (a wildcard bind address is replaced by loopback).
     pub fn base_url(&self) -> String {
-        let addr = self.shared.addr;
-        let ip = match addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        format!("http://{}", SocketAddr::new(ip, addr.port()))
+        base_url(self.shared.addr)
     }
 
     pub fn stats(&self) -> Stats {
@@ -336,9 +403,21 @@ impl SimHandle {
         self.shared.tokens.issue()
     }
 
+    /// A valid token for the Graph routes (audience `https://graph.microsoft.com`).
+    pub fn issue_graph_token(&self) -> String {
+        self.shared.tokens.issue_for(crate::dialect::Dialect::Graph)
+    }
+
     /// The incident as the API would serve it now.
     pub fn incident_json(&self, id: i64) -> Option<serde_json::Value> {
         let body = self.shared.store.body(id)?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// The incident as the Graph API would serve it now (`$expand=alerts` when `expand_alerts`),
+    /// without `@odata.context`.
+    pub fn graph_incident_json(&self, id: i64, expand_alerts: bool) -> Option<serde_json::Value> {
+        let body = self.shared.store.graph_body(id, expand_alerts)?;
         serde_json::from_slice(&body).ok()
     }
 

@@ -19,6 +19,8 @@ pub(crate) enum Admission {
         /// The binding quota (the one that frees last), for the message text.
         limit: u32,
         window: Duration,
+        /// The exact wait behind `retry_after_secs` (Graph says it to the millisecond).
+        wait: Duration,
     },
 }
 
@@ -81,6 +83,7 @@ impl RouteQuota {
                 retry_after_secs: ceil_secs(wait).max(1),
                 limit: quota.limit,
                 window: quota.window,
+                wait,
             },
         }
     }
@@ -154,8 +157,10 @@ mod tests {
                 retry_after_secs,
                 limit,
                 window,
+                wait,
             } => {
                 assert_eq!((limit, window), (3, Duration::from_secs(60)));
+                assert_eq!(wait, Duration::from_secs(56));
                 // Calls at 0, 0, 2, 4 s: the one at index 1 (0 s) frees at 60 s.
                 assert_eq!(retry_after_secs, 56);
             }

@@ -13,8 +13,12 @@ use crate::simulator::Route;
 /// A snapshot of the simulator's counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
-    /// Keyed "get", "list", "update" (always all three).
+    /// Keyed "get", "list", "update" (always all three): the Defender routes.
     pub calls: BTreeMap<String, RouteStats>,
+    /// Keyed "graph_get", "graph_list", "graph_update", "graph_comment" (always all four): the
+    /// Graph routes, kept apart so Defender-only users of `calls` see what they always saw.
+    #[serde(default)]
+    pub graph_calls: BTreeMap<String, RouteStats>,
     pub token_requests: u64,
     pub token_failures: u64,
     /// Every change to an incident, in the order made.
@@ -61,9 +65,21 @@ pub(crate) struct Recorder {
 fn empty() -> Stats {
     let mut stats = Stats::default();
     for route in Route::ALL {
-        stats.calls.insert(route.as_str().to_string(), RouteStats::default());
+        stats
+            .route_map(route)
+            .insert(route.as_str().to_string(), RouteStats::default());
     }
     stats
+}
+
+impl Stats {
+    fn route_map(&mut self, route: Route) -> &mut BTreeMap<String, RouteStats> {
+        if route.is_graph() {
+            &mut self.graph_calls
+        } else {
+            &mut self.calls
+        }
+    }
 }
 
 impl Recorder {
@@ -91,7 +107,7 @@ impl Recorder {
     pub(crate) fn arrive(&self, route: Route, authenticated: bool) {
         let mut stats = self.inner.lock();
         let at = self.ms_since_start(Instant::now());
-        if let Some(r) = stats.calls.get_mut(route.as_str()) {
+        if let Some(r) = stats.route_map(route).get_mut(route.as_str()) {
             r.total += 1;
             if authenticated {
                 r.at_ms.push(at);
@@ -101,7 +117,7 @@ impl Recorder {
 
     pub(crate) fn finish(&self, route: Route, outcome: Outcome, faulted: bool) {
         let mut stats = self.inner.lock();
-        let Some(r) = stats.calls.get_mut(route.as_str()) else {
+        let Some(r) = stats.route_map(route).get_mut(route.as_str()) else {
             return;
         };
         if faulted {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use rand::Rng;
 
-use crate::odata::Filter;
+use crate::odata::{Filter, GraphField, GraphOrderBy, GraphOrderField};
 use crate::simulator::clock::{format_ticks, StrictClock};
 use crate::simulator::data::{self, Comment, DataParams, IncidentState, CLASSIFICATIONS, DETERMINATIONS, STATUSES};
 
@@ -23,6 +23,8 @@ struct Entry {
     body: Option<Bytes>,
     /// The filter document, built on first use and dropped on change.
     doc: OnceLock<serde_json::Value>,
+    /// The same in Graph's field names and spellings, for Graph `$filter`.
+    graph_doc: OnceLock<serde_json::Value>,
 }
 
 impl Entry {
@@ -33,6 +35,7 @@ impl Entry {
             version: 1,
             body: None,
             doc: OnceLock::new(),
+            graph_doc: OnceLock::new(),
         }
     }
 }
@@ -94,6 +97,9 @@ pub(crate) struct Update {
     pub determination: Option<&'static str>,
     pub tags: Option<Vec<String>>,
     pub comment: Option<String>,
+    /// Graph-only writable fields the simulator keeps (`displayName`, `severity`).
+    pub name: Option<String>,
+    pub severity: Option<&'static str>,
 }
 
 const UPDATE_KEYS: &str = "status, assignedTo, classification, determination, tags, comment";
@@ -253,6 +259,64 @@ impl Store {
             .collect()
     }
 
+    /// The Graph rendering of `id` now (rendered on every call: Graph traffic is the rarer
+    /// and its alerts are optional, so it does not share the Defender body cache).
+    pub(crate) fn graph_body(&self, id: i64, expand_alerts: bool) -> Option<Bytes> {
+        let state = self.state(id)?;
+        Some(crate::simulator::graph::render(&self.params, &state, expand_alerts))
+    }
+
+    /// What generation depends on (for renderings outside the store).
+    pub(crate) fn params(&self) -> &DataParams {
+        &self.params
+    }
+
+    /// A copy of the current state of `id`.
+    pub(crate) fn state(&self, id: i64) -> Option<IncidentState> {
+        self.inner.read().entries.get(&id).map(|e| e.state.clone())
+    }
+
+    /// Ids of one Graph list page and the number of all matches (for `@odata.count` and
+    /// `@odata.nextLink`): filtered, in `order` (default: newest created first, as Defender),
+    /// ties broken by id in the same direction.
+    pub(crate) fn select_graph(
+        &self,
+        filter: Option<&Filter<GraphField>>,
+        order: Option<GraphOrderBy>,
+        skip: u64,
+        top: usize,
+    ) -> (Vec<i64>, u64) {
+        let inner = self.inner.read();
+        let mut matches: Vec<(i64, i64)> = inner
+            .by_created
+            .iter()
+            .rev()
+            .filter_map(|(_, id)| {
+                let e = inner.entries.get(id)?;
+                let keep = filter.map_or(true, |f| {
+                    f.matches(
+                        e.graph_doc
+                            .get_or_init(|| crate::simulator::graph::filter_doc(&e.state)),
+                    )
+                });
+                let key = match order.map(|o| o.field) {
+                    Some(GraphOrderField::LastUpdateDateTime) => e.state.last_update,
+                    _ => e.state.created,
+                };
+                keep.then_some((key, *id))
+            })
+            .collect();
+        let descending = order.map_or(true, |o| o.descending);
+        matches.sort_unstable();
+        if descending {
+            matches.reverse();
+        }
+        let total = matches.len() as u64;
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        let ids = matches.into_iter().skip(skip).take(top).map(|(_, id)| id).collect();
+        (ids, total)
+    }
+
     /// Another existing incident than `id` (the next one up, wrapping), for WrongId faults.
     pub(crate) fn other_id(&self, id: i64) -> Option<i64> {
         let inner = self.inner.read();
@@ -283,6 +347,7 @@ impl Store {
         e.state.last_update = now;
         e.version += 1;
         e.doc = OnceLock::new();
+        e.graph_doc = OnceLock::new();
         f(&mut e.state, &stamp);
         inner.drop_body(id);
         Some(stamp)
@@ -316,6 +381,12 @@ impl Store {
             }
             if let Some(v) = update.tags {
                 s.tags = v;
+            }
+            if let Some(v) = update.name {
+                s.name = v;
+            }
+            if let Some(v) = update.severity {
+                s.severity = v;
             }
             if let Some(v) = update.comment {
                 s.comments.push(Comment {

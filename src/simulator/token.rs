@@ -15,10 +15,13 @@ use rand::Rng;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
+use crate::dialect::Dialect;
 use crate::simulator::clock::format_entra_timestamp;
 use crate::simulator::{FaultKind, Shared};
 
 const SCOPE: &str = "https://api.security.microsoft.com/.default";
+/// Microsoft Graph's scope: a token asked for with it is for Graph routes only (its audience).
+const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Entra's tolerance for clock skew on a client assertion's `nbf`.
 const SKEW_SECS: i64 = 300;
@@ -34,13 +37,16 @@ pub(crate) enum AuthError {
     Expired,
     #[error("The access token has been revoked.")]
     Revoked,
+    /// Issued for the other API: Defender and Graph each check a token's audience.
+    #[error("The access token's audience is not valid for this resource.")]
+    WrongAudience,
 }
 
-/// Live tokens and their expiry.
+/// Live tokens, their expiry and their audience.
 #[derive(Debug)]
 pub(crate) struct Tokens {
     ttl: Duration,
-    live: Mutex<HashMap<String, Instant>>,
+    live: Mutex<HashMap<String, (Instant, Dialect)>>,
 }
 
 impl Tokens {
@@ -55,8 +61,13 @@ impl Tokens {
         self.ttl
     }
 
-    /// A new opaque token valid for the configured time.
+    /// A new opaque Defender-audience token valid for the configured time.
     pub(crate) fn issue(&self) -> String {
+        self.issue_for(Dialect::Defender)
+    }
+
+    /// A new opaque token for `audience`'s API, valid for the configured time.
+    pub(crate) fn issue_for(&self, audience: Dialect) -> String {
         let token: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(64)
@@ -66,14 +77,14 @@ impl Tokens {
         let mut live = self.live.lock();
         // Keep the map small for long runs: expired tokens can only ever be refused.
         if live.len() > 1_024 {
-            live.retain(|_, exp| *exp > now);
+            live.retain(|_, (exp, _)| *exp > now);
         }
-        live.insert(token.clone(), now + self.ttl);
+        live.insert(token.clone(), (now + self.ttl, audience));
         token
     }
 
-    /// Checks an `Authorization` header value.
-    pub(crate) fn check(&self, value: Option<&HeaderValue>) -> Result<(), AuthError> {
+    /// Checks an `Authorization` header value for a route of `audience`'s API.
+    pub(crate) fn check(&self, value: Option<&HeaderValue>, audience: Dialect) -> Result<(), AuthError> {
         let value = value.and_then(|v| v.to_str().ok()).ok_or(AuthError::Missing)?;
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -82,7 +93,8 @@ impl Tokens {
         let live = self.live.lock();
         match live.get(token.trim()) {
             None => Err(AuthError::Unknown),
-            Some(exp) if Instant::now() >= *exp => Err(AuthError::Expired),
+            Some((exp, _)) if Instant::now() >= *exp => Err(AuthError::Expired),
+            Some((_, aud)) if *aud != audience => Err(AuthError::WrongAudience),
             Some(_) => Ok(()),
         }
     }
@@ -246,7 +258,12 @@ fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> 
         ));
     }
     let scope = field("scope").ok_or_else(|| EntraError::missing("scope"))?;
-    if !scope.trim().eq_ignore_ascii_case(SCOPE) {
+    let audience = if scope.trim().eq_ignore_ascii_case(GRAPH_SCOPE) {
+        Dialect::Graph
+    } else {
+        Dialect::Defender
+    };
+    if !scope.trim().eq_ignore_ascii_case(SCOPE) && audience != Dialect::Graph {
         return Err(EntraError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -286,7 +303,7 @@ fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> 
             }
         }
     }
-    Ok(sim.tokens.issue())
+    Ok(sim.tokens.issue_for(audience))
 }
 
 /// The claims of a client assertion that the simulator checks.
