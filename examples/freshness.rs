@@ -5,7 +5,12 @@
 //! process on 127.0.0.1; the changes are made here, so the exact time each version stopped being
 //! current is known, and the staleness of every answer is computed from the version it served.
 //!
-//! `cargo run --release --example freshness -- [--minutes M] [--mode sync|ttl|both]`
+//! With `--mode flood` (issue 16), the TTL-only scenario runs twice more while a batch tool
+//! (another consumer, priority batch) walks the 1,700 other incidents cold with 50 workers:
+//! once with fair queuing between consumers and once with one first-come-first-served queue, so
+//! the interactive tools' staleness, waits and refusals can be compared side by side.
+//!
+//! `cargo run --release --example freshness -- [--minutes M] [--mode sync|ttl|both|flood]`
 //! prints a Markdown table (one row per mode) on stdout.
 
 use std::{
@@ -14,7 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use defender_proxy::{config::Config, demo, simulator::SimConfig, Application};
+use defender_proxy::{
+    auth,
+    budget::Priority,
+    config::{Config, ConsumerConfig, Right},
+    demo,
+    simulator::SimConfig,
+    Application,
+};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -31,10 +43,14 @@ struct Answer {
     id: i64,
     status: u16,
     version: Option<String>,
+    took: Duration,
 }
 
 struct Row {
     mode: &'static str,
+    wait_p50: f64,
+    wait_p99: f64,
+    batch_served: usize,
     minutes: f64,
     answers: usize,
     refused: usize,
@@ -56,7 +72,8 @@ fn version_of(body: &[u8]) -> Option<String> {
     Some(text[at..].split('"').next()?.to_string())
 }
 
-async fn run(sync: bool, minutes: f64) -> anyhow::Result<Row> {
+/// `flood`: a batch tool floods cold ids; `Some(true)` with fair queuing, `Some(false)` without.
+async fn run(sync: bool, minutes: f64, flood: Option<bool>) -> anyhow::Result<Row> {
     let sim = SimConfig {
         incidents: 2_000,
         missing_share: 0.0,
@@ -66,6 +83,19 @@ async fn run(sync: bool, minutes: f64) -> anyhow::Result<Row> {
     config.server.listen = "127.0.0.1:0".parse()?;
     config.server.admin_listen = "127.0.0.1:0".parse()?;
     config.sync.enabled = sync;
+    let batch_key = auth::generate_key();
+    if let Some(fair) = flood {
+        config.budget.fair_queuing = fair;
+        config.auth.consumers.insert(
+            "batch".into(),
+            ConsumerConfig {
+                key_hashes: vec![auth::hash_key(&batch_key)],
+                rights: vec![Right::Read],
+                priority: Priority::Batch,
+                ..ConsumerConfig::default()
+            },
+        );
+    }
     let interval = config.sync.interval;
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse()?).await?;
     let sim = demo.simulator.clone();
@@ -108,6 +138,7 @@ async fn run(sync: bool, minutes: f64) -> anyhow::Result<Row> {
                         return;
                     }
                     tokio::time::sleep_until(at.into()).await;
+                    let sent = Instant::now();
                     let resp = client
                         .get(format!("http://{api}/api/incidents/{id}"))
                         .bearer_auth(&key)
@@ -126,11 +157,49 @@ async fn run(sync: bool, minutes: f64) -> anyhow::Result<Row> {
                         id,
                         status,
                         version,
+                        took: sent.elapsed(),
                     });
                 }
                 round_start += PERIOD;
             }
         }));
+    }
+    // The batch tool: 50 workers walking the incidents nobody else reads, cold, as long as the run.
+    let batch_served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flooders = Vec::new();
+    if flood.is_some() {
+        let cold: Vec<i64> = (1..=2_000).filter(|id| !ids.contains(id)).collect();
+        let cold = Arc::new(cold);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..50 {
+            let (client, key, cold, next, served) = (
+                client.clone(),
+                batch_key.clone(),
+                cold.clone(),
+                next.clone(),
+                batch_served.clone(),
+            );
+            flooders.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(id) = cold.get(i % cold.len()) else { return };
+                    let r = client
+                        .get(format!("http://{api}/api/incidents/{id}"))
+                        .bearer_auth(&key)
+                        .header("prefer", "wait=120")
+                        .header("cache-control", "no-cache")
+                        .send();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Ok(Ok(r)) = tokio::time::timeout(left, r).await {
+                        if r.status() == 200 {
+                            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            }));
+        }
     }
     let changer = {
         let (sim, ids, changes) = (sim.clone(), ids.clone(), changes.clone());
@@ -151,6 +220,9 @@ async fn run(sync: bool, minutes: f64) -> anyhow::Result<Row> {
         t.await?;
     }
     changer.await?;
+    for f in flooders {
+        f.await?;
+    }
     let elapsed_min = started.elapsed().as_secs_f64() / 60.0;
     let stats = sim.stats();
     let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
@@ -193,10 +265,26 @@ async fn run(sync: bool, minutes: f64) -> anyhow::Result<Row> {
             .unwrap_or(f64::NAN)
     };
     let bound = interval.as_secs_f64() + 5.0;
+    let mut waits: Vec<f64> = answers.iter().map(|a| a.took.as_secs_f64()).collect();
+    waits.sort_by(|a, b| a.total_cmp(b));
+    let wait_pct = |p: f64| {
+        waits
+            .get(((waits.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     let calls = |r: &str| stats.calls.get(r).map_or(0, |s| s.total);
     let gets = calls("get") as f64;
     Ok(Row {
-        mode: if sync { "with sync" } else { "TTL only" },
+        mode: match (sync, flood) {
+            (true, _) => "with sync",
+            (false, None) => "TTL only",
+            (false, Some(true)) => "TTL only + batch flood, fair queuing",
+            (false, Some(false)) => "TTL only + batch flood, one FIFO queue",
+        },
+        wait_p50: wait_pct(0.5),
+        wait_p99: wait_pct(0.99),
+        batch_served: batch_served.load(std::sync::atomic::Ordering::Relaxed),
         minutes: elapsed_min,
         answers: answers.len(),
         refused: answers.iter().filter(|a| a.status == 429).count(),
@@ -223,17 +311,18 @@ async fn main() -> anyhow::Result<()> {
             .cloned()
     };
     let minutes: f64 = arg("--minutes").map_or(Ok(3.0), |m| m.parse())?;
-    let modes: Vec<bool> = match arg("--mode").as_deref().unwrap_or("both") {
-        "sync" => vec![true],
-        "ttl" => vec![false],
-        _ => vec![false, true],
+    let modes: Vec<(bool, Option<bool>)> = match arg("--mode").as_deref().unwrap_or("both") {
+        "sync" => vec![(true, None)],
+        "ttl" => vec![(false, None)],
+        "flood" => vec![(false, Some(true)), (false, Some(false))],
+        _ => vec![(false, None), (true, None)],
     };
-    println!("| mode | minutes | answers | 429 to callers | other errors | Get calls/min | List calls/min | 429 from upstream | staleness p50 (s) | staleness p99 (s) | answers ≤ interval+5 s | Get quota used |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for sync in modes {
-        let r = run(sync, minutes).await?;
+    println!("| mode | minutes | answers | 429 to callers | other errors | Get calls/min | List calls/min | 429 from upstream | staleness p50 (s) | staleness p99 (s) | answers ≤ interval+5 s | Get quota used | interactive wait p50 / p99 (s) | batch answers |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (sync, flood) in modes {
+        let r = run(sync, minutes, flood).await?;
         println!(
-            "| {} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.2}% (≤ {:.0} s) | {:.1}% |",
+            "| {} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.2}% (≤ {:.0} s) | {:.1}% | {:.3} / {:.3} | {} |",
             r.mode,
             r.minutes,
             r.answers,
@@ -246,7 +335,10 @@ async fn main() -> anyhow::Result<()> {
             r.p99,
             r.within * 100.0,
             r.bound,
-            r.get_quota_share * 100.0
+            r.get_quota_share * 100.0,
+            r.wait_p50,
+            r.wait_p99,
+            r.batch_served
         );
     }
     Ok(())

@@ -239,6 +239,15 @@ fn caller_rate_response(
             reason: "caller_rate",
         })
         .inc();
+    state
+        .metrics
+        .consumer_rejected
+        .get_or_create(&crate::metrics::ConsumerRejectLabels {
+            route: "any",
+            consumer: consumer.to_string(),
+            reason: "caller_rate",
+        })
+        .inc();
     let error = ApiError::Throttled {
         retry_after: wait,
         message: format!(

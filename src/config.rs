@@ -256,6 +256,8 @@ pub struct BudgetConfig {
     pub max_queue_per_consumer: usize,
     /// Slots of every window of the read routes that batch callers may not take.
     pub reserve: u32,
+    /// Weighted fair queuing between consumers (off: one queue, first come first served).
+    pub fair_queuing: bool,
     pub routes: BTreeMap<String, RouteQuotas>,
 }
 
@@ -291,6 +293,7 @@ impl Default for BudgetConfig {
             default_backoff: Duration::from_secs(10),
             max_queue_per_consumer: 250,
             reserve: 0,
+            fair_queuing: true,
             routes: BTreeMap::from([
                 ("get_incident".to_string(), quotas(100, 1500)),
                 ("list_incidents".to_string(), quotas(50, 1500)),

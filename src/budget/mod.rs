@@ -197,6 +197,8 @@ pub struct LocalBudget {
 
 struct RouteBudget {
     state: Mutex<State>,
+    /// `budget.fair_queuing`; when off, every call is one flow (first come, first served).
+    fair: bool,
     max_queue: usize,
     max_queue_per_flow: usize,
     default_backoff: Duration,
@@ -322,6 +324,7 @@ impl LocalBudget {
                     vtime: 0.0,
                     flows: HashMap::new(),
                 }),
+                fair: config.fair_queuing,
                 max_queue: config.max_queue,
                 max_queue_per_flow: config.max_queue_per_consumer,
                 default_backoff: config.default_backoff,
@@ -337,6 +340,13 @@ impl LocalBudget {
 
 impl RouteBudget {
     async fn acquire(&self, caller: &Caller, max_wait: Duration, slot: Option<&SlotWatch>) -> Result<Grant, Refusal> {
+        let fifo;
+        let caller = if self.fair {
+            caller
+        } else {
+            fifo = Caller::new("all", 1, Priority::Interactive);
+            &fifo
+        };
         let start = Instant::now();
         let publish = |state: SlotState| {
             if let Some(w) = slot {
