@@ -102,6 +102,35 @@ pub struct Answer {
     pub upstream_status: Option<u16>,
 }
 
+impl Answer {
+    /// An upstream answer passed to the caller as it came (`fwd` is `miss` or `request`).
+    pub fn forwarded(
+        status: StatusCode,
+        body: Bytes,
+        content_type: HeaderValue,
+        fwd: &'static str,
+        stored: bool,
+        budget: Option<(RouteKind, Vec<WindowStatus>)>,
+        queued: Duration,
+    ) -> Answer {
+        Answer {
+            status,
+            body,
+            content_type,
+            cache: CacheResult::Forwarded {
+                fwd,
+                status: status.as_u16(),
+                stored,
+                collapsed: false,
+            },
+            age: None,
+            budget,
+            queued,
+            upstream_status: Some(status.as_u16()),
+        }
+    }
+}
+
 /// An error answer, with the budget state to report alongside it.
 #[derive(Debug, Clone)]
 pub struct Failure {

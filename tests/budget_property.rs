@@ -263,6 +263,15 @@ mod fairness {
 
     const G: RouteKind = RouteKind::GetIncident;
 
+    /// A runtime on tokio's paused clock: simulated hours pass in milliseconds.
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
     fn budget(limit: u32, window: Duration) -> Arc<LocalBudget> {
         let mut cfg = BudgetConfig {
             safety_margin: Duration::ZERO,
@@ -284,11 +293,7 @@ mod fairness {
     /// Each consumer keeps `backlog` calls queued for `run` of simulated time; returns the grant
     /// times with the consumer index, in grant order.
     fn saturate(weights: &[u32], limit: u32, window: Duration, run: Duration, backlog: usize) -> Vec<(Instant, usize)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = paused_runtime();
         rt.block_on(async {
             let b = budget(limit, window);
             let end = Instant::now() + run;
@@ -356,11 +361,7 @@ mod fairness {
     /// even behind a heavy backlog.
     #[test]
     fn a_light_newcomer_goes_ahead_of_a_heavy_backlog() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = paused_runtime();
         rt.block_on(async {
             let b = budget(10, Duration::from_secs(1));
             let heavy = Caller::new("heavy", 1, Priority::Interactive);
@@ -386,11 +387,7 @@ mod fairness {
     /// Batch calls never take the last `reserve` slots of a window.
     #[test]
     fn batch_calls_leave_the_reserve_to_interactive_ones() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = paused_runtime();
         rt.block_on(async {
             let mut cfg = BudgetConfig {
                 safety_margin: Duration::ZERO,

@@ -230,31 +230,18 @@ impl Proxy {
             ttl,
             last_update,
         };
-        let answer = Answer {
-            status: entry.status,
-            body: entry.body.clone(),
-            content_type: entry.content_type.clone(),
-            cache: CacheResult::Forwarded {
-                fwd: if fk.forced { "request" } else { "miss" },
-                status,
-                stored: false,
-                collapsed: false,
-            },
-            age: None,
+        let (status, body, content_type) = (entry.status, entry.body.clone(), entry.content_type.clone());
+        let fwd = if fk.forced { "request" } else { "miss" };
+        let stored = self.ingest.fill(fk.key, entry, ticket) == Filled::Stored;
+        Ok(Answer::forwarded(
+            status,
+            body,
+            content_type,
+            fwd,
+            stored,
             budget,
-            queued: sent.queued,
-            upstream_status: Some(status),
-        };
-        let filled = self.ingest.fill(fk.key, entry, ticket);
-        Ok(Answer {
-            cache: CacheResult::Forwarded {
-                fwd: if fk.forced { "request" } else { "miss" },
-                status,
-                stored: filled == Filled::Stored,
-                collapsed: false,
-            },
-            ..answer
-        })
+            sent.queued,
+        ))
     }
 
     /// Any upstream answer other than 200/404 for a read or a write: throttling (the route is
@@ -298,21 +285,15 @@ impl Proxy {
                 ))),
             },
             // Other client errors (400, 403, ...) are the upstream's word on the request: pass them on.
-            _ => Ok(Answer {
-                status: resp.status,
-                content_type: resp.content_type.unwrap_or_else(json_content_type),
-                body: resp.body,
-                cache: CacheResult::Forwarded {
-                    fwd: "miss",
-                    status,
-                    stored: false,
-                    collapsed: false,
-                },
-                age: None,
+            _ => Ok(Answer::forwarded(
+                resp.status,
+                resp.body,
+                resp.content_type.unwrap_or_else(json_content_type),
+                "miss",
+                false,
                 budget,
-                queued: sent.queued,
-                upstream_status: Some(status),
-            }),
+                sent.queued,
+            )),
         }
     }
 }
