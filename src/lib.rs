@@ -19,12 +19,14 @@
 //! * [`sync`]: (optional) follows the List API's changes so cached incidents stay current.
 //!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
-//! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`], [`app`]
+//! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`] (diagnostic
+//! events), [`access_log`] (the per-request line, off the request path), [`app`]
 //! (build, serve, drain) and [`simulator`] (a faithful fake of Defender and Entra ID for the
 //! quick start, tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod api;
 pub mod app;
 pub mod auth;
