@@ -138,6 +138,25 @@ pub struct Ctx {
     pub directives: Directives,
     /// How long this caller accepts to wait for an upstream slot.
     pub wait: Duration,
+    /// The caller's place among the requests being worked on; given back when it starts waiting.
+    pub work: WorkPermit,
+}
+
+/// A place under `server.max_concurrency`, held while a request is worked on and released
+/// (for good) when it starts waiting for a budget slot or another caller's flight: the limit
+/// bounds work in progress, not waiting, so queued callers never hold up others.
+#[derive(Debug, Clone, Default)]
+pub struct WorkPermit(Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl WorkPermit {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> WorkPermit {
+        WorkPermit(Arc::new(parking_lot::Mutex::new(Some(permit))))
+    }
+
+    /// Gives the place back (idempotent).
+    pub fn release(&self) {
+        self.0.lock().take();
+    }
 }
 
 /// A servable entry's remaining freshness and its age (seconds since it was last known current).
@@ -294,7 +313,7 @@ impl Proxy {
     }
 
     /// A fresh cached answer the caller accepts, if any.
-    fn lookup(&self, key: &Key, directives: &Directives, now: Instant) -> Option<Answer> {
+    pub fn lookup(&self, key: &Key, directives: &Directives, now: Instant) -> Option<Answer> {
         if directives.no_cache {
             return None;
         }
@@ -347,6 +366,9 @@ impl Proxy {
             .join_or_start(fk.clone(), move || this.fetch_read(route, fk, leader_ctx));
         self.metrics
             .cache_lookup(kind, if joined { "collapsed" } else { "miss" });
+        if joined {
+            ctx.work.release();
+        }
         let mut outcome = work.await;
         if joined {
             if let Ok(Answer {
@@ -378,6 +400,7 @@ impl Proxy {
         // With an expired copy at hand, do not queue: serve it instead of waiting (stale-if-error).
         let stale = cached.filter(|e| self.freshness(&fk.key, e, now).is_none());
         let wait = if stale.is_some() { Duration::ZERO } else { ctx.wait };
+        ctx.work.release();
         let grant = match self.acquire(route, wait).await {
             Ok(g) => g,
             Err(failure) => {
@@ -541,6 +564,7 @@ impl Proxy {
         crate::target::validate_update(&body)?;
         let route = RouteKind::UpdateIncident;
         let key = Key::Incident(id);
+        ctx.work.release();
         let queued = self.acquire(route, ctx.wait).await?;
         let req = ctx.request(Method::PATCH, format!("/api/incidents/{id}"), Some(body));
         let result = self.call_upstream(route, &req, ctx.wait, false).await;
