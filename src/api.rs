@@ -18,6 +18,7 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, OnceLock,
@@ -132,10 +133,39 @@ struct HotPath {
     lookups: [[Counter; 2]; 2],
     /// `requests_total` by (address of the consumer's name, route index, status). The value keeps
     /// the name alive, so its address cannot be reused by another name after a reload.
-    requests: RwLock<HashMap<(usize, usize, u16), (Arc<String>, Counter)>>,
+    requests: RwLock<RequestCounters>,
     unauthenticated: Arc<String>,
     hit_status: Box<[OnceLock<HeaderValue>]>,
     seconds: Box<[OnceLock<HeaderValue>]>,
+}
+
+/// `requests_total` handles by (consumer name address, route index, status).
+type RequestCounters = HashMap<(usize, usize, u16), (Arc<String>, Counter), BuildHasherDefault<KeyHasher>>;
+
+/// A multiply-rotate hasher for the small integer keys of [`HotPath::requests`]: SipHash's
+/// resistance to chosen keys is not needed for keys made of configured consumers, and it costs
+/// more than the rest of the lookup.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
 }
 
 fn route_name(index: usize) -> &'static str {
@@ -163,7 +193,7 @@ impl HotPath {
                 [lookup("incident", "hit"), lookup("incident", "negative")],
                 [lookup("list", "hit"), lookup("list", "negative")],
             ],
-            requests: RwLock::new(HashMap::new()),
+            requests: RwLock::new(HashMap::default()),
             unauthenticated: Arc::new("unauthenticated".to_string()),
             hit_status: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
             seconds: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
@@ -277,9 +307,14 @@ where
     let id = request_id(req.headers());
     let id_str = id.to_str().unwrap_or_default();
     let method = req.method().clone();
-    // A span for diagnostic events at debug level only: at info it would cost more than a hit.
-    let span = tracing::debug_span!("request", request_id = id_str);
-    let mut done = dispatch(state, id_str, req).instrument(span).await;
+    // A span for diagnostic events at debug level only: at info it would cost more than a hit,
+    // and even a disabled one costs something to enter and leave at every poll.
+    let mut done = if tracing::enabled!(tracing::Level::DEBUG) {
+        let span = tracing::debug_span!("request", request_id = id_str);
+        dispatch(state, id_str, req, started).instrument(span).await
+    } else {
+        dispatch(state, id_str, req, started).await
+    };
     let status = done.resp.status().as_u16();
     let route = done.route.map_or(OTHER_ROUTE, RouteKind::index);
     let consumer = done.consumer.as_ref().unwrap_or(&state.hot.unauthenticated);
@@ -314,7 +349,7 @@ fn hit_key(target: &Target) -> Option<(Key, usize)> {
 }
 
 /// Authenticates, parses and runs one request.
-async fn dispatch<B>(state: &AppState, id: &str, req: http::Request<B>) -> Done
+async fn dispatch<B>(state: &AppState, id: &str, req: http::Request<B>, started: Instant) -> Done
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -349,24 +384,23 @@ where
         None
     };
     let directives = Directives::from_headers(req.headers());
-    let mut done = match hit_key(&target)
-        .and_then(|(key, kind)| Some((state.proxy.lookup(&key, &directives, Instant::now())?, kind)))
-    {
-        // A fresh hit needs no place under max_concurrency: it never waits behind other work.
-        Some((answer, kind)) => {
-            let negative = answer.status == StatusCode::NOT_FOUND;
-            state.hot.lookups[kind][usize::from(negative)].inc();
-            Done {
-                route: Some(route),
-                consumer: name,
-                cache: answer.cache.label(),
-                upstream_status: answer.upstream_status,
-                queued: answer.queued,
-                resp: answer_response(&state.hot, answer),
+    let mut done =
+        match hit_key(&target).and_then(|(key, kind)| Some((state.proxy.lookup(&key, &directives, started)?, kind))) {
+            // A fresh hit needs no place under max_concurrency: it never waits behind other work.
+            Some((answer, kind)) => {
+                let negative = answer.status == StatusCode::NOT_FOUND;
+                state.hot.lookups[kind][usize::from(negative)].inc();
+                Done {
+                    route: Some(route),
+                    consumer: name,
+                    cache: answer.cache.label(),
+                    upstream_status: answer.upstream_status,
+                    queued: answer.queued,
+                    resp: answer_response(&state.hot, answer),
+                }
             }
-        }
-        None => work(state, id, req, target, directives, preferred, name).await,
-    };
+            None => work(state, id, req, target, directives, preferred, name).await,
+        };
     if let Some(d) = preferred {
         let mut buf = itoa::Buffer::new();
         let v = format!("wait={}", buf.format(d.as_secs()));
@@ -490,7 +524,6 @@ fn answer_response(hot: &HotPath, answer: Answer) -> Response<ApiBody> {
     let mut resp = Response::new(Either::Left(Full::new(answer.body)));
     *resp.status_mut() = answer.status;
     let h = resp.headers_mut();
-    h.reserve(6);
     h.insert(header::CONTENT_TYPE, answer.content_type);
     if let Some(v) = hot.cache_status(&answer.cache) {
         h.insert(CACHE_STATUS.clone(), v);
