@@ -74,7 +74,11 @@ async fn router_fixture() -> RouterFixture {
     )
     .await
     .expect("simulator starts");
-    let app = Application::build(demo.config.clone()).await.expect("proxy builds");
+    // The default access log stays on (it is part of a hit's cost) but writes to io::sink: on
+    // stdout it would put hundreds of MB into criterion's output.
+    let app = Application::build_with_access_log(demo.config.clone(), Box::new(std::io::sink()))
+        .await
+        .expect("proxy builds");
     let router = app.api_router();
     let authorization = format!("Bearer {}", demo.key);
     let fixture = RouterFixture {
