@@ -4,6 +4,8 @@
   warm     GET every id of a range once over a few keep-alive connections (fills a cache).
   burst    open N connections first, then send one request on each at the same moment.
   startup  spawn a server command several times; time from spawn to its first 200.
+  hits     send N requests for one URL, one after another, on one keep-alive connection
+           (bench/callgrind.sh: an exact request count, unlike wrk's timed runs).
 
 Each prints one JSON object on stdout.
 """
@@ -189,6 +191,28 @@ def startup(args) -> dict:
     }
 
 
+def hits(args) -> dict:
+    url = urlsplit(args.url)
+    req = request_bytes(url.netloc, url.path, args.key)
+    statuses = {}
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        f = sock.makefile("rb")
+        for _ in range(args.n):
+            sock.sendall(req)
+            status = int(f.readline().split(b" ", 2)[1])
+            length = 0
+            while True:
+                line = f.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            f.read(length)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return {"requests": args.n, "statuses": statuses}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -202,6 +226,10 @@ def main() -> None:
     b.add_argument("--key", default="")
     b.add_argument("-n", type=int, default=1000)
     b.add_argument("--timeout", type=float, default=30.0)
+    h = sub.add_parser("hits")
+    h.add_argument("--url", required=True)
+    h.add_argument("--key", default="")
+    h.add_argument("-n", type=int, default=1000)
     s = sub.add_parser("startup")
     s.add_argument("--url", required=True, help="polled until it answers 200")
     s.add_argument("--ready-url", help="also note when this one first answers 200")
@@ -215,6 +243,8 @@ def main() -> None:
         out = asyncio.run(warm(args))
     elif args.cmd == "burst":
         out = asyncio.run(burst(args))
+    elif args.cmd == "hits":
+        out = hits(args)
     else:
         if args.command and args.command[0] == "--":
             args.command = args.command[1:]

@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the pieces every request goes through: a cache hit through the whole
 //! API router (in process, no sockets), the budget's admit decision (the ledger alone, and
 //! `LocalBudget::acquire` uncontended and with two threads contending), incident id and request
-//! target parsing, and the OData `$filter` parser.
+//! target parsing, the OData `$filter` parser, and one access-log line (formatted alone, and
+//! formatted and queued for the writer thread).
 //!
 //! Inputs are generated from fixed seeds so every run measures the same work. Measurement times
 //! are short on purpose: the whole file runs in a few minutes on two shared cores.
@@ -18,8 +19,9 @@ use std::{
 use axum::{body::Body, Router};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use defender_proxy::{
+    access_log,
     budget::{Budget, Caller, Ledger, LocalBudget, Priority, Quota},
-    config::{BudgetConfig, Config, QuotaConfig, RouteQuotas},
+    config::{BudgetConfig, Config, QuotaConfig, RouteQuotas, TelemetryConfig},
     demo,
     odata::ListQuery,
     route::RouteKind,
@@ -28,6 +30,7 @@ use defender_proxy::{
 };
 use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt as _;
+use prometheus_client::metrics::counter::Counter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tower::ServiceExt as _;
@@ -71,7 +74,11 @@ async fn router_fixture() -> RouterFixture {
     )
     .await
     .expect("simulator starts");
-    let app = Application::build(demo.config.clone()).await.expect("proxy builds");
+    // The default access log stays on (it is part of a hit's cost) but writes to io::sink: on
+    // stdout it would put hundreds of MB into criterion's output.
+    let app = Application::build_with_access_log(demo.config.clone(), Box::new(std::io::sink()))
+        .await
+        .expect("proxy builds");
     let router = app.api_router();
     let authorization = format!("Bearer {}", demo.key);
     let fixture = RouterFixture {
@@ -396,9 +403,52 @@ fn bench_parsing(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Access log: one request's line.
+
+fn access_log_line() -> access_log::Line<'static> {
+    access_log::Line {
+        request_id: "7f0c1e64-2b8e-4c35-9a53-0d0e1f7b9c11",
+        method: "GET",
+        route: "get_incident",
+        consumer: "soar",
+        tenant: None,
+        cache: "hit",
+        status: 200,
+        upstream_status: None,
+        queued: Duration::ZERO,
+        duration: Duration::from_micros(23),
+    }
+}
+
+fn bench_access_log(c: &mut Criterion) {
+    let mut group = c.benchmark_group("access_log");
+    group.throughput(Throughput::Elements(1));
+    let line = access_log_line();
+    let mut buf = Vec::with_capacity(512);
+    group.bench_function("format_line", |b| {
+        b.iter(|| {
+            buf.clear();
+            access_log::format_line(&mut buf, black_box(&line), std::time::SystemTime::now());
+            black_box(buf.len())
+        });
+    });
+    // Formatting plus the copy into the shared buffer; the writer thread empties it into
+    // io::sink, so nothing is dropped for lack of room.
+    let log = access_log::AccessLog::new(
+        &TelemetryConfig::default(),
+        Box::new(std::io::sink()),
+        Counter::default(),
+        Counter::default(),
+    )
+    .expect("writer thread starts");
+    group.bench_function("record", |b| b.iter(|| log.record(black_box(&line))));
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = bench_router, bench_budget, bench_parsing
+    targets = bench_router, bench_budget, bench_parsing, bench_access_log
 }
 criterion_main!(benches);

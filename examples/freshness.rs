@@ -96,6 +96,8 @@ async fn run(sync: bool, minutes: f64, flood: Option<bool>) -> anyhow::Result<Ro
             },
         );
     }
+    // Its stdout is the report (a Markdown table): no access-log lines in it.
+    config.telemetry.access_log = false;
     let interval = config.sync.interval;
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse()?).await?;
     let sim = demo.simulator.clone();

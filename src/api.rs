@@ -1,15 +1,27 @@
 //! HTTP in and out: turns a request into a call on [`Proxy`] and its outcome into a response.
 //!
 //! Order per request: request id, authentication (before anything is looked up, so a cached
-//! incident is never shown to an unknown caller), route parsing, rights, then the proxy. Every
-//! answer carries `X-Request-Id` and `Cache-Status`; answers that involved the budget carry
-//! `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers). The admin router
-//! serves `/metrics`, `/livez` and `/readyz` on its own listener.
+//! incident is never shown to an unknown caller), route parsing, rights, then a fresh cache hit if
+//! there is one, else the proxy. Every answer carries `X-Request-Id` and `Cache-Status`; answers
+//! that involved the budget carry `RateLimit-Policy` and `RateLimit`
+//! (draft-ietf-httpapi-ratelimit-headers). The admin router serves `/metrics`, `/livez` and
+//! `/readyz` on its own listener.
+//!
+//! The cache hit is the hot path, and it is kept as cheap as a bare server's: the API listener is
+//! served by [`handle`] directly (no router or tower layers), its headers and metric handles are
+//! made once and reused, and its access-log line goes through [`crate::access_log`].
+//!
+//! `server.max_concurrency` bounds work in progress, not waiting: a fresh hit is answered without
+//! taking a place; other requests read their body (within `server.body_read_timeout`), then take
+//! a place (waiting at most `server.max_concurrency_wait`, else 503), and the proxy gives it back
+//! as soon as they start waiting for a budget slot or for another caller's upstream call.
 
 use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -19,20 +31,28 @@ use axum::{
     extract::{Request, State},
     response::{IntoResponse, Response},
     routing::get,
-    Router,
+    BoxError, Router,
 };
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
 use parking_lot::RwLock;
-use tokio::time::Instant;
-use tracing::{field::Empty, Instrument};
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+use tracing::Instrument;
 
 use crate::{
+    access_log::{AccessLog, Line},
     auth::Consumers,
     budget::{binding, WindowStatus},
+    cache::Key,
     error::ApiError,
-    metrics::{RequestLabels, RouteLabels, WindowLabels},
-    proxy::{Answer, Ctx, Failure, Proxy},
+    metrics::{CacheLabels, RejectLabels, RequestLabels, RouteLabels, WindowLabels},
+    odata::ListQuery,
+    proxy::{Answer, CacheResult, Ctx, Failure, Proxy, WorkPermit},
     route::RouteKind,
     target::{self, Directives, Target},
     Metrics,
@@ -40,6 +60,16 @@ use crate::{
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static PREFER: HeaderName = HeaderName::from_static("prefer");
+
+/// The body of API answers: cached bytes as they are, or anything else (error envelopes).
+pub type ApiBody = Either<Full<Bytes>, Body>;
+
+/// Seconds up to which `Cache-Status: ...; ttl=N` and `Age: N` values are made once and reused.
+const PRECOMPUTED_SECONDS: usize = 4096;
+/// Metric index of requests that matched no route.
+const OTHER_ROUTE: usize = RouteKind::ALL.len();
 
 /// What the handlers share.
 pub struct AppState {
@@ -52,20 +82,172 @@ pub struct AppState {
     pub max_wait: Duration,
     pub max_wait_cap: Duration,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// Places for requests being worked on (`server.max_concurrency`).
+    pub work: Arc<Semaphore>,
+    pub max_concurrency_wait: Duration,
+    pub access_log: Arc<AccessLog>,
     /// False from the moment shutdown starts.
     pub accepting: AtomicBool,
+    hot: HotPath,
 }
 
-/// The API listener's router: every path goes through [`handle`], which knows the routes.
-pub fn api_router(state: Arc<AppState>, max_concurrency: usize) -> Router {
-    Router::new()
-        .fallback(handle)
-        .with_state(state)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_concurrency))
-        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-        ]))
+/// Settings of [`AppState`] that come from the configuration.
+pub struct Limits {
+    pub max_wait: Duration,
+    pub max_wait_cap: Duration,
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    pub max_concurrency: usize,
+    pub max_concurrency_wait: Duration,
+}
+
+impl AppState {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        sync: Option<Arc<crate::sync::SyncState>>,
+        consumers: Consumers,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        access_log: Arc<AccessLog>,
+    ) -> AppState {
+        AppState {
+            proxy,
+            sync,
+            consumers: RwLock::new(Arc::new(consumers)),
+            hot: HotPath::new(&metrics),
+            metrics,
+            max_wait: limits.max_wait,
+            max_wait_cap: limits.max_wait_cap,
+            max_body_bytes: limits.max_body_bytes,
+            body_read_timeout: limits.body_read_timeout,
+            work: Arc::new(Semaphore::new(limits.max_concurrency)),
+            max_concurrency_wait: limits.max_concurrency_wait,
+            access_log,
+            accepting: true.into(),
+        }
+    }
+}
+
+/// Everything per request that can be made once: metric handles (no label hashing per request)
+/// and header values.
+struct HotPath {
+    durations: Vec<Histogram>,
+    /// `cache_lookups_total` for [incident, list] x [hit, negative].
+    lookups: [[Counter; 2]; 2],
+    /// `requests_total` by (address of the consumer's name, route index, status). The value keeps
+    /// the name alive, so its address cannot be reused by another name after a reload.
+    requests: RwLock<RequestCounters>,
+    unauthenticated: Arc<String>,
+    hit_status: Box<[OnceLock<HeaderValue>]>,
+    seconds: Box<[OnceLock<HeaderValue>]>,
+}
+
+/// `requests_total` handles by (consumer name address, route index, status).
+type RequestCounters = HashMap<(usize, usize, u16), (Arc<String>, Counter), BuildHasherDefault<KeyHasher>>;
+
+/// A multiply-rotate hasher for the small integer keys of [`HotPath::requests`]: SipHash's
+/// resistance to chosen keys is not needed for keys made of configured consumers, and it costs
+/// more than the rest of the lookup.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+}
+
+fn route_name(index: usize) -> &'static str {
+    RouteKind::ALL.get(index).map_or("other", |r| r.name())
+}
+
+impl HotPath {
+    fn new(metrics: &Metrics) -> HotPath {
+        let lookup = |kind, result| {
+            metrics
+                .cache_lookups
+                .get_or_create(&CacheLabels { kind, result })
+                .clone()
+        };
+        HotPath {
+            durations: (0..=OTHER_ROUTE)
+                .map(|i| {
+                    metrics
+                        .request_duration
+                        .get_or_create(&RouteLabels { route: route_name(i) })
+                        .clone()
+                })
+                .collect(),
+            lookups: [
+                [lookup("incident", "hit"), lookup("incident", "negative")],
+                [lookup("list", "hit"), lookup("list", "negative")],
+            ],
+            requests: RwLock::new(HashMap::default()),
+            unauthenticated: Arc::new("unauthenticated".to_string()),
+            hit_status: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
+            seconds: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn count_request(&self, metrics: &Metrics, consumer: &Arc<String>, route: usize, status: u16) {
+        let key = (Arc::as_ptr(consumer) as usize, route, status);
+        if let Some((_, c)) = self.requests.read().get(&key) {
+            c.inc();
+            return;
+        }
+        let counter = metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route_name(route),
+                status,
+                consumer: consumer.clone(),
+            })
+            .clone();
+        counter.inc();
+        self.requests.write().insert(key, (consumer.clone(), counter));
+    }
+
+    fn cache_status(&self, cache: &CacheResult) -> Option<HeaderValue> {
+        match cache {
+            CacheResult::Hit { ttl } if (*ttl as usize) < PRECOMPUTED_SECONDS => Some(
+                self.hit_status[*ttl as usize]
+                    .get_or_init(|| HeaderValue::try_from(cache.header()).expect("ASCII"))
+                    .clone(),
+            ),
+            other => HeaderValue::try_from(other.header()).ok(),
+        }
+    }
+
+    fn seconds(&self, secs: u64) -> HeaderValue {
+        match self.seconds.get(secs as usize) {
+            Some(cell) => cell.get_or_init(|| HeaderValue::from(secs)).clone(),
+            None => HeaderValue::from(secs),
+        }
+    }
+}
+
+/// The API listener's router, for driving requests in process (benchmarks, tests); the listener
+/// itself serves [`handle`] directly.
+pub fn api_router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(move |req: Request| {
+        let state = state.clone();
+        async move { handle(&state, req).await.map(Body::new) }
+    })
 }
 
 /// The admin listener's router.
@@ -78,148 +260,253 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
 }
 
 /// Takes a caller's request id if it is sane (visible ASCII, at most 128 bytes), else makes one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let started = Instant::now();
-    let id = request_id(req.headers());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %req.method(),
-        route = Empty,
-        consumer = Empty,
-        cache = Empty,
-        upstream_status = Empty,
-        queued_ms = Empty,
-    );
-    async move {
-        let (route, consumer, mut resp) = dispatch(&state, &id, req).await;
-        let status = resp.status().as_u16();
-        let route_name = route.map_or("other", RouteKind::name);
-        let consumer = consumer.unwrap_or_else(|| Arc::new("unauthenticated".to_string()));
-        state
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route_name,
-                status,
-                consumer,
-            })
-            .inc();
-        state
-            .metrics
-            .request_duration
-            .get_or_create(&RouteLabels { route: route_name })
-            .observe(started.elapsed().as_secs_f64());
-        if let Ok(v) = HeaderValue::try_from(id.as_str()) {
-            resp.headers_mut().insert(REQUEST_ID.clone(), v);
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
+            return v.clone();
         }
-        tracing::info!(
-            status,
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request finished"
-        );
-        resp
     }
-    .instrument(span)
-    .await
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 
-/// Authenticates, parses and runs one request; returns what metrics need to label it.
-async fn dispatch(state: &AppState, id: &str, req: Request) -> (Option<RouteKind>, Option<Arc<String>>, Response) {
-    let span = tracing::Span::current();
-    let consumers = state.consumers.read().clone();
-    let consumer = match consumers.authenticate(req.headers()) {
+/// How a request ended, for the response, the metrics and the access log.
+struct Done {
+    route: Option<RouteKind>,
+    consumer: Option<Arc<String>>,
+    resp: Response<ApiBody>,
+    cache: &'static str,
+    upstream_status: Option<u16>,
+    queued: Duration,
+}
+
+impl Done {
+    fn refused(route: Option<RouteKind>, consumer: Option<Arc<String>>, resp: Response<ApiBody>) -> Done {
+        Done {
+            route,
+            consumer,
+            resp,
+            cache: "none",
+            upstream_status: None,
+            queued: Duration::ZERO,
+        }
+    }
+}
+
+/// Serves one API request (any body type: hyper's on the listener, axum's in process).
+pub async fn handle<B>(state: &Arc<AppState>, mut req: http::Request<B>) -> Response<ApiBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    // Keys never show in a Debug rendering of the headers.
+    for name in [&header::AUTHORIZATION, &X_API_KEY] {
+        if let Some(v) = req.headers_mut().get_mut(name) {
+            v.set_sensitive(true);
+        }
+    }
+    let id = request_id(req.headers());
+    let id_str = id.to_str().unwrap_or_default();
+    let method = req.method().clone();
+    // A span for diagnostic events at debug level only: at info it would cost more than a hit,
+    // and even a disabled one costs something to enter and leave at every poll.
+    let mut done = if tracing::enabled!(tracing::Level::DEBUG) {
+        let span = tracing::debug_span!("request", request_id = id_str);
+        dispatch(state, id_str, req, started).instrument(span).await
+    } else {
+        dispatch(state, id_str, req, started).await
+    };
+    let status = done.resp.status().as_u16();
+    let route = done.route.map_or(OTHER_ROUTE, RouteKind::index);
+    let consumer = done.consumer.as_ref().unwrap_or(&state.hot.unauthenticated);
+    state.hot.count_request(&state.metrics, consumer, route, status);
+    let elapsed = started.elapsed();
+    state.hot.durations[route].observe(elapsed.as_secs_f64());
+    state.access_log.record(&Line {
+        request_id: id_str,
+        method: method.as_str(),
+        route: route_name(route),
+        consumer: consumer.as_str(),
+        tenant: None,
+        cache: done.cache,
+        status,
+        upstream_status: done.upstream_status,
+        queued: done.queued,
+        duration: elapsed,
+    });
+    done.resp.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    done.resp
+}
+
+/// The cache key a fresh hit for `target` would be stored under, and its metrics kind (0 for
+/// incidents, 1 for lists); the same keys [`Proxy`] reads and stores. `None` for writes, and for
+/// list queries that do not parse (the proxy answers those with 400).
+fn hit_key(target: &Target) -> Option<(Key, usize)> {
+    match target {
+        Target::GetIncident(id) => Some((Key::Incident(*id), 0)),
+        Target::ListIncidents(raw) => ListQuery::parse(raw).ok().map(|q| (Key::List(q.canonical().into()), 1)),
+        Target::UpdateIncident(_) => None,
+    }
+}
+
+/// Authenticates, parses and runs one request.
+async fn dispatch<B>(state: &AppState, id: &str, req: http::Request<B>, started: Instant) -> Done
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let consumer = match state.consumers.read().authenticate(req.headers()) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(reason = %e, "caller not authenticated");
-            return (None, None, error_response(ApiError::Unauthenticated.into(), id));
+            return Done::refused(None, None, error_response(ApiError::Unauthenticated.into(), id));
         }
     };
-    span.record("consumer", consumer.name.as_str());
     let name = Some(consumer.name.clone());
     if let Some(rate) = &consumer.rate {
         if let Err(wait) = rate.check() {
-            return (None, name, caller_rate_response(state, &consumer.name, rate, wait, id));
+            return Done::refused(None, name, caller_rate_response(state, &consumer.name, rate, wait, id));
         }
     }
     let target = match target::parse(req.method(), req.uri().path(), req.uri().query()) {
         Ok(t) => t,
-        Err(e) => return (None, name, error_response(e.into(), id)),
+        Err(e) => return Done::refused(None, name, error_response(e.into(), id)),
     };
     let route = target.route();
-    span.record("route", route.name());
     let spec = route.spec();
+    let refused = |what| {
+        let e = ApiError::Forbidden(consumer.name.as_str().into(), what);
+        Done::refused(Some(route), name.clone(), error_response(e.into(), id))
+    };
     if spec.writes && !consumer.write {
-        return (
-            Some(route),
-            name,
-            error_response(
-                ApiError::Forbidden(consumer.name.as_str().into(), "update incidents").into(),
-                id,
-            ),
-        );
+        return refused("update incidents");
     }
     if !spec.writes && !consumer.read {
-        return (
-            Some(route),
-            name,
-            error_response(
-                ApiError::Forbidden(consumer.name.as_str().into(), "read incidents").into(),
-                id,
-            ),
-        );
+        return refused("read incidents");
     }
-    let preferred = target::preferred_wait(req.headers(), state.max_wait_cap);
+    let preferred = if req.headers().contains_key(&PREFER) {
+        target::preferred_wait(req.headers(), state.max_wait_cap)
+    } else {
+        None
+    };
+    let directives = Directives::from_headers(req.headers());
+    let mut done =
+        match hit_key(&target).and_then(|(key, kind)| Some((state.proxy.lookup(&key, &directives, started)?, kind))) {
+            // A fresh hit needs no place under max_concurrency: it never waits behind other work.
+            Some((answer, kind)) => {
+                let negative = answer.status == StatusCode::NOT_FOUND;
+                state.hot.lookups[kind][usize::from(negative)].inc();
+                Done {
+                    route: Some(route),
+                    consumer: name,
+                    cache: answer.cache.label(),
+                    upstream_status: answer.upstream_status,
+                    queued: answer.queued,
+                    resp: answer_response(&state.hot, answer),
+                }
+            }
+            None => work(state, id, req, target, directives, preferred, &consumer).await,
+        };
+    if let Some(d) = preferred {
+        let mut buf = itoa::Buffer::new();
+        let v = format!("wait={}", buf.format(d.as_secs()));
+        if let Ok(v) = HeaderValue::try_from(v) {
+            done.resp.headers_mut().insert("preference-applied", v);
+        }
+    }
+    done
+}
+
+/// Everything but a fresh hit: body, a place under max_concurrency, then the proxy.
+async fn work<B>(
+    state: &AppState,
+    id: &str,
+    req: http::Request<B>,
+    target: Target,
+    directives: Directives,
+    preferred: Option<Duration>,
+    consumer: &crate::auth::Consumer,
+) -> Done
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let route = target.route();
+    let name = Some(consumer.name.clone());
     let mut caller = consumer.caller.clone();
     if target::prefers_batch(req.headers()) {
         // A caller may lower its own priority, never raise it.
         caller.priority = crate::budget::Priority::Batch;
     }
+    // The body first: waiting for a client is not work, so it takes no place.
+    let body = match target {
+        Target::UpdateIncident(_) => match read_json_body(req, state.max_body_bytes, state.body_read_timeout).await {
+            Ok(b) => Some(b),
+            Err(e) => return Done::refused(Some(route), name, error_response(e.into(), id)),
+        },
+        _ => None,
+    };
+    let permit = match take_place(state).await {
+        Ok(p) => p,
+        Err(e) => {
+            state
+                .metrics
+                .rejected
+                .get_or_create(&RejectLabels {
+                    route: route.name(),
+                    reason: "overloaded",
+                })
+                .inc();
+            return Done::refused(Some(route), name, error_response(e.into(), id));
+        }
+    };
     let ctx = Ctx {
         request_id: id.to_string(),
         caller,
-        directives: Directives::from_headers(req.headers()),
+        directives,
         wait: preferred.unwrap_or(state.max_wait),
+        work: WorkPermit::new(permit),
     };
     let outcome = match target {
         Target::GetIncident(incident) => state.proxy.get_incident(incident, ctx).await,
         Target::ListIncidents(query) => state.proxy.list_incidents(&query, ctx).await,
-        Target::UpdateIncident(incident) => match read_json_body(req, state.max_body_bytes).await {
-            Ok(body) => state.proxy.update_incident(incident, body, ctx).await,
-            Err(e) => Err(e.into()),
+        Target::UpdateIncident(incident) => {
+            let body = body.expect("read above for updates");
+            state.proxy.update_incident(incident, body, ctx).await
+        }
+    };
+    match outcome {
+        Ok(answer) => Done {
+            route: Some(route),
+            consumer: name,
+            cache: answer.cache.label(),
+            upstream_status: answer.upstream_status,
+            queued: answer.queued,
+            resp: answer_response(&state.hot, answer),
         },
-    };
-    let mut resp = match outcome {
-        Ok(answer) => {
-            span.record("cache", answer.cache.label());
-            if let Some(s) = answer.upstream_status {
-                span.record("upstream_status", s);
-            }
-            span.record("queued_ms", answer.queued.as_millis() as u64);
-            answer_response(answer)
-        }
-        Err(failure) => {
-            if let Some(s) = failure.upstream_status {
-                span.record("upstream_status", s);
-            }
-            error_response(failure, id)
-        }
-    };
-    if let Some(d) = preferred {
-        if let Ok(v) = HeaderValue::try_from(format!("wait={}", d.as_secs())) {
-            resp.headers_mut().insert("preference-applied", v);
-        }
+        Err(failure) => Done {
+            route: Some(route),
+            consumer: name,
+            cache: "none",
+            upstream_status: failure.upstream_status,
+            queued: Duration::ZERO,
+            resp: error_response(failure, id),
+        },
     }
-    (Some(route), name, resp)
+}
+
+/// A place under `server.max_concurrency`, waiting at most `server.max_concurrency_wait`.
+async fn take_place(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    if let Ok(p) = state.work.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    match tokio::time::timeout(state.max_concurrency_wait, state.work.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(ApiError::Overloaded),
+    }
 }
 
 /// 429 for a consumer over its own request-rate ceiling, with `RateLimit` headers describing that
@@ -230,11 +517,11 @@ fn caller_rate_response(
     rate: &crate::auth::CallerRate,
     wait: Duration,
     id: &str,
-) -> Response {
+) -> Response<ApiBody> {
     state
         .metrics
         .rejected
-        .get_or_create(&crate::metrics::RejectLabels {
+        .get_or_create(&RejectLabels {
             route: "any",
             reason: "caller_rate",
         })
@@ -268,8 +555,13 @@ fn caller_rate_response(
     resp
 }
 
-/// PATCH bodies: JSON only, bounded in size; nothing is spent on a body we would refuse.
-async fn read_json_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+/// PATCH bodies: JSON only, bounded in size and in time; nothing is spent on a body we would
+/// refuse, nor on one that does not arrive.
+async fn read_json_body<B>(req: http::Request<B>, limit: usize, timeout: Duration) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -280,23 +572,24 @@ async fn read_json_body(req: Request, limit: usize) -> Result<bytes::Bytes, ApiE
         return Err(ApiError::UnsupportedMediaType);
     }
     let limited = http_body_util::Limited::new(req.into_body(), limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
-        Err(_) => Err(ApiError::bad_request("the request body could not be read")),
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::RequestTimeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge(limit)),
+        Ok(Err(_)) => Err(ApiError::bad_request("the request body could not be read")),
     }
 }
 
-fn answer_response(answer: Answer) -> Response {
-    let mut resp = Response::new(Body::from(answer.body));
+fn answer_response(hot: &HotPath, answer: Answer) -> Response<ApiBody> {
+    let mut resp = Response::new(Either::Left(Full::new(answer.body)));
     *resp.status_mut() = answer.status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, answer.content_type);
-    if let Ok(v) = HeaderValue::try_from(answer.cache.header()) {
+    if let Some(v) = hot.cache_status(&answer.cache) {
         h.insert(CACHE_STATUS.clone(), v);
     }
     if let Some(age) = answer.age {
-        h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+        h.insert(header::AGE, hot.seconds(age.as_secs()));
     }
     if let Some((route, windows)) = &answer.budget {
         rate_limit_headers(h, *route, windows);
@@ -304,7 +597,7 @@ fn answer_response(answer: Answer) -> Response {
     resp
 }
 
-fn error_response(failure: Failure, id: &str) -> Response {
+fn error_response(failure: Failure, id: &str) -> Response<ApiBody> {
     let cache = failure.cache();
     let mut resp = failure.error.into_response_with_target(id);
     let h = resp.headers_mut();
@@ -314,7 +607,7 @@ fn error_response(failure: Failure, id: &str) -> Response {
     if let Some((route, windows)) = &failure.budget {
         rate_limit_headers(h, *route, windows);
     }
-    resp
+    resp.map(Either::Right)
 }
 
 /// `RateLimit-Policy` lists every quota of the route; `RateLimit` reports the one that binds.

@@ -7,26 +7,26 @@
 //!
 //! Connections are served by hyper's HTTP/1 builder with a timer and a header-read timeout: a
 //! plain `axum::serve` has none, and one slow client per socket could hold the proxy hostage.
+//! The API listener serves [`api::handle`] through a plain `service_fn` (a router and tower layers
+//! would cost a cache hit more than they do for it); the admin listener keeps its axum router.
 
 use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
+    convert::Infallible, future::Future, io::Write, net::SocketAddr, sync::atomic::Ordering, sync::Arc, time::Duration,
 };
 
 use anyhow::Context as _;
-use axum::Router;
+use axum::{BoxError, Router};
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use parking_lot::RwLock;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    api::{self, AppState},
+    access_log::AccessLog,
+    api::{self, AppState, Limits},
     auth::Consumers,
     budget::{Budget, LocalBudget},
     cache::{Confirmations, MokaStore, Store},
@@ -40,6 +40,9 @@ use crate::{
     Metrics,
 };
 
+/// How long shutdown waits for the access log to write its last lines.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
+
 /// A built proxy, listeners bound, not yet serving.
 pub struct Application {
     config: Config,
@@ -51,8 +54,23 @@ pub struct Application {
 }
 
 impl Application {
+    /// Builds the proxy with its access log on stdout.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with_access_log(config, Box::new(std::io::stdout())).await
+    }
+
+    /// Builds the proxy with its access log written to `sink` (tests capture it this way).
+    pub async fn build_with_access_log(config: Config, sink: Box<dyn Write + Send>) -> anyhow::Result<Application> {
         let metrics = Arc::new(Metrics::new());
+        let access_log = Arc::new(
+            AccessLog::new(
+                &config.telemetry,
+                sink,
+                metrics.access_log_lines.clone(),
+                metrics.access_log_dropped.clone(),
+            )
+            .context("access log")?,
+        );
         let tokens = TokenSource::from_config(&config.token).context("upstream token")?;
         let upstream = Upstream::new(&config.upstream, tokens).context("upstream client")?;
         let confirmations = config
@@ -89,16 +107,15 @@ impl Application {
                 "auth.allow_anonymous is true: anyone who can reach the proxy can read and update every incident"
             );
         }
-        let state = Arc::new(AppState {
-            proxy,
-            sync,
-            consumers: RwLock::new(Arc::new(consumers)),
-            metrics,
+        let limits = Limits {
             max_wait: config.budget.max_wait,
             max_wait_cap: config.budget.max_wait_cap,
             max_body_bytes: config.server.max_body_bytes,
-            accepting: true.into(),
-        });
+            body_read_timeout: config.server.body_read_timeout,
+            max_concurrency: config.server.max_concurrency,
+            max_concurrency_wait: config.server.max_concurrency_wait,
+        };
+        let state = Arc::new(AppState::new(proxy, sync, consumers, metrics, limits, access_log));
         let api = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on server.listen = {}", config.server.listen))?;
@@ -125,7 +142,7 @@ impl Application {
 
     /// The API router, for driving requests in process (benchmarks) without sockets.
     pub fn api_router(&self) -> Router {
-        api::api_router(self.state.clone(), self.config.server.max_concurrency)
+        api::api_router(self.state.clone())
     }
 
     /// A handle for reloading consumers (SIGHUP) while running.
@@ -149,17 +166,16 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;
         let grace = config.server.grace_period;
-        let api_task = tokio::spawn(serve(
-            api,
-            api::api_router(state.clone(), config.server.max_concurrency),
-            header_timeout,
-            stop_rx.clone(),
-            grace,
-        ));
+        let api_state = state.clone();
+        let api_service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let state = api_state.clone();
+            async move { Ok::<_, Infallible>(api::handle(&state, req).await) }
+        });
+        let api_task = tokio::spawn(serve(api, api_service, header_timeout, stop_rx.clone(), grace));
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(serve(
             admin,
-            api::admin_router(state.clone()),
+            TowerToHyperService::new(api::admin_router(state.clone())),
             header_timeout,
             admin_stop_rx,
             grace,
@@ -185,19 +201,33 @@ impl Application {
         for task in [refresher, syncer].into_iter().flatten() {
             task.abort();
         }
+        let log = state.access_log.clone();
+        let flushed = tokio::task::spawn_blocking(move || log.flush(ACCESS_LOG_FLUSH))
+            .await
+            .unwrap_or(false);
+        if !flushed {
+            tracing::warn!("the access log's last lines could not be written in time");
+        }
         tracing::info!("stopped");
         Ok(())
     }
 }
 
 /// Accepts connections until told to stop, then waits up to `grace` for open ones to finish.
-async fn serve(
+async fn serve<S, B>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     header_read_timeout: Duration,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-) {
+) where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -216,7 +246,7 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+                let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

@@ -38,6 +38,13 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_concurrency: usize,
+    /// How long a request that needs work (not a fresh cache hit) waits for one of the
+    /// `max_concurrency` places before it gets 503 with `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub max_concurrency_wait: Duration,
+    /// A request body (PATCH) must arrive within this time, else 408 and no quota is spent.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
 }
@@ -50,6 +57,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
             max_concurrency: 1024,
+            max_concurrency_wait: Duration::from_secs(1),
+            body_read_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(20),
         }
     }
@@ -350,6 +359,13 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
     pub log_level: String,
+    /// One JSON line per API request on stdout (the fast path of [`crate::access_log`]).
+    pub access_log: bool,
+    /// Share of successful requests that get a line (errors always do): 0.0 to 1.0.
+    pub access_log_sample: f64,
+    /// Bytes of lines waiting for the writer thread at most; beyond that lines are dropped and
+    /// counted, never waited for.
+    pub access_log_buffer: usize,
 }
 
 impl Default for TelemetryConfig {
@@ -357,6 +373,9 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             log_format: LogFormat::Json,
             log_level: "info".into(),
+            access_log: true,
+            access_log_sample: 1.0,
+            access_log_buffer: 1024 * 1024,
         }
     }
 }
@@ -438,6 +457,7 @@ impl Config {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.timeout", self.upstream.timeout),
             ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.body_read_timeout", self.server.body_read_timeout),
             ("budget.default_backoff", self.budget.default_backoff),
         ] {
             if d.is_zero() {
@@ -612,6 +632,12 @@ impl Config {
                 return Err(invalid("sync.max_lag", "must be at least sync.interval"));
             }
         }
+        if !(0.0..=1.0).contains(&self.telemetry.access_log_sample) {
+            return Err(invalid("telemetry.access_log_sample", "must be between 0.0 and 1.0"));
+        }
+        if self.telemetry.access_log_buffer < 4096 {
+            return Err(invalid("telemetry.access_log_buffer", "must be at least 4096 bytes"));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
             return Err(invalid("telemetry.log_level", "not a valid tracing filter"));
         }
@@ -659,6 +685,22 @@ mod tests {
         assert!(err.contains("upstream.base_url"), "{err}");
         let err = Config::from_toml("").unwrap_err().to_string();
         assert!(err.contains("token.tenant_id"), "{err}");
+        let err = Config::from_toml(&format!("{base}[telemetry]\naccess_log_sample = 1.5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("telemetry.access_log_sample"), "{err}");
+        let err = Config::from_toml(&format!("{base}[telemetry]\naccess_log_buffer = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("telemetry.access_log_buffer"), "{err}");
+        let err = Config::from_toml(&format!("{base}[server]\nbody_read_timeout = \"0s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.body_read_timeout"), "{err}");
+        let err = Config::from_toml(&format!("{base}[telemetry]\naccess_log_sampel = 1.0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("access_log_sampel"), "{err}");
     }
 
     #[test]

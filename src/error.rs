@@ -24,6 +24,9 @@ pub enum ApiError {
     MethodNotAllowed(Arc<str>),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The client did not send its whole body within `server.body_read_timeout`.
+    #[error("the request body did not arrive within {0:?}")]
+    RequestTimeout(Duration),
     #[error("request body must be sent with Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("a valid API key is required (Authorization: Bearer <key> or X-Api-Key)")]
@@ -47,6 +50,9 @@ pub enum ApiError {
     /// Graceful shutdown: the caller should retry (against another instance or after restart).
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    /// Every `server.max_concurrency` place stayed busy for `server.max_concurrency_wait`.
+    #[error("the proxy is at its concurrency limit; retry shortly")]
+    Overloaded,
     /// The upstream token cannot be obtained (nothing was sent or spent); details are in the
     /// log. Carries when to try again: the token endpoint's next attempt.
     #[error("the proxy cannot obtain an upstream access token right now; nothing was sent upstream")]
@@ -65,13 +71,14 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(..) => StatusCode::FORBIDDEN,
             ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotCached | ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadGateway(_) | ApiError::OutcomeUnknown(_) => StatusCode::BAD_GATEWAY,
-            ApiError::ShuttingDown | ApiError::NoToken(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::NoToken(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -82,6 +89,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NotFound",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::PayloadTooLarge(_) => "RequestEntityTooLarge",
+            ApiError::RequestTimeout(_) => "RequestTimeout",
             ApiError::UnsupportedMediaType => "UnsupportedMediaType",
             ApiError::Unauthenticated => "Unauthorized",
             ApiError::Forbidden(..) => "Forbidden",
@@ -92,6 +100,7 @@ impl ApiError {
             ApiError::GatewayTimeout(_) => "GatewayTimeout",
             ApiError::ShuttingDown => "ServiceUnavailable",
             ApiError::NoToken(_) => "ServiceUnavailable",
+            ApiError::Overloaded => "ServiceUnavailable",
         }
     }
 
@@ -99,7 +108,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Throttled { retry_after, .. } => Some(retry_after_secs(*retry_after)),
-            ApiError::ShuttingDown => Some(1),
+            ApiError::ShuttingDown | ApiError::Overloaded => Some(1),
             ApiError::NoToken(retry_after) => Some(retry_after_secs(*retry_after)),
             _ => None,
         }

@@ -32,13 +32,14 @@
 //! enum type where the documents' disagreements are decided (also used by [`odata`]).
 //!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
-//! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`], [`app`]
-//! (build, serve, drain), [`dialect`] (pure translation between the Defender and Microsoft
-//! Graph security dialects: incidents, updates, queries, errors) and [`simulator`] (a faithful
-//! fake of Defender, Graph security and Entra ID for the quick start, tests and benchmarks).
+//! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`] (diagnostic
+//! events), [`access_log`] (the per-request line, off the request path), [`app`] (build, serve,
+//! drain) and [`simulator`] (a faithful fake of Defender, Graph security and Entra ID for the
+//! quick start, tests and benchmarks).
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod api;
 pub mod app;
 pub mod auth;

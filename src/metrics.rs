@@ -110,6 +110,8 @@ pub struct Metrics {
     pub sync_refreshed: Counter,
     pub sync_list_calls: Counter,
     pub sync_lag: FGauge,
+    pub access_log_lines: Counter,
+    pub access_log_dropped: Counter,
 }
 
 /// Histogram families with explicit buckets (never summaries: those cannot be aggregated).
@@ -297,6 +299,14 @@ impl Metrics {
             Unit::Seconds,
             sync_lag.clone(),
         );
+        let access_log_lines = Counter::default();
+        registry.register("access_log_lines", "Access log lines written", access_log_lines.clone());
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the log writer could not keep up (or its output failed)",
+            access_log_dropped.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -332,6 +342,8 @@ impl Metrics {
             sync_refreshed,
             sync_list_calls,
             sync_lag,
+            access_log_lines,
+            access_log_dropped,
         }
     }
 

@@ -1,5 +1,6 @@
-//! Logging: JSON lines by default (one object per event, with the request span's fields), a
-//! readable format on request. `RUST_LOG` overrides `telemetry.log_level`.
+//! Diagnostic logging: JSON lines by default (one object per event), a readable format on
+//! request. `RUST_LOG` overrides `telemetry.log_level`. The per-request access log line does not
+//! go through here but through [`crate::access_log`], which is much cheaper per request.
 
 use tracing_subscriber::{fmt, EnvFilter};
 

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{envelope, spawn_app_with, test_config};
+use common::{envelope, spawn_app_logging_to, spawn_app_with, test_config};
 use defender_proxy::{
     auth,
     config::{ConsumerConfig, Right},
@@ -351,8 +351,8 @@ async fn a_read_only_consumer_cannot_patch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zz_no_secret_token_or_key_in_logs_or_metrics() {
-    capture_logs();
-    let app = spawn_app_with(sim_config(), |_| {}).await;
+    // The access log goes to the same capture as the diagnostic events.
+    let app = spawn_app_logging_to(sim_config(), |_| {}, Box::new(Capture(capture_logs()))).await;
     let token = app.sim.issue_token(); // a token of the same shape as the proxy's
     for i in 0..20 {
         let _ = app.get(&format!("/api/incidents/{}", 1 + i)).send().await.unwrap();
@@ -363,9 +363,13 @@ async fn zz_no_secret_token_or_key_in_logs_or_metrics() {
         .await
         .unwrap();
     let metrics = app.admin_get("/metrics").await.text().await.unwrap();
+    assert!(app.flush_access_log().await);
     let logs = logs();
     assert!(logs.len() > 10_000, "TRACE logs were captured ({} bytes)", logs.len());
-    assert!(logs.contains("request finished"));
+    assert!(
+        logs.matches("\"message\":\"request\"").count() >= 21,
+        "every request's access-log line was captured"
+    );
     // The upstream tokens the proxy used are the simulator's; any of them in the logs would show
     // as the bearer scheme followed by a token. Check the secret, the consumer key, and tokens.
     for (what, needle) in [("client secret", SECRET), ("consumer key", app.key.as_str())] {

@@ -40,6 +40,25 @@ pub struct Ctx {
     pub directives: Directives,
     /// How long this caller accepts to wait for an upstream slot.
     pub wait: Duration,
+    /// The caller's place among the requests being worked on; given back when it starts waiting.
+    pub work: WorkPermit,
+}
+
+/// A place under `server.max_concurrency`, held while a request is worked on and released
+/// (for good) when it starts waiting for a budget slot or another caller's flight: the limit
+/// bounds work in progress, not waiting, so queued callers never hold up others.
+#[derive(Debug, Clone, Default)]
+pub struct WorkPermit(Arc<parking_lot::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl WorkPermit {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> WorkPermit {
+        WorkPermit(Arc::new(parking_lot::Mutex::new(Some(permit))))
+    }
+
+    /// Gives the place back (idempotent).
+    pub fn release(&self) {
+        self.0.lock().take();
+    }
 }
 
 /// A servable entry's remaining freshness and its age (seconds since it was last known current).
@@ -183,8 +202,9 @@ impl Proxy {
         })
     }
 
-    /// A fresh cached answer the caller accepts, if any.
-    fn lookup(&self, key: &Key, directives: &Directives, now: Instant) -> Option<Answer> {
+    /// A fresh cached answer the caller accepts, if any (the HTTP layer answers hits with it
+    /// before taking any place under `server.max_concurrency`).
+    pub fn lookup(&self, key: &Key, directives: &Directives, now: Instant) -> Option<Answer> {
         if directives.no_cache {
             return None;
         }

@@ -60,6 +60,9 @@ impl Proxy {
         let deadline = arrived + if stale.is_some() { Duration::ZERO } else { ctx.wait };
         let fk = FlightKey { key, forced };
         let this = self.clone();
+        // From here on this caller waits (for its slot, or for whoever leads the flight): it
+        // gives back its place under `server.max_concurrency`.
+        ctx.work.release();
         let (request_id, caller) = (ctx.request_id, ctx.caller);
         let flight = self.flights.join_or_start(fk.clone(), move || {
             let (tx, rx) = watch::channel(SlotState::Unknown);

@@ -27,6 +27,7 @@ impl Proxy {
     pub(super) async fn update(self: &Arc<Self>, id: i64, body: Bytes, ctx: super::Ctx) -> Outcome {
         crate::target::validate_update(&body)?;
         let route = RouteKind::UpdateIncident;
+        ctx.work.release(); // waiting for a slot is not work
         let admitted = self
             .exchange
             .admit(route, &ctx.caller, ctx.wait, None)

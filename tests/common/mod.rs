@@ -1,9 +1,10 @@
 //! Test harness: a simulator and a proxy in front of it, both on 127.0.0.1 port 0.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
 
 use defender_proxy::{
+    api::AppState,
     config::Config,
     demo,
     simulator::{SimConfig, SimHandle, SimQuota, Stats},
@@ -18,6 +19,8 @@ pub struct TestApp {
     /// The key of consumer `demo` (read + write).
     pub key: String,
     pub client: reqwest::Client,
+    /// The running proxy's shared state (its access log, metrics, work places).
+    pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -43,18 +46,34 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_logging_to(sim, tweak, Box::new(std::io::stdout())).await
+}
+
+/// Like [`spawn_app_with`], with the access log written to `sink`.
+pub async fn spawn_app_logging_to(
+    sim: SimConfig,
+    tweak: impl FnOnce(&mut Config),
+    sink: Box<dyn Write + Send>,
+) -> TestApp {
     let mut base = test_config();
     tweak(&mut base);
     let demo = demo::prepare(base, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
-    start(demo.config, demo.simulator, demo.key).await
+    start_logging_to(demo.config, demo.simulator, demo.key, sink).await
 }
 
 /// Builds and runs a proxy with `config` (listeners on port 0) in front of `sim`.
 pub async fn start(config: Config, sim: SimHandle, key: String) -> TestApp {
-    let app = Application::build(config).await.expect("proxy builds");
+    start_logging_to(config, sim, key, Box::new(std::io::stdout())).await
+}
+
+async fn start_logging_to(config: Config, sim: SimHandle, key: String, sink: Box<dyn Write + Send>) -> TestApp {
+    let app = Application::build_with_access_log(config, sink)
+        .await
+        .expect("proxy builds");
     let (api, admin) = (app.api_addr(), app.admin_addr());
+    let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -70,6 +89,7 @@ pub async fn start(config: Config, sim: SimHandle, key: String) -> TestApp {
         sim,
         key,
         client,
+        state,
         stop: Some(tx),
         task: Some(task),
     }
@@ -98,6 +118,22 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Waits (at most 10 s) until every access-log line so far has reached its sink.
+    pub async fn flush_access_log(&self) -> bool {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || state.access_log.flush(Duration::from_secs(10)))
+            .await
+            .unwrap()
+    }
+
+    /// A sample's value from the admin listener's /metrics (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn stats(&self) -> Stats {
