@@ -45,8 +45,10 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(SimConfig::default(), |_| {}).await
 }
 
+/// The access log is formatted and written as in production, into `io::sink()` (tests that read
+/// it use [`spawn_app_logging_to`]), so test output stays readable.
 pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    spawn_app_logging_to(sim, tweak, Box::new(std::io::stdout())).await
+    spawn_app_logging_to(sim, tweak, Box::new(std::io::sink())).await
 }
 
 /// Like [`spawn_app_with`], with the access log written to `sink`.
@@ -65,7 +67,7 @@ pub async fn spawn_app_logging_to(
 
 /// Builds and runs a proxy with `config` (listeners on port 0) in front of `sim`.
 pub async fn start(config: Config, sim: SimHandle, key: String) -> TestApp {
-    start_logging_to(config, sim, key, Box::new(std::io::stdout())).await
+    start_logging_to(config, sim, key, Box::new(std::io::sink())).await
 }
 
 async fn start_logging_to(config: Config, sim: SimHandle, key: String, sink: Box<dyn Write + Send>) -> TestApp {
