@@ -9,7 +9,7 @@
 #   bash bench/run.sh                        every scenario, then cargo bench, then RESULTS.md
 #   bash bench/run.sh --duration 5           seconds per load run (default 10)
 #   bash bench/run.sh --connections "1 64"   wrk connection counts (default "1 64")
-#   bash bench/run.sh --scenarios "hot cold" a subset (default: hot zipf cold mixed startup)
+#   bash bench/run.sh --scenarios "hot cold" a subset (default: every scenario)
 #   bash bench/run.sh --no-criterion         skip `cargo bench` (its last results are still shown)
 #   bash bench/run.sh --no-build             use the binaries already in target/release
 #   bash bench/run.sh --rounds 3             rounds of the hot-path comparison (default 3)
@@ -37,7 +37,7 @@ RESULTS="$BENCH/RESULTS.md"
 
 DURATION="${BENCH_DURATION:-10}"
 CONNECTIONS="${BENCH_CONNECTIONS:-1 64}"
-SCENARIOS="${BENCH_SCENARIOS:-hot zipf cold mixed startup freshness}"
+SCENARIOS="${BENCH_SCENARIOS:-hot zipf cold mixed startup freshness flood}"
 FRESHNESS_MINUTES="${BENCH_FRESHNESS_MINUTES:-3}"  # per mode (with and without the sync)
 SEED="${BENCH_SEED:-42}"
 PORT_BASE="${BENCH_PORT_BASE:-18400}"
@@ -902,6 +902,24 @@ EOF
         add_target "with the sync: under 10% of the Get quota spent" "$quota%" \
             "$(awk -v q="$quota" 'BEGIN { print (q < 10) ? "true" : "false" }')"
     fi
+}
+
+# Fair sharing (issue 16): the freshness scenario without the sync while a batch tool (another
+# consumer, priority batch, 50 workers) walks the 1,700 other incidents cold, once with fair
+# queuing between consumers and once with one first-come-first-served queue.
+scenario_flood() {
+    local out
+    log "flood: $FRESHNESS_MINUTES min with fair queuing and $FRESHNESS_MINUTES min with one FIFO queue"
+    out=$("$FRESH" --minutes "$FRESHNESS_MINUTES" --mode flood 2>"$OUT/flood.err")
+    echo "$out" >"$OUT/flood.md"
+    begin_section 65-flood "Fair sharing: interactive tools during a batch flood" <<EOF
+The freshness scenario's twenty interactive tools (TTL only, no sync), while a batch tool walks
+the 1,700 other incidents cold with 50 workers (\`Prefer: wait=120\`, \`no-cache\`), with and
+without fair queuing between consumers (\`budget.fair_queuing\`); $FRESHNESS_MINUTES minutes per
+mode (\`cargo run --release --example freshness -- --mode flood\`).
+
+$out
+EOF
 }
 
 # ---------------------------------------------------------------------------------------------
