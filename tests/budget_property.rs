@@ -293,11 +293,48 @@ mod fairness {
     /// Each consumer keeps `backlog` calls queued for `run` of simulated time; returns the grant
     /// times with the consumer index, in grant order.
     fn saturate(weights: &[u32], limit: u32, window: Duration, run: Duration, backlog: usize) -> Vec<(Instant, usize)> {
+        saturate_with_sporadic(weights, limit, window, run, backlog, None).0
+    }
+
+    /// [`saturate`], plus (if `sporadic` is `Some((seed, mean gap))`) a light consumer whose
+    /// single calls arrive at random; returns also how long each of its calls waited.
+    fn saturate_with_sporadic(
+        weights: &[u32],
+        limit: u32,
+        window: Duration,
+        run: Duration,
+        backlog: usize,
+        sporadic: Option<(u64, Duration)>,
+    ) -> (Vec<(Instant, usize)>, Vec<Duration>) {
         let rt = paused_runtime();
         rt.block_on(async {
             let b = budget(limit, window);
             let end = Instant::now() + run;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (wtx, mut wrx) = tokio::sync::mpsc::unbounded_channel();
+            if let Some((seed, mean_gap)) = sporadic {
+                let (b, tx, idx) = (b.clone(), tx.clone(), weights.len());
+                tokio::spawn(async move {
+                    use rand::{Rng, SeedableRng};
+                    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                    let caller = Caller::new("sporadic", 1, Priority::Interactive);
+                    loop {
+                        let gap = mean_gap.mul_f64(rng.gen_range(0.1..1.9));
+                        tokio::time::sleep(gap).await;
+                        if Instant::now() >= end {
+                            return;
+                        }
+                        let (b, tx, wtx, caller) = (b.clone(), tx.clone(), wtx.clone(), caller.clone());
+                        tokio::spawn(async move {
+                            let t = Instant::now();
+                            if b.acquire(G, &caller, Duration::from_secs(3600), None).await.is_ok() {
+                                let _ = tx.send((Instant::now(), idx));
+                                let _ = wtx.send(t.elapsed());
+                            }
+                        });
+                    }
+                });
+            }
             // Interleave the consumers' tasks so that none is favoured at the start.
             for _ in 0..backlog {
                 for (i, &w) in weights.iter().enumerate() {
@@ -320,7 +357,11 @@ mod fairness {
                 got.push(x);
             }
             got.retain(|(t, _)| *t < end);
-            got
+            let mut waits = Vec::new();
+            while let Ok(w) = wrx.try_recv() {
+                waits.push(w);
+            }
+            (got, waits)
         })
     }
 
@@ -354,6 +395,34 @@ mod fairness {
                 let bound = (f64::from(sum) / f64::from(w)).ceil() as usize + weights.len();
                 prop_assert!(worst <= bound, "consumer {} waited {} slots behind others (bound {})", i, worst, bound);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+        /// A simulated hour of the documented Get quota (100 per minute): backlogged consumers with
+        /// random weights, 50 calls queued each (a FIFO queue of 150 would hold a newcomer for
+        /// 1.5 windows), and a light consumer whose calls arrive at random, well under its fair
+        /// share. No minute is ever over; the backlogged consumers share what the light one
+        /// leaves by their weights; the light one waits at most until the window after next
+        /// (its calls bunch up at random, and a bunch above its share waits like a backlog).
+        #[test]
+        fn an_hour_of_random_arrivals_beside_backlogged_consumers(weights in prop::collection::vec(1u32..=4, 2..=3), seed in any::<u64>(), gap_s in 10u64..60) {
+            let (limit, window) = (100, Duration::from_secs(60));
+            let (grants, waits) = saturate_with_sporadic(&weights, limit, window, Duration::from_secs(3600), 50, Some((seed, Duration::from_secs(gap_s))));
+            let times: Vec<Instant> = grants.iter().map(|g| g.0).collect();
+            prop_assert!(super::max_in_window(&times, window) <= limit as usize);
+            let backlogged: Vec<_> = grants.iter().filter(|g| g.1 < weights.len()).collect();
+            let sum: u32 = weights.iter().sum();
+            for (i, &w) in weights.iter().enumerate() {
+                let got = backlogged.iter().filter(|g| g.1 == i).count() as f64 / backlogged.len() as f64;
+                let want = f64::from(w) / f64::from(sum);
+                prop_assert!((got - want).abs() <= 0.02, "consumer {} (weight {}): {:.3} of slots, weight share {:.3}", i, w, got, want);
+            }
+            prop_assert!(!waits.is_empty());
+            let worst = waits.iter().max().unwrap();
+            prop_assert!(*worst <= window * 2, "the light consumer waited {:?}", worst);
         }
     }
 
