@@ -276,3 +276,173 @@ impl Proxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The policy's decisions, directly: freshness with and without the sync's confirmations,
+    //! the caller's directives, and what an upstream answer other than 200/404 becomes. The
+    //! in-memory store and budget are the real ones; the upstream is never called.
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
+
+    use super::*;
+    use crate::{
+        budget::LocalBudget,
+        cache::MokaStore,
+        config::{BudgetConfig, UpstreamConfig},
+        exchange::Sent,
+        token::TokenSource,
+        upstream::Response,
+    };
+
+    fn proxy(confirmations: Option<Arc<Confirmations>>) -> Proxy {
+        let cache = CacheConfig::default();
+        let store: Arc<dyn Store> = Arc::new(MokaStore::new(&cache, Duration::from_secs(3600)));
+        let budget: Arc<dyn Budget> = Arc::new(LocalBudget::new(&BudgetConfig::default()));
+        let upstream = Upstream::new(
+            &UpstreamConfig::default(),
+            TokenSource::Static(secrecy::SecretString::from("unused".to_string())),
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let exchange = Arc::new(Exchange::new(budget, upstream, metrics.clone()));
+        let policy = Policy {
+            cache,
+            flight_wait: Duration::from_secs(120),
+        };
+        Proxy::new(policy, store, exchange, metrics, confirmations)
+    }
+
+    fn entry(status: StatusCode, ttl: u64, stored_at: Instant) -> Entry {
+        Entry {
+            status,
+            body: Bytes::from_static(b"{}"),
+            content_type: HeaderValue::from_static("application/json"),
+            stored_at,
+            ttl: Duration::from_secs(ttl),
+            last_update: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_is_fresh_for_its_ttl_then_not() {
+        let p = proxy(None);
+        let t0 = Instant::now();
+        let e = entry(StatusCode::OK, 60, t0);
+        let f = p.freshness(&Key::Incident(1), &e, t0 + Duration::from_secs(20)).unwrap();
+        assert_eq!(
+            f,
+            Fresh {
+                ttl_left: Duration::from_secs(40),
+                age: Duration::from_secs(20)
+            }
+        );
+        assert!(p.freshness(&Key::Incident(1), &e, t0 + Duration::from_secs(60)).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_sync_extends_incidents_but_never_404s() {
+        let confirmations = Arc::new(Confirmations::new(Duration::from_secs(45), Duration::from_secs(3600)));
+        let p = proxy(Some(confirmations.clone()));
+        let t0 = Instant::now();
+        let ok = entry(StatusCode::OK, 60, t0);
+        let missing = entry(StatusCode::NOT_FOUND, 10, t0);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let now = Instant::now();
+        confirmations.confirm(now - Duration::from_secs(5), t0 - Duration::from_secs(1));
+        let f = p.freshness(&Key::Incident(1), &ok, now).expect("confirmed past its TTL");
+        assert_eq!(f.age, Duration::from_secs(5), "age counts from the confirmation");
+        assert_eq!(
+            f.ttl_left,
+            Duration::from_secs(55),
+            "its TTL counts from the confirmation (longer than the 40 s the sync's health guarantees)"
+        );
+        assert!(p.freshness(&Key::Incident(2), &missing, now).is_none(), "a 404 keeps its own TTL");
+        // An entry fetched before the chain of passes began is not vouched for.
+        let older = entry(StatusCode::OK, 60, t0 - Duration::from_secs(10));
+        assert!(p.freshness(&Key::Incident(3), &older, now).is_none());
+        // Lists are never extended.
+        let list = entry(StatusCode::OK, 15, t0);
+        assert!(p.freshness(&Key::List("q".into()), &list, now).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn directives_decide_what_a_hit_may_be() {
+        let p = proxy(None);
+        let t0 = Instant::now();
+        let ticket = p.store.ticket();
+        p.store
+            .fill(Key::Incident(7), Arc::new(entry(StatusCode::OK, 60, t0)), ticket);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let now = Instant::now();
+        let none = Directives::default();
+        assert!(p.lookup(&Key::Incident(7), &none, now).is_some());
+        let no_cache = Directives {
+            no_cache: true,
+            ..Directives::default()
+        };
+        assert!(p.lookup(&Key::Incident(7), &no_cache, now).is_none());
+        let young = Directives {
+            max_age: Some(10),
+            ..Directives::default()
+        };
+        assert!(p.lookup(&Key::Incident(7), &young, now).is_none(), "older than max-age");
+        let old_enough = Directives {
+            max_age: Some(30),
+            ..Directives::default()
+        };
+        assert!(p.lookup(&Key::Incident(7), &old_enough, now).is_some());
+    }
+
+    fn sent(status: u16, retry_after: Option<&'static str>) -> Sent {
+        Sent {
+            response: Response {
+                status: StatusCode::from_u16(status).unwrap(),
+                content_type: None,
+                retry_after: retry_after.map(HeaderValue::from_static),
+                date: None,
+                body: Bytes::from_static(br#"{"error":{"code":"X","message":"m","target":"t"}}"#),
+            },
+            queued: Duration::ZERO,
+            windows: Vec::new(),
+            freeze: (status == 429).then_some(crate::budget::Freeze {
+                pause: Duration::from_secs(8),
+                capped: false,
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_failures_map_to_statuses_or_stale() {
+        let p = proxy(None);
+        let route = RouteKind::GetIncident;
+        let status = |o: &Outcome| match o {
+            Ok(a) => a.status.as_u16(),
+            Err(f) => f.error.status().as_u16(),
+        };
+        assert_eq!(status(&p.non_success(route, sent(429, Some("8")), None)), 429);
+        assert_eq!(status(&p.non_success(route, sent(503, None), None)), 502);
+        assert_eq!(status(&p.non_success(route, sent(401, None), None)), 502, "never the caller's 401");
+        assert_eq!(status(&p.non_success(route, sent(302, None), None)), 502, "redirects are not followed");
+        assert_eq!(status(&p.non_success(route, sent(400, None), None)), 400, "the upstream's word on the request");
+        match p.non_success(route, sent(429, Some("8")), None) {
+            Err(f) => assert_eq!(f.error.retry_after(), Some(8)),
+            Ok(a) => panic!("{a:?}"),
+        }
+        // With an expired entry at hand, failures and throttling serve it, marked stale.
+        let stale = entry(StatusCode::OK, 1, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for code in [429, 500, 503] {
+            let a = p.non_success(route, sent(code, None), Some(&stale)).unwrap();
+            assert_eq!(
+                a.cache,
+                CacheResult::Stale {
+                    status: Some(code),
+                    detail: "stale-if-error"
+                }
+            );
+        }
+    }
+}
