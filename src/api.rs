@@ -74,6 +74,10 @@ const OTHER_ROUTE: usize = RouteKind::ALL.len();
 /// What the handlers share.
 pub struct AppState {
     pub proxy: Arc<Proxy>,
+    /// Handles for the admin endpoints (metrics, readiness): the same objects the proxy uses.
+    pub budget: Arc<dyn crate::budget::Budget>,
+    pub store: Arc<dyn crate::cache::Store>,
+    pub tokens: Arc<crate::token::TokenSource>,
     /// The incident sync's state, when it runs (for `/readyz` and metrics).
     pub sync: Option<Arc<crate::sync::SyncState>>,
     /// Swapped whole on SIGHUP.
@@ -92,6 +96,13 @@ pub struct AppState {
     hot: HotPath,
 }
 
+/// The shared objects the admin endpoints read (budget, store, tokens).
+pub struct Handles {
+    pub budget: Arc<dyn crate::budget::Budget>,
+    pub store: Arc<dyn crate::cache::Store>,
+    pub tokens: Arc<crate::token::TokenSource>,
+}
+
 /// Settings of [`AppState`] that come from the configuration.
 pub struct Limits {
     pub max_wait: Duration,
@@ -105,6 +116,7 @@ pub struct Limits {
 impl AppState {
     pub fn new(
         proxy: Arc<Proxy>,
+        handles: Handles,
         sync: Option<Arc<crate::sync::SyncState>>,
         consumers: Consumers,
         metrics: Arc<Metrics>,
@@ -113,6 +125,9 @@ impl AppState {
     ) -> AppState {
         AppState {
             proxy,
+            budget: handles.budget,
+            store: handles.store,
+            tokens: handles.tokens,
             sync,
             consumers: RwLock::new(Arc::new(consumers)),
             hot: HotPath::new(&metrics),
@@ -632,9 +647,8 @@ fn rate_limit_headers(h: &mut HeaderMap, route: RouteKind, windows: &[WindowStat
 /// asks for it (Prometheus does), the classic text format otherwise.
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let m = &state.metrics;
-    let proxy = &state.proxy;
     for route in RouteKind::ALL {
-        let status = proxy.budget().status(route);
+        let status = state.budget.status(route);
         let labels = RouteLabels { route: route.name() };
         for w in &status.windows {
             let wl = WindowLabels {
@@ -664,10 +678,10 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         m.sync_lag
             .set(sync.status(Instant::now()).lag_seconds.unwrap_or(f64::NAN));
     }
-    let usage = proxy.store().usage();
+    let usage = state.store.usage();
     m.cache_entries.set(usage.entries as i64);
     m.cache_bytes.set(usage.bytes as i64);
-    let tokens = proxy.upstream().tokens();
+    let tokens = &state.tokens;
     if let Some(exp) = tokens.expires_at_unix() {
         m.token_expiry.set(exp as i64);
     }
@@ -705,13 +719,12 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let accepting = state.accepting.load(Ordering::SeqCst);
-    let token = state.proxy.upstream().tokens().ready();
+    let token = state.tokens.ready();
     let frozen: Vec<serde_json::Value> = RouteKind::ALL
         .iter()
         .filter_map(|r| {
             state
-                .proxy
-                .budget()
+                .budget
                 .status(*r)
                 .frozen_for
                 .map(|d| serde_json::json!({"route": r.name(), "frozen_seconds": d.as_secs_f64()}))
@@ -722,7 +735,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let queues: Vec<serde_json::Value> = RouteKind::ALL
         .iter()
         .map(|r| {
-            let st = state.proxy.budget().status(*r);
+            let st = state.budget.status(*r);
             serde_json::json!({"route": r.name(), "queued": st.queued, "capacity": st.queue_capacity, "consumers": st.flows})
         })
         .collect();

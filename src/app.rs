@@ -26,7 +26,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     access_log::AccessLog,
-    api::{self, AppState, Limits},
+    api::{self, AppState, Handles, Limits},
     auth::Consumers,
     budget::{Budget, LocalBudget},
     cache::{Confirmations, MokaStore, Store},
@@ -71,8 +71,8 @@ impl Application {
             )
             .context("access log")?,
         );
-        let tokens = TokenSource::from_config(&config.token).context("upstream token")?;
-        let upstream = Upstream::new(&config.upstream, tokens).context("upstream client")?;
+        let tokens = Arc::new(TokenSource::from_config(&config.token).context("upstream token")?);
+        let upstream = Upstream::new(&config.upstream, tokens.clone()).context("upstream client")?;
         let confirmations = config
             .sync
             .enabled
@@ -100,6 +100,11 @@ impl Application {
             state,
             caller: Syncer::caller(),
         });
+        let handles = Handles {
+            budget: budget.clone(),
+            store: store.clone(),
+            tokens,
+        };
         let proxy = Arc::new(Proxy::new(policy, store, exchange, metrics.clone(), confirmations));
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
@@ -115,7 +120,9 @@ impl Application {
             max_concurrency: config.server.max_concurrency,
             max_concurrency_wait: config.server.max_concurrency_wait,
         };
-        let state = Arc::new(AppState::new(proxy, sync, consumers, metrics, limits, access_log));
+        let state = Arc::new(AppState::new(
+            proxy, handles, sync, consumers, metrics, limits, access_log,
+        ));
         let api = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on server.listen = {}", config.server.listen))?;
@@ -161,7 +168,7 @@ impl Application {
             budget,
             syncer,
         } = self;
-        let refresher = state.proxy.upstream().tokens().spawn_refresher();
+        let refresher = state.tokens.spawn_refresher();
         let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;

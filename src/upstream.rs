@@ -11,7 +11,10 @@
 //! through ALPN) so that a call sent the instant its budget slot is granted does not first wait
 //! for a TCP and TLS handshake: the budget counts sends, and Defender counts arrivals.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -82,12 +85,12 @@ impl UpstreamError {
 pub struct Upstream {
     http: reqwest::Client,
     base: String,
-    tokens: TokenSource,
+    tokens: Arc<TokenSource>,
     pub timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, tokens: TokenSource) -> Result<Upstream, reqwest::Error> {
+    pub fn new(config: &UpstreamConfig, tokens: Arc<TokenSource>) -> Result<Upstream, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)

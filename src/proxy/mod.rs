@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 pub use crate::outcome::{Answer, CacheResult, Failure, Outcome};
 use crate::{
-    budget::{Budget, Caller, Refusal, RefuseReason, WindowStatus},
+    budget::{Caller, Refusal, RefuseReason, WindowStatus},
     cache::{Confirmations, Entry, Key, Store},
     config::CacheConfig,
     error::{retry_after_secs, ApiError},
@@ -27,7 +27,7 @@ use crate::{
     odata::ListQuery,
     route::RouteKind,
     target::Directives,
-    upstream::{Upstream, UpstreamError},
+    upstream::UpstreamError,
     Metrics,
 };
 
@@ -110,18 +110,6 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub fn budget(&self) -> &Arc<dyn Budget> {
-        self.exchange.budget()
-    }
-
-    pub fn upstream(&self) -> &Upstream {
-        self.exchange.upstream()
     }
 
     /// `GET /api/incidents/{id}`.
@@ -289,12 +277,13 @@ mod tests {
 
     use super::*;
     use crate::{
-        budget::LocalBudget,
+        budget::{Budget, LocalBudget},
         cache::MokaStore,
         config::{BudgetConfig, UpstreamConfig},
         exchange::Sent,
         token::TokenSource,
         upstream::Response,
+        upstream::Upstream,
     };
 
     fn proxy(confirmations: Option<Arc<Confirmations>>) -> Proxy {
@@ -303,7 +292,7 @@ mod tests {
         let budget: Arc<dyn Budget> = Arc::new(LocalBudget::new(&BudgetConfig::default()));
         let upstream = Upstream::new(
             &UpstreamConfig::default(),
-            TokenSource::Static(secrecy::SecretString::from("unused".to_string())),
+            Arc::new(TokenSource::Static(secrecy::SecretString::from("unused".to_string()))),
         )
         .unwrap();
         let metrics = Arc::new(Metrics::new());
@@ -331,7 +320,9 @@ mod tests {
         let p = proxy(None);
         let t0 = Instant::now();
         let e = entry(StatusCode::OK, 60, t0);
-        let f = p.freshness(&Key::Incident(1), &e, t0 + Duration::from_secs(20)).unwrap();
+        let f = p
+            .freshness(&Key::Incident(1), &e, t0 + Duration::from_secs(20))
+            .unwrap();
         assert_eq!(
             f,
             Fresh {
@@ -339,7 +330,9 @@ mod tests {
                 age: Duration::from_secs(20)
             }
         );
-        assert!(p.freshness(&Key::Incident(1), &e, t0 + Duration::from_secs(60)).is_none());
+        assert!(p
+            .freshness(&Key::Incident(1), &e, t0 + Duration::from_secs(60))
+            .is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -352,14 +345,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(100)).await;
         let now = Instant::now();
         confirmations.confirm(now - Duration::from_secs(5), t0 - Duration::from_secs(1));
-        let f = p.freshness(&Key::Incident(1), &ok, now).expect("confirmed past its TTL");
+        let f = p
+            .freshness(&Key::Incident(1), &ok, now)
+            .expect("confirmed past its TTL");
         assert_eq!(f.age, Duration::from_secs(5), "age counts from the confirmation");
         assert_eq!(
             f.ttl_left,
             Duration::from_secs(55),
             "its TTL counts from the confirmation (longer than the 40 s the sync's health guarantees)"
         );
-        assert!(p.freshness(&Key::Incident(2), &missing, now).is_none(), "a 404 keeps its own TTL");
+        assert!(
+            p.freshness(&Key::Incident(2), &missing, now).is_none(),
+            "a 404 keeps its own TTL"
+        );
         // An entry fetched before the chain of passes began is not vouched for.
         let older = entry(StatusCode::OK, 60, t0 - Duration::from_secs(10));
         assert!(p.freshness(&Key::Incident(3), &older, now).is_none());
@@ -424,9 +422,21 @@ mod tests {
         };
         assert_eq!(status(&p.non_success(route, sent(429, Some("8")), None)), 429);
         assert_eq!(status(&p.non_success(route, sent(503, None), None)), 502);
-        assert_eq!(status(&p.non_success(route, sent(401, None), None)), 502, "never the caller's 401");
-        assert_eq!(status(&p.non_success(route, sent(302, None), None)), 502, "redirects are not followed");
-        assert_eq!(status(&p.non_success(route, sent(400, None), None)), 400, "the upstream's word on the request");
+        assert_eq!(
+            status(&p.non_success(route, sent(401, None), None)),
+            502,
+            "never the caller's 401"
+        );
+        assert_eq!(
+            status(&p.non_success(route, sent(302, None), None)),
+            502,
+            "redirects are not followed"
+        );
+        assert_eq!(
+            status(&p.non_success(route, sent(400, None), None)),
+            400,
+            "the upstream's word on the request"
+        );
         match p.non_success(route, sent(429, Some("8")), None) {
             Err(f) => assert_eq!(f.error.retry_after(), Some(8)),
             Ok(a) => panic!("{a:?}"),

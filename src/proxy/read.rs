@@ -105,7 +105,7 @@ impl Proxy {
                     return match stale {
                         Some(e) => Ok(Self::stale(e, None, "budget", now)),
                         None => {
-                            let windows = self.budget().status(route).windows;
+                            let windows = self.exchange.budget().status(route).windows;
                             Err(self.refusal(route, at - now, RefuseReason::Budget, windows))
                         }
                     };

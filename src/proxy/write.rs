@@ -61,7 +61,7 @@ impl Proxy {
             Ok(sent) => sent,
             Err(e) => {
                 self.written(key, None);
-                let budget = Some((route, self.budget().status(route).windows));
+                let budget = Some((route, self.exchange.budget().status(route).windows));
                 let error = match e {
                     CallError::Upstream(UpstreamError::Connect(_)) | CallError::NoToken(_) | CallError::Refused(_) => {
                         return Err(Failure {
