@@ -51,7 +51,6 @@ use crate::{
     cache::Key,
     error::ApiError,
     metrics::{CacheLabels, RejectLabels, RequestLabels, RouteLabels, WindowLabels},
-    odata::ListQuery,
     proxy::{Answer, CacheResult, Ctx, Failure, Proxy, WorkPermit},
     route::RouteKind,
     target::{self, Directives, Target},
@@ -356,15 +355,12 @@ where
     done.resp
 }
 
-/// The cache key a fresh hit for `target` would be stored under, and its metrics kind (0 for
-/// incidents, 1 for lists); the same keys [`Proxy`] reads and stores. `None` for writes, and for
-/// list queries that do not parse (the proxy answers those with 400).
+/// The cache key a fresh hit for `target` would be stored under ([`Proxy::cache_key`], the
+/// one place keys are made), and its metrics kind (0 for incidents, 1 for lists).
 fn hit_key(target: &Target) -> Option<(Key, usize)> {
-    match target {
-        Target::GetIncident(id) => Some((Key::Incident(*id), 0)),
-        Target::ListIncidents(raw) => ListQuery::parse(raw).ok().map(|q| (Key::List(q.canonical().into()), 1)),
-        Target::UpdateIncident(_) => None,
-    }
+    let key = Proxy::cache_key(target)?;
+    let kind = usize::from(matches!(key, Key::List(_)));
+    Some((key, kind))
 }
 
 /// Authenticates, parses and runs one request.
@@ -456,12 +452,18 @@ where
         // A caller may lower its own priority, never raise it.
         caller.priority = crate::budget::Priority::Batch;
     }
-    // The body first: waiting for a client is not work, so it takes no place.
-    let body = match target {
-        Target::UpdateIncident(_) => match read_json_body(req, state.max_body_bytes, state.body_read_timeout).await {
-            Ok(b) => Some(b),
-            Err(e) => return Done::refused(Some(route), name, error_response(e.into(), id)),
-        },
+    // The body first (read and validated: a body we would refuse spends nothing); waiting for
+    // a client is not work, so it takes no place.
+    let update = match target {
+        Target::UpdateIncident(_) => {
+            match read_json_body(req, state.max_body_bytes, state.body_read_timeout)
+                .await
+                .and_then(target::Update::parse)
+            {
+                Ok(u) => Some(u),
+                Err(e) => return Done::refused(Some(route), name, error_response(e.into(), id)),
+            }
+        }
         _ => None,
     };
     let permit = match take_place(state).await {
@@ -489,8 +491,8 @@ where
         Target::GetIncident(incident) => state.proxy.get_incident(incident, ctx).await,
         Target::ListIncidents(query) => state.proxy.list_incidents(&query, ctx).await,
         Target::UpdateIncident(incident) => {
-            let body = body.expect("read above for updates");
-            state.proxy.update_incident(incident, body, ctx).await
+            let update = update.expect("read above for updates");
+            state.proxy.update_incident(incident, update, ctx).await
         }
     };
     match outcome {

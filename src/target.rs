@@ -8,20 +8,39 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, HeaderMap, Method};
 
 use crate::{
     error::ApiError,
+    odata::ListQuery,
     route::{self, RouteKind},
 };
 
-/// A parsed API request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed API request: everything the policy needs, validated. (A PATCH body is checked
+/// by [`Update::parse`] once it has been read.)
+#[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     GetIncident(i64),
-    /// The raw query string (still percent-encoded), validated by the list handler.
-    ListIncidents(String),
+    /// The List query options, parsed (their canonical form is the cache key).
+    ListIncidents(ListQuery),
     UpdateIncident(i64),
+}
+
+/// A PATCH body that passed [`validate_update`]: the bytes sent upstream as they came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update(Bytes);
+
+impl Update {
+    /// Checks a PATCH body against the documented update fields, before any quota is spent.
+    pub fn parse(body: Bytes) -> Result<Update, ApiError> {
+        validate_update(&body)?;
+        Ok(Update(body))
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
 }
 
 impl Target {
@@ -51,7 +70,9 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Target,
     }
     if rest.is_empty() {
         return if method == Method::GET {
-            Ok(Target::ListIncidents(query.unwrap_or("").to_string()))
+            ListQuery::parse(query.unwrap_or(""))
+                .map(Target::ListIncidents)
+                .map_err(|e| ApiError::bad_request(format!("{}: {}", e.option, e.message)))
         } else {
             Err(ApiError::MethodNotAllowed(method.as_str().into()))
         };
@@ -237,7 +258,14 @@ mod tests {
         assert!(matches!(get("/api/incidentsX"), Err(ApiError::NotFound(_))));
         assert!(matches!(get("/api/machines"), Err(ApiError::NotFound(_))));
         assert!(matches!(get("/"), Err(ApiError::NotFound(_))));
-        assert_eq!(get("/api/incidents").unwrap(), Target::ListIncidents(String::new()));
+        assert_eq!(
+            get("/api/incidents").unwrap(),
+            Target::ListIncidents(ListQuery::default())
+        );
+        assert!(matches!(
+            parse(&Method::GET, "/api/incidents", Some("$top=500")),
+            Err(ApiError::BadRequest(_))
+        ));
         assert_eq!(
             parse(&Method::PATCH, "/api/incidents/5", None).unwrap(),
             Target::UpdateIncident(5)

@@ -11,7 +11,6 @@ mod write;
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use crate::outcome::{Answer, CacheResult, Failure, Outcome};
@@ -26,7 +25,7 @@ use crate::{
     metrics::RejectLabels,
     odata::ListQuery,
     route::RouteKind,
-    target::Directives,
+    target::{Directives, Target, Update},
     upstream::UpstreamError,
     Metrics,
 };
@@ -117,17 +116,25 @@ impl Proxy {
         self.read(RouteKind::GetIncident, Key::Incident(id), ctx).await
     }
 
-    /// `GET /api/incidents?...`: validated and canonicalised before anything else.
-    pub async fn list_incidents(self: &Arc<Self>, raw_query: &str, ctx: Ctx) -> Outcome {
-        let query =
-            ListQuery::parse(raw_query).map_err(|e| ApiError::bad_request(format!("{}: {}", e.option, e.message)))?;
+    /// `GET /api/incidents?...`, by the query's canonical form.
+    pub async fn list_incidents(self: &Arc<Self>, query: &ListQuery, ctx: Ctx) -> Outcome {
         self.read(RouteKind::ListIncidents, Key::List(query.canonical().into()), ctx)
             .await
     }
 
-    /// `PATCH /api/incidents/{id}`.
-    pub async fn update_incident(self: &Arc<Self>, id: i64, body: Bytes, ctx: Ctx) -> Outcome {
-        self.update(id, body, ctx).await
+    /// `PATCH /api/incidents/{id}` with a validated body.
+    pub async fn update_incident(self: &Arc<Self>, id: i64, update: Update, ctx: Ctx) -> Outcome {
+        self.update(id, update.into_bytes(), ctx).await
+    }
+
+    /// The cache key a read of `target` is stored under (`None` for writes): the one place keys
+    /// are made, for the HTTP layer's hit path and for this module.
+    pub fn cache_key(target: &Target) -> Option<Key> {
+        match target {
+            Target::GetIncident(id) => Some(Key::Incident(*id)),
+            Target::ListIncidents(q) => Some(Key::List(q.canonical().into())),
+            Target::UpdateIncident(_) => None,
+        }
     }
 
     fn hit(entry: &Entry, fresh: Fresh) -> Answer {

@@ -25,7 +25,6 @@ use crate::{
 
 impl Proxy {
     pub(super) async fn update(self: &Arc<Self>, id: i64, body: Bytes, ctx: super::Ctx) -> Outcome {
-        crate::target::validate_update(&body)?;
         let route = RouteKind::UpdateIncident;
         ctx.work.release(); // waiting for a slot is not work
         let admitted = self
