@@ -271,24 +271,19 @@ pub struct BudgetConfig {
 }
 
 /// The upstream routes the proxy knows, by the names used in `budget.routes` and in metrics.
-pub const ROUTE_NAMES: [&str; 3] = [
-    crate::route::ROUTES[0].name,
-    crate::route::ROUTES[1].name,
-    crate::route::ROUTES[2].name,
-];
+pub use crate::route::ROUTE_NAMES;
 
-fn quotas(per_minute: u32, per_hour: u32) -> RouteQuotas {
+/// A route's default quotas, from the route table.
+fn default_quotas(spec: &crate::route::RouteSpec) -> RouteQuotas {
     RouteQuotas {
-        quotas: vec![
-            QuotaConfig {
-                limit: per_minute,
-                window: Duration::from_secs(60),
-            },
-            QuotaConfig {
-                limit: per_hour,
-                window: Duration::from_secs(3600),
-            },
-        ],
+        quotas: spec
+            .quotas
+            .iter()
+            .map(|&(limit, secs)| QuotaConfig {
+                limit,
+                window: Duration::from_secs(secs),
+            })
+            .collect(),
     }
 }
 
@@ -303,11 +298,10 @@ impl Default for BudgetConfig {
             max_queue_per_consumer: 250,
             reserve: 0,
             fair_queuing: true,
-            routes: BTreeMap::from([
-                ("get_incident".to_string(), quotas(100, 1500)),
-                ("list_incidents".to_string(), quotas(50, 1500)),
-                ("update_incident".to_string(), quotas(50, 1500)),
-            ]),
+            routes: crate::route::ROUTES
+                .iter()
+                .map(|r| (r.name.to_string(), default_quotas(r)))
+                .collect(),
         }
     }
 }

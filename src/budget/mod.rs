@@ -192,7 +192,7 @@ pub trait Budget: Send + Sync + 'static {
 
 /// The in-process budget: one ledger and one FIFO queue per route.
 pub struct LocalBudget {
-    routes: [RouteBudget; 3],
+    routes: [RouteBudget; crate::route::ROUTE_COUNT],
 }
 
 struct RouteBudget {
