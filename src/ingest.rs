@@ -68,7 +68,7 @@ impl Ingest {
     /// Every incident in a List page refreshes its own cache entry (unless a newer one is cached
     /// or a write came after `ticket`), so a tool that lists then fetches each incident spends one
     /// call, not N+1. `sent_at` is when the List request left. `None` when the body is no page.
-    pub fn spread_list(&self, body: &[u8], sent_at: Instant, ticket: Ticket) -> Option<Page> {
+    pub async fn spread_list(&self, body: &[u8], sent_at: Instant, ticket: Ticket) -> Option<Page> {
         #[derive(Deserialize)]
         struct Value<'a> {
             #[serde(borrow)]
@@ -85,6 +85,8 @@ impl Ingest {
             items: page.value.len(),
             newest: None,
         };
+        // Parsed first, stored after: the borrowed page does not live across an await.
+        let mut entries = Vec::with_capacity(page.value.len());
         for raw in page.value {
             let Ok(probe) = serde_json::from_str::<IncidentProbe>(raw.get()) else {
                 continue;
@@ -99,14 +101,16 @@ impl Ingest {
                 ttl: self.config.ttl,
                 last_update,
             };
-            self.store
-                .fill(Key::Incident(probe.incident_id), Arc::new(entry), ticket);
+            entries.push((Key::Incident(probe.incident_id), Arc::new(entry)));
+        }
+        for (key, entry) in entries {
+            self.store.fill(key, entry, ticket).await;
         }
         Some(out)
     }
 
     /// Offers a read's own answer to the store.
-    pub fn fill(&self, key: Key, entry: Entry, ticket: Ticket) -> Filled {
-        self.store.fill(key, Arc::new(entry), ticket)
+    pub async fn fill(&self, key: Key, entry: Entry, ticket: Ticket) -> Filled {
+        self.store.fill(key, Arc::new(entry), ticket).await
     }
 }

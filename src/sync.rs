@@ -317,7 +317,7 @@ impl Syncer {
             body: None,
             request_id: format!("sync-{}", uuid::Uuid::new_v4()),
         };
-        let ticket = self.store.ticket();
+        let ticket = self.store.ticket().await;
         let wall = OffsetDateTime::now_utc();
         let sent_at = Instant::now();
         let sent = self
@@ -337,6 +337,7 @@ impl Syncer {
         let page = self
             .ingest
             .spread_list(&resp.body, sent_at, ticket)
+            .await
             .ok_or(SyncError::BadPage)?;
         if pass.started.is_none() {
             // The upstream's clock, not ours: its `Date`, else our own as a last resort.

@@ -6,6 +6,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use futures_util::future::BoxFuture;
+
 use super::{Entry, Filled, Key, Store, Ticket, Usage};
 use crate::config::CacheConfig;
 
@@ -132,11 +134,40 @@ impl Store for MokaStore {
         self.cache.get(key)
     }
 
-    fn ticket(&self) -> Ticket {
+    fn ticket(&self) -> BoxFuture<'_, Ticket> {
+        Box::pin(std::future::ready(self.ticket_now()))
+    }
+
+    fn fill(&self, key: Key, entry: Arc<Entry>, ticket: Ticket) -> BoxFuture<'_, Filled> {
+        Box::pin(std::future::ready(self.fill_now(key, entry, ticket)))
+    }
+
+    fn write(&self, key: Key, entry: Option<Arc<Entry>>) -> BoxFuture<'_, ()> {
+        self.write_now(key, entry);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn invalidate_lists(&self) -> BoxFuture<'_, ()> {
+        self.invalidate_lists_now();
+        Box::pin(std::future::ready(()))
+    }
+
+    fn usage(&self) -> Usage {
+        self.cache.run_pending_tasks();
+        Usage {
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+        }
+    }
+}
+
+/// The same operations, synchronously (the trait's futures are these, already resolved).
+impl MokaStore {
+    pub fn ticket_now(&self) -> Ticket {
         Ticket(self.order.lock().next)
     }
 
-    fn fill(&self, key: Key, entry: Arc<Entry>, ticket: Ticket) -> Filled {
+    pub fn fill_now(&self, key: Key, entry: Arc<Entry>, ticket: Ticket) -> Filled {
         {
             // Check and insert under one lock: a write cannot slip in between.
             let order = self.order.lock();
@@ -157,7 +188,7 @@ impl Store for MokaStore {
         }
     }
 
-    fn write(&self, key: Key, entry: Option<Arc<Entry>>) {
+    pub fn write_now(&self, key: Key, entry: Option<Arc<Entry>>) {
         let mut order = self.order.lock();
         let now = Instant::now();
         order.forget_old(now);
@@ -173,19 +204,11 @@ impl Store for MokaStore {
         }
     }
 
-    fn invalidate_lists(&self) {
+    pub fn invalidate_lists_now(&self) {
         let mut order = self.order.lock();
         order.lists = order.bump();
         // Only fails when closures are not enabled, which the builder does.
         let _ = self.cache.invalidate_entries_if(|k, _| matches!(k, Key::List(_)));
-    }
-
-    fn usage(&self) -> Usage {
-        self.cache.run_pending_tasks();
-        Usage {
-            entries: self.cache.entry_count(),
-            bytes: self.cache.weighted_size(),
-        }
     }
 }
 
@@ -224,8 +247,8 @@ mod tests {
     }
 
     fn fill(store: &MokaStore, key: Key, e: Arc<Entry>) -> Filled {
-        let t = store.ticket();
-        store.fill(key, e, t)
+        let t = store.ticket_now();
+        store.fill_now(key, e, t)
     }
 
     fn versioned(last_update: i128) -> Arc<Entry> {
@@ -240,7 +263,7 @@ mod tests {
         let store = MokaStore::new(&CacheConfig::default(), Duration::from_secs(60));
         fill(&store, Key::Incident(1), entry(10, 60));
         fill(&store, Key::List("$top=5".into()), entry(10, 60));
-        store.invalidate_lists();
+        store.invalidate_lists_now();
         store.usage();
         assert!(store.get(&Key::Incident(1)).is_some());
         assert!(store.get(&Key::List("$top=5".into())).is_none());
@@ -249,19 +272,25 @@ mod tests {
     #[test]
     fn a_read_that_started_before_a_write_cannot_store_its_answer() {
         let store = MokaStore::new(&CacheConfig::default(), Duration::from_secs(60));
-        let before = store.ticket();
-        store.write(Key::Incident(1), Some(versioned(20)));
-        assert_eq!(store.fill(Key::Incident(1), versioned(10), before), Filled::Superseded);
-        assert_eq!(store.get(&Key::Incident(1)).unwrap().last_update, Some(20));
-        // Lists: a list flight older than the invalidation stores nothing either.
-        let list_ticket = store.ticket();
-        store.invalidate_lists();
+        let before = store.ticket_now();
+        store.write_now(Key::Incident(1), Some(versioned(20)));
         assert_eq!(
-            store.fill(Key::List("q".into()), entry(1, 60), list_ticket),
+            store.fill_now(Key::Incident(1), versioned(10), before),
             Filled::Superseded
         );
-        let after = store.ticket();
-        assert_eq!(store.fill(Key::List("q".into()), entry(1, 60), after), Filled::Stored);
+        assert_eq!(store.get(&Key::Incident(1)).unwrap().last_update, Some(20));
+        // Lists: a list flight older than the invalidation stores nothing either.
+        let list_ticket = store.ticket_now();
+        store.invalidate_lists_now();
+        assert_eq!(
+            store.fill_now(Key::List("q".into()), entry(1, 60), list_ticket),
+            Filled::Superseded
+        );
+        let after = store.ticket_now();
+        assert_eq!(
+            store.fill_now(Key::List("q".into()), entry(1, 60), after),
+            Filled::Stored
+        );
     }
 
     #[test]
@@ -270,8 +299,8 @@ mod tests {
         assert_eq!(fill(&store, Key::Incident(1), versioned(30)), Filled::Stored);
         assert_eq!(fill(&store, Key::Incident(1), versioned(20)), Filled::Superseded);
         // Two concurrent updates finishing in the wrong order: the later state stays.
-        store.write(Key::Incident(1), Some(versioned(50)));
-        store.write(Key::Incident(1), Some(versioned(40)));
+        store.write_now(Key::Incident(1), Some(versioned(50)));
+        store.write_now(Key::Incident(1), Some(versioned(40)));
         assert_eq!(store.get(&Key::Incident(1)).unwrap().last_update, Some(50));
         assert_eq!(
             fill(&store, Key::Incident(1), versioned(50)),

@@ -14,6 +14,7 @@ mod memory;
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, StatusCode};
 use tokio::time::Instant;
 
@@ -102,7 +103,9 @@ pub enum Filled {
     Declined,
 }
 
-/// A cache backend.
+/// A cache backend. Lookups are synchronous: they serve hits and must cost what a local map
+/// costs (a shared tier lives behind the in-memory one and is consulted on misses, inside the
+/// miss's flight). Everything else is asynchronous, so a remote implementation can do I/O.
 ///
 /// Contract (every implementation):
 /// - **Never back in time.** [`Store::fill`] stores an answer only if no [`Store::write`] or
@@ -111,19 +114,22 @@ pub enum Filled {
 /// - **Writes win.** [`Store::write`] (the result of a successful update) orders itself after
 ///   every ticket taken before it, so a read that started before the write can never store its
 ///   older answer afterwards.
-/// - Nothing here blocks on I/O in the in-memory store; a remote tier must bound every call by a
-///   short timeout and treat a timeout as a miss (a cancelled `fill` stores nothing).
+/// - **Cancellation.** A cancelled `fill` stores nothing or the whole entry, never part of it. A
+///   `write` and its `invalidate_lists` are never cancelled (the proxy runs them detached from
+///   the caller), and a remote tier must bound each call by a short timeout, treating a timeout
+///   as a miss for reads and as "forget locally" for writes.
+/// - The in-memory store resolves every future at once.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &Key) -> Option<Arc<Entry>>;
     /// Takes a ticket for a read about to be sent upstream.
-    fn ticket(&self) -> Ticket;
+    fn ticket(&self) -> BoxFuture<'_, Ticket>;
     /// Offers a read's answer; see the contract above.
-    fn fill(&self, key: Key, entry: Arc<Entry>, ticket: Ticket) -> Filled;
+    fn fill(&self, key: Key, entry: Arc<Entry>, ticket: Ticket) -> BoxFuture<'_, Filled>;
     /// A write's outcome: `Some` replaces the entry (unless a newer one is cached), `None` forgets
     /// it. Either way every earlier ticket for `key` is void.
-    fn write(&self, key: Key, entry: Option<Arc<Entry>>);
+    fn write(&self, key: Key, entry: Option<Arc<Entry>>) -> BoxFuture<'_, ()>;
     /// Drops every cached list answer and voids earlier tickets of lists (after a write, so
     /// nobody reads their own write stale from a list).
-    fn invalidate_lists(&self);
+    fn invalidate_lists(&self) -> BoxFuture<'_, ()>;
     fn usage(&self) -> Usage;
 }

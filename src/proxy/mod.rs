@@ -377,9 +377,10 @@ mod tests {
     async fn directives_decide_what_a_hit_may_be() {
         let p = proxy(None);
         let t0 = Instant::now();
-        let ticket = p.store.ticket();
+        let ticket = p.store.ticket().await;
         p.store
-            .fill(Key::Incident(7), Arc::new(entry(StatusCode::OK, 60, t0)), ticket);
+            .fill(Key::Incident(7), Arc::new(entry(StatusCode::OK, 60, t0)), ticket)
+            .await;
         tokio::time::advance(Duration::from_secs(30)).await;
         let now = Instant::now();
         let none = Directives::default();

@@ -147,7 +147,7 @@ impl Proxy {
         }
         let stale = cached.filter(|e| self.freshness(&fk.key, e, now).is_none());
         // Taken before anything is sent: a write that lands after this voids our answer.
-        let ticket = self.store.ticket();
+        let ticket = self.store.ticket().await;
         let req = Request {
             method: Method::GET,
             path_and_query: upstream_path(&fk.key),
@@ -183,10 +183,11 @@ impl Proxy {
             }
         };
         self.store_read(route, fk, sent, sent_at, ticket, stale.as_deref())
+            .await
     }
 
     /// What is stored, and for how long: 200s that pass their check, and 404s of incidents.
-    fn store_read(
+    async fn store_read(
         &self,
         route: RouteKind,
         fk: FlightKey,
@@ -203,7 +204,7 @@ impl Proxy {
             StatusCode::OK => {
                 let checked = match &fk.key {
                     Key::Incident(id) => self.ingest.check_incident(*id, &resp.body),
-                    Key::List(_) => self.ingest.spread_list(&resp.body, sent_at, ticket).map(|_| None),
+                    Key::List(_) => self.ingest.spread_list(&resp.body, sent_at, ticket).await.map(|_| None),
                 };
                 let Some(last_update) = checked else {
                     return match stale {
@@ -235,7 +236,7 @@ impl Proxy {
         };
         let (status, body, content_type) = (entry.status, entry.body.clone(), entry.content_type.clone());
         let fwd = if fk.forced { "request" } else { "miss" };
-        let stored = self.ingest.fill(fk.key, entry, ticket) == Filled::Stored;
+        let stored = self.ingest.fill(fk.key, entry, ticket).await == Filled::Stored;
         Ok(Answer::forwarded(
             status,
             body,

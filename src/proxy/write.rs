@@ -59,7 +59,7 @@ impl Proxy {
         let sent = match result {
             Ok(sent) => sent,
             Err(e) => {
-                self.written(key, None);
+                self.written(key, None).await;
                 let budget = Some((route, self.exchange.budget().status(route).windows));
                 let error = match e {
                     CallError::Upstream(UpstreamError::Connect(_)) | CallError::NoToken(_) | CallError::Refused(_) => {
@@ -94,7 +94,7 @@ impl Proxy {
                 ttl: self.policy.cache.ttl,
                 last_update,
             });
-            self.written(key, entry);
+            self.written(key, entry).await;
             return Ok(Answer {
                 status: sent.response.status,
                 content_type,
@@ -106,7 +106,7 @@ impl Proxy {
                 upstream_status: Some(status),
             });
         }
-        self.written(key, None);
+        self.written(key, None).await;
         if sent.response.status.is_server_error() {
             return Err(Failure {
                 error: ApiError::OutcomeUnknown(
@@ -124,9 +124,9 @@ impl Proxy {
 
     /// After a write (whatever its outcome): the incident's entry becomes the write's answer or
     /// is forgotten, cached lists go, and reads in flight for them take no newcomers.
-    fn written(&self, key: Key, entry: Option<Entry>) {
-        self.store.write(key.clone(), entry.map(Arc::new));
-        self.store.invalidate_lists();
+    async fn written(&self, key: Key, entry: Option<Entry>) {
+        self.store.write(key.clone(), entry.map(Arc::new)).await;
+        self.store.invalidate_lists().await;
         self.flights
             .forget_if(|fk: &FlightKey| fk.key == key || matches!(fk.key, Key::List(_)));
     }
