@@ -48,7 +48,6 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod dialect;
-pub mod enums;
 pub mod error;
 pub mod exchange;
 pub mod flight;
@@ -58,12 +57,14 @@ pub mod odata;
 pub mod outcome;
 pub mod proxy;
 pub mod route;
-pub mod simulator;
 pub mod sync;
 pub mod target;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;
+
+pub use defender_odata::enums;
+pub use defender_simulator as simulator;
 
 pub use app::Application;
 pub use config::Config;

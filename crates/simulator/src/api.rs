@@ -13,14 +13,14 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::time::Instant;
 
-use crate::dialect::Dialect;
-use crate::odata::ListQuery;
-use crate::simulator::faults::FaultKind;
-use crate::simulator::quota::{throttle_message, Admission};
-use crate::simulator::stats::Outcome;
-use crate::simulator::store::parse_update;
-use crate::simulator::token::{token_endpoint, AuthError};
-use crate::simulator::{admin, graph, Route, Shared};
+use crate::faults::FaultKind;
+use crate::quota::{throttle_message, Admission};
+use crate::stats::Outcome;
+use crate::store::parse_update;
+use crate::token::Audience;
+use crate::token::{token_endpoint, AuthError};
+use crate::{admin, graph, Route, Shared};
+use defender_odata::ListQuery;
 
 /// The upstream's OData content type for successful answers.
 pub(crate) const ODATA_JSON: &str =
@@ -99,7 +99,7 @@ async fn no_such_route() -> Response {
 /// is then throttled, and even one a fault spoils), except a simulated token revocation.
 async fn handle(sim: Arc<Shared>, route: Route, headers: &HeaderMap, call: Call) -> Response {
     let arrived = Instant::now();
-    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Dialect::Defender) {
+    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Audience::Defender) {
         sim.stats.arrive(route, false);
         let resp = unauthorized(e);
         sim.stats.finish(route, Outcome::Answered(resp.status()), false);

@@ -17,17 +17,17 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::dialect::Dialect;
-use crate::odata::GraphListQuery;
-use crate::simulator::api::{close_connection, ok_json, parse_id};
-use crate::simulator::clock::format_ticks;
-use crate::simulator::data::{self, Alert, DataParams, Device, Entity, IncidentState};
-use crate::simulator::faults::FaultKind;
-use crate::simulator::quota::Admission;
-use crate::simulator::stats::Outcome;
-use crate::simulator::store::Update;
-use crate::simulator::token::AuthError;
-use crate::simulator::{Route, Shared};
+use crate::api::{close_connection, ok_json, parse_id};
+use crate::clock::format_ticks;
+use crate::data::{self, Alert, DataParams, Device, Entity, IncidentState};
+use crate::faults::FaultKind;
+use crate::quota::Admission;
+use crate::stats::Outcome;
+use crate::store::Update;
+use crate::token::Audience;
+use crate::token::AuthError;
+use crate::{Route, Shared};
+use defender_odata::GraphListQuery;
 
 const TYPE_PREFIX: &str = "#microsoft.graph.security.";
 const CONTEXT_BASE: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents";
@@ -125,7 +125,7 @@ fn comments(state: &IncidentState) -> Vec<Value> {
 }
 
 /// The incident as Graph serializes it (without `@odata.context`); alerts only when expanded.
-pub(crate) fn render(params: &DataParams, state: &IncidentState, expand_alerts: bool) -> Bytes {
+pub fn render(params: &DataParams, state: &IncidentState, expand_alerts: bool) -> Bytes {
     Bytes::from(serde_json::to_vec(&render_value(params, state, expand_alerts)).unwrap_or_default())
 }
 
@@ -471,7 +471,7 @@ async fn handle(sim: Arc<Shared>, route: Route, headers: &HeaderMap, call: Call)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(64).collect::<String>());
     let cid = client_request_id.as_deref();
-    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Dialect::Graph) {
+    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Audience::Graph) {
         sim.stats.arrive(route, false);
         let resp = unauthorized(e, cid);
         sim.stats.finish(route, Outcome::Answered(resp.status()), false);
@@ -490,11 +490,7 @@ async fn handle(sim: Arc<Shared>, route: Route, headers: &HeaderMap, call: Call)
             }
         }
     };
-    let outcome = if resp
-        .extensions()
-        .get::<crate::simulator::api::CloseConnection>()
-        .is_some()
-    {
+    let outcome = if resp.extensions().get::<crate::api::CloseConnection>().is_some() {
         Outcome::NoAnswer
     } else {
         Outcome::Answered(resp.status())

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::simulator::Route;
+use crate::Route;
 
 /// A snapshot of the simulator's counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

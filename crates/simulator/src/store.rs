@@ -9,9 +9,10 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use rand::Rng;
 
-use crate::odata::{Filter, GraphField, GraphOrderBy, GraphOrderField};
-use crate::simulator::clock::{format_ticks, StrictClock};
-use crate::simulator::data::{self, Comment, DataParams, IncidentState, CLASSIFICATIONS, DETERMINATIONS, STATUSES};
+use crate::clock::{format_ticks, StrictClock};
+use crate::data::{self, Comment, DataParams, IncidentState, CLASSIFICATIONS, DETERMINATIONS, STATUSES};
+use crate::eval::Matches;
+use defender_odata::{Filter, GraphField, GraphOrderBy, GraphOrderField};
 
 /// Rendered bodies kept at most; beyond it the oldest renderings are dropped (and re-rendered
 /// when asked for again). Large enough for the default 10,000 incidents.
@@ -263,7 +264,7 @@ impl Store {
     /// and its alerts are optional, so it does not share the Defender body cache).
     pub(crate) fn graph_body(&self, id: i64, expand_alerts: bool) -> Option<Bytes> {
         let state = self.state(id)?;
-        Some(crate::simulator::graph::render(&self.params, &state, expand_alerts))
+        Some(crate::graph::render(&self.params, &state, expand_alerts))
     }
 
     /// What generation depends on (for renderings outside the store).
@@ -294,10 +295,7 @@ impl Store {
             .filter_map(|(_, id)| {
                 let e = inner.entries.get(id)?;
                 let keep = filter.map_or(true, |f| {
-                    f.matches(
-                        e.graph_doc
-                            .get_or_init(|| crate::simulator::graph::filter_doc(&e.state)),
-                    )
+                    f.matches(e.graph_doc.get_or_init(|| crate::graph::filter_doc(&e.state)))
                 });
                 let key = match order.map(|o| o.field) {
                     Some(GraphOrderField::LastUpdateDateTime) => e.state.last_update,

@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::simulator::Route;
+use crate::Route;
 
 /// A fault plan: the first rule that matches a call (route, remaining count, probability roll)
 /// decides its fault; calls no rule picks are answered normally.

@@ -6,14 +6,15 @@
 //! Submodules: `data` generates incidents from the seed, `store` holds their current truth,
 //! `quota` enforces the per-route sliding windows, `token` is the Entra endpoint, `faults` the
 //! injectable misbehaviour, `stats` what was seen, `api` (Defender), `graph` (Graph) and `admin`
-//! the HTTP routes, and `server` the accept loop.
+//! the HTTP routes, `server` the accept loop, and `eval` the `$filter` evaluator.
+
+#![forbid(unsafe_code)]
 
 mod admin;
 mod api;
 mod clock;
 mod data;
-#[cfg(test)]
-mod dialect_props;
+mod eval;
 mod faults;
 mod graph;
 mod quota;
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use eval::Matches;
 pub use faults::{FaultKind, FaultRule, Faults};
 pub use stats::{Change, RouteStats, Stats};
 
@@ -405,7 +407,7 @@ impl SimHandle {
 
     /// A valid token for the Graph routes (audience `https://graph.microsoft.com`).
     pub fn issue_graph_token(&self) -> String {
-        self.shared.tokens.issue_for(crate::dialect::Dialect::Graph)
+        self.shared.tokens.issue_for(token::Audience::Graph)
     }
 
     /// The incident as the API would serve it now.
@@ -425,6 +427,15 @@ impl SimHandle {
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
     }
+}
+
+/// The data model and its two native renderings, for property tests outside this crate (the
+/// proxy's dialect translator is checked against them). Not part of the simulator's API.
+#[doc(hidden)]
+pub mod fixtures {
+    pub use crate::clock::{format_ticks, now_ticks, TICKS_PER_DAY, TICKS_PER_SEC};
+    pub use crate::data::{generate_summary, render, Comment, DataParams, IncidentState};
+    pub use crate::graph::render as render_graph;
 }
 
 #[cfg(test)]
