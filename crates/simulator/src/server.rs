@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::api::CloseConnection;
+use crate::http::CloseConnection;
 use crate::Shared;
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
