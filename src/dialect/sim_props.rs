@@ -1,6 +1,7 @@
 //! Property tests of `crate::dialect` against the simulator: incidents generated in the
-//! simulator's data model are rendered natively in both dialects (Defender by `data::render`,
-//! Graph by `graph::render`, written independently of the translator), one rendering is
+//! simulator's data model are rendered natively in both dialects (Defender by `render`, Graph by
+//! `render_graph`, from `defender_simulator::fixtures`, written independently of the
+//! translator), one rendering is
 //! translated into the other dialect, and the two are compared field by field. The only
 //! exceptions are the documented lossy fields of `dialect::incident`.
 

@@ -1,4 +1,6 @@
-//! Tests of the whole grammar: lexer, parser, printer, timestamps and query options together.
+//! Tests of the `$filter` grammar as a whole: lexer, parser, printer and timestamps together
+//! (spellings, precedence, limits, round trips, never a panic). The list query options are
+//! tested in `query`.
 
 use crate::error::*;
 use crate::filter::*;
@@ -33,13 +35,6 @@ fn filter_err(text: &str) -> QueryError {
             assert_eq!(e.option, "$filter", "{text:?}");
             e
         }
-    }
-}
-
-fn query_err(raw: &str) -> QueryError {
-    match ListQuery::parse(raw) {
-        Ok(q) => panic!("{raw:?} should be rejected, parsed as {q:?}"),
-        Err(e) => e,
     }
 }
 
@@ -327,96 +322,6 @@ fn equivalent_queries_share_one_canonical_string() {
     }
 }
 
-#[test]
-fn list_query_options() {
-    assert_eq!(ListQuery::parse("").unwrap(), ListQuery::default());
-    assert_eq!(ListQuery::parse("").unwrap().canonical(), "");
-    let q = ListQuery::parse("$top=100&$skip=0").unwrap();
-    assert_eq!((q.filter.clone(), q.top, q.skip), (None, Some(100), Some(0)));
-    assert_eq!(q.canonical(), "$top=100&$skip=0");
-    assert_eq!(ListQuery::parse("$top=1").unwrap().top, Some(1));
-    assert_eq!(
-        ListQuery::parse("$skip=18446744073709551615").unwrap().skip,
-        Some(u64::MAX)
-    );
-    // Strings with characters that matter in a query string survive the round trip.
-    let q = ListQuery::parse("$filter=assignedTo%20eq%20'a%26b%3Dc%2Bd%25e%23f'").unwrap();
-    assert_eq!(
-        q.filter,
-        Some(cmp(
-            Field::AssignedTo,
-            CompareOp::Eq,
-            Literal::String("a&b=c+d%e#f".into())
-        ))
-    );
-    assert_eq!(q.canonical(), "$filter=assignedTo%20eq%20'a%26b%3Dc%2Bd%25e%23f'");
-    assert_eq!(ListQuery::parse(&q.canonical()).unwrap(), q);
-}
-
-#[test]
-fn list_query_rejections() {
-    let cases = [
-        ("$top=0", "$top", "between 1 and 100"),
-        ("$top=101", "$top", "between 1 and 100"),
-        ("$top=99999999999999999999999", "$top", "between 1 and 100"),
-        ("$top=-1", "$top", "non-negative integer"),
-        ("$top=+5", "$top", "non-negative integer"),
-        ("$top=%205", "$top", "non-negative integer"),
-        ("$top=ten", "$top", "non-negative integer"),
-        ("$top=", "$top", "empty value"),
-        ("$top", "$top", "empty value"),
-        ("$skip=1.5", "$skip", "non-negative integer"),
-        ("$skip=18446744073709551616", "$skip", "at least 0"),
-        ("$skip=", "$skip", "empty value"),
-        ("$filter=", "$filter", "empty value"),
-        ("$filter=+++", "$filter", "empty value"),
-        ("$top=1&$top=2", "$top", "more than once"),
-        (
-            "$filter=status eq 'Active'&%24filter=status eq 'Active'",
-            "$filter",
-            "more than once",
-        ),
-        ("$skip=1&$skip=1", "$skip", "more than once"),
-        ("$select=id", "$select", "supported options"),
-        ("$orderby=createdTime", "$orderby", "supported options"),
-        ("$TOP=5", "$TOP", "did you mean '$top'"),
-        ("top=5", "top", "did you mean '$top'"),
-        ("foo", "foo", "supported options"),
-        ("=5", "", "unknown query option ''"),
-        (
-            "$filter=status%20eq%20%27Active%2",
-            "$filter",
-            "malformed percent-escape",
-        ),
-        ("$filter=%zz", "$filter", "malformed percent-escape"),
-        ("%2", "%2", "malformed percent-escape"),
-        ("$filter=assignedTo%20eq%20'%FF'", "$filter", "not valid UTF-8"),
-        ("%FF=1", "%FF", "not valid UTF-8"),
-        ("$filter=status%20eq%20Active", "$filter", "single-quoted status"),
-        ("$top=5&$filter=bogus", "$filter", "invalid $filter"),
-    ];
-    for (raw, option, reason) in cases {
-        let e = query_err(raw);
-        assert_eq!(e.option, option, "{raw:?}: {e:?}");
-        assert!(
-            e.message.contains(reason),
-            "{raw:?}: message {:?} should mention {reason:?}",
-            e.message
-        );
-    }
-    // Messages echo at most a bounded amount of user input.
-    let long = format!("{}=1", "x".repeat(10_000));
-    let e = query_err(&long);
-    assert!(e.message.len() < 300, "{}", e.message.len());
-    assert_eq!(e.option.len(), ECHO_LIMIT);
-}
-
-#[test]
-fn errors_display_their_message() {
-    let e = query_err("$top=0");
-    assert_eq!(e.to_string(), e.message);
-}
-
 fn arb_datetime() -> impl Strategy<Value = OffsetDateTime> {
     // 0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z, at 100 ns ticks (or whole seconds).
     (
@@ -495,125 +400,6 @@ fn arb_filter() -> impl Strategy<Value = Filter> {
             ]
         })
         .prop_map(normalized)
-}
-
-fn graph_err(raw: &str) -> QueryError {
-    match GraphListQuery::parse(raw) {
-        Ok(q) => panic!("{raw:?} should be rejected, parsed as {q:?}"),
-        Err(e) => e,
-    }
-}
-
-#[test]
-fn graph_list_query_options() {
-    assert_eq!(GraphListQuery::parse("").unwrap(), GraphListQuery::default());
-    let q = GraphListQuery::parse(
-        "%24count=TRUE&$expand=alerts&$orderby=lastUpdateDateTime+DESC&$skip=7&$top=050&$filter=lastUpdateDateTime%20ge%202024-01-15T10:00:00Z%20and%20status%20eq%20'active'%20and%20severity%20ne%20'low'",
-    )
-    .unwrap();
-    assert_eq!(q.top, Some(50));
-    assert_eq!(q.skip, Some(7));
-    assert_eq!(
-        q.orderby,
-        Some(GraphOrderBy {
-            field: GraphOrderField::LastUpdateDateTime,
-            descending: true
-        })
-    );
-    assert!(q.expand_alerts);
-    assert_eq!(q.count, Some(true));
-    let canonical = "$filter=lastUpdateDateTime%20ge%202024-01-15T10:00:00Z%20and%20status%20eq%20'active'%20and%20severity%20ne%20'low'&$top=50&$skip=7&$orderby=lastUpdateDateTime%20desc&$expand=alerts&$count=true";
-    assert_eq!(q.canonical(), canonical);
-    assert_eq!(GraphListQuery::parse(canonical).unwrap(), q);
-    let q = GraphListQuery::parse("$orderby=createdDateTime&$count=false").unwrap();
-    assert_eq!(q.canonical(), "$orderby=createdDateTime%20asc&$count=false");
-    // Every documented filterable field, with its literal kinds.
-    for text in [
-        "assignedTo eq null",
-        "assignedTo eq 'a@b.c'",
-        "classification eq 'informationalExpectedActivity'",
-        "createdDateTime lt 2024-01-15T10:00:00Z",
-        "determination ne 'notEnoughDataToValidate'",
-        "lastUpdateDateTime gt 2024-01-15T10:00:00.1234567Z",
-        "severity eq 'unknown'",
-        "status eq 'awaitingAction' or status eq 'inProgress'",
-    ] {
-        let f = Filter::parse_graph(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-        assert_eq!(Filter::parse_graph(&f.canonical()).unwrap(), f);
-    }
-    // The Defender parser is untouched by the Graph vocabulary, and vice versa.
-    assert!(Filter::parse("severity eq 'high'").is_err());
-    assert!(Filter::parse_graph("lastUpdateTime ge 2024-01-01T00:00:00Z").is_err());
-}
-
-#[test]
-fn graph_list_query_rejections() {
-    let cases = [
-        (
-            "$top=51",
-            "$top",
-            "The limit of '50' for Top query has been exceeded. The value from the incoming request is '51'.",
-        ),
-        ("$top=99999999999999999999", "$top", "The limit of '50'"),
-        ("$top=0", "$top", "between 1 and 50"),
-        ("$top=-1", "$top", "non-negative integer"),
-        ("$skip=x", "$skip", "non-negative integer"),
-        (
-            "$orderby=severity desc",
-            "$orderby",
-            "lastUpdateDateTime or createdDateTime",
-        ),
-        ("$orderby=createdDateTime sideways", "$orderby", "asc or desc"),
-        (
-            "$orderby=createdDateTime asc, lastUpdateDateTime desc",
-            "$orderby",
-            "asc or desc",
-        ),
-        ("$orderby=createdDateTime asc extra", "$orderby", "one key"),
-        ("$expand=comments", "$expand", "only 'alerts'"),
-        ("$count=yes", "$count", "true or false"),
-        ("$count=true&$count=true", "$count", "more than once"),
-        (
-            "$select=id",
-            "$select",
-            "$filter, $top, $skip, $orderby, $expand and $count",
-        ),
-        ("$Top=5", "$Top", "did you mean '$top'"),
-        ("expand=alerts", "expand", "did you mean '$expand'"),
-        ("$filter=status eq 'Active'", "$filter", "not a status"),
-        ("$filter=severity gt 'low'", "$filter", "only be compared with eq or ne"),
-        (
-            "$filter=lastUpdateTime ge 2024-01-01T00:00:00Z",
-            "$filter",
-            "did you mean",
-        ),
-        (
-            "$filter=id eq '5'",
-            "$filter",
-            "filterable fields are assignedTo, classification",
-        ),
-        (
-            "$filter=determination eq 'compromisedUser'",
-            "$filter",
-            "not a determination",
-        ),
-        (
-            "$filter=classification eq null",
-            "$filter",
-            "single-quoted classification",
-        ),
-        ("$filter=", "$filter", "empty value"),
-        ("$filter=%zz", "$filter", "malformed percent-escape"),
-    ];
-    for (raw, option, reason) in cases {
-        let e = graph_err(raw);
-        assert_eq!(e.option, option, "{raw:?}: {e:?}");
-        assert!(
-            e.message.contains(reason),
-            "{raw:?}: {:?} should mention {reason:?}",
-            e.message
-        );
-    }
 }
 
 fn arb_graph_filter() -> impl Strategy<Value = Filter<GraphField>> {
