@@ -23,11 +23,16 @@ WORKDIR /src
 # rebuild the ~300 crates. cargo-chef would do this, but it is not available offline.
 # Cargo parses every target declared in Cargo.toml (benches, tests, examples) even when only
 # the binary is built, so the awk below creates a stub for each declared target path as well
-# as for src/lib.rs and src/main.rs.
+# as for src/lib.rs and src/main.rs. The workspace members (crates/odata, crates/simulator) get an
+# empty src/lib.rs each.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/odata/Cargo.toml crates/odata/
+COPY crates/simulator/Cargo.toml crates/simulator/
 RUN set -eu; \
-    mkdir -p src; \
+    mkdir -p src crates/odata/src crates/simulator/src; \
     echo '' > src/lib.rs; \
+    echo '' > crates/odata/src/lib.rs; \
+    echo '' > crates/simulator/src/lib.rs; \
     echo 'fn main() {}' > src/main.rs; \
     awk ' \
       /^\[\[(bench|test|example|bin)\]\]/ { kind = $0; gsub(/[\[\]]/, "", kind); name = ""; path = ""; next } \
@@ -42,13 +47,13 @@ RUN set -eu; \
       [ -e "$stub" ] || echo 'fn main() {}' > "$stub"; \
     done; \
     cargo build --release --locked --bin defender-proxy; \
-    rm -rf src benches tests examples
+    rm -rf src benches tests examples crates/odata/src crates/simulator/src
 
 # The real sources. touch makes sure cargo sees them as newer than the stub build artefacts
 # (COPY keeps the build context's mtimes, which can be older).
 COPY . .
 RUN set -eu; \
-    find src -name '*.rs' -exec touch {} +; \
+    find src crates -name '*.rs' -exec touch {} +; \
     cargo build --release --locked --bin defender-proxy; \
     cp target/release/defender-proxy /usr/local/bin/defender-proxy
 

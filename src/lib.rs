@@ -10,7 +10,8 @@
 //!   `/livez`, `/readyz`). Uses `auth`, `target`, `proxy`, `outcome`, `sync` (status only).
 //! * [`auth`]: which consumer is calling (API keys stored as hashes) and what it may do.
 //! * [`target`]: parses the request target (route, incident id) and the caller's cache and wait
-//!   preferences; [`odata`] parses List query options.
+//!   preferences; [`odata`] (the `defender-odata` crate, `crates/odata`) parses List query
+//!   options.
 //! * [`proxy`]: the policy: cache, then budget, then upstream; stale-if-error; what is stored.
 //!   Reads collapse into flights in which each caller keeps its own wait; writes finish detached.
 //! * [`outcome`]: what a request comes to (answer or failure) and the one `Cache-Status` renderer.
@@ -28,14 +29,19 @@
 //! * [`upstream`]: the Defender HTTP client; [`token`]: its Entra ID access token.
 //!
 //! Beside the request path, not yet wired into it (issue 13): [`dialect`], pure translations
-//! between the Defender and Microsoft Graph security dialects, with [`enums`], the one table per
-//! enum type where the documents' disagreements are decided (also used by [`odata`]).
+//! between the Defender and Microsoft Graph security dialects, with [`enums`] (re-exported from
+//! `defender-odata`), the one table per enum type where the documents' disagreements are decided
+//! (also used by [`odata`]).
 //!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
 //! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`] (diagnostic
 //! events), [`access_log`] (the per-request line, off the request path), [`app`] (build, serve,
-//! drain) and [`simulator`] (a faithful fake of Defender, Graph security and Entra ID for the
-//! quick start, tests and benchmarks).
+//! drain) and [`simulator`] (the `defender-simulator` crate, `crates/simulator`: a faithful fake
+//! of Defender, Graph security and Entra ID for the quick start, tests and benchmarks).
+//!
+//! The workspace's two other crates never depend on this one: `crates/odata` (the OData grammar,
+//! the enum tables and the update vocabulary, which [`route`] re-exports) and `crates/simulator`
+//! (which uses `crates/odata` and evaluates `$filter`s itself).
 
 #![forbid(unsafe_code)]
 
@@ -48,7 +54,6 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod dialect;
-pub mod enums;
 pub mod error;
 pub mod exchange;
 pub mod flight;
@@ -58,12 +63,14 @@ pub mod odata;
 pub mod outcome;
 pub mod proxy;
 pub mod route;
-pub mod simulator;
 pub mod sync;
 pub mod target;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;
+
+pub use defender_odata::enums;
+pub use defender_simulator as simulator;
 
 pub use app::Application;
 pub use config::Config;

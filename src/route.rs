@@ -82,25 +82,9 @@ pub const ROUTE_NAMES: [&str; ROUTE_COUNT] = {
     names
 };
 
-/// The documented values of an incident's `status`.
-pub const STATUSES: [&str; 4] = ["Active", "Resolved", "InProgress", "Redirected"];
-/// The values an update may set `classification` to.
-pub const CLASSIFICATIONS: [&str; 3] = ["TruePositive", "InformationalExpectedActivity", "FalsePositive"];
-/// The values an update may set `determination` to.
-pub const DETERMINATIONS: [&str; 12] = [
-    "MultiStagedAttack",
-    "MaliciousUserActivity",
-    "CompromisedAccount",
-    "Malware",
-    "Phishing",
-    "UnwantedSoftware",
-    "Other",
-    "SecurityTesting",
-    "LineOfBusinessApplication",
-    "ConfirmedActivity",
-    "Clean",
-    "NoEnoughDataToValidate",
-];
+/// The documented update vocabulary (`STATUSES`, `CLASSIFICATIONS`, `DETERMINATIONS`), shared with
+/// the OData grammar and the simulator.
+pub use defender_odata::vocabulary::{CLASSIFICATIONS, DETERMINATIONS, STATUSES};
 
 #[allow(non_upper_case_globals)] // they name routes like the enum variants they replaced
 impl RouteKind {

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use defender_proxy::simulator::{FaultKind, FaultRule, Faults, SimConfig, SimHandle, SimQuota, SimQuotas, Simulator};
+use defender_proxy::simulator::{
+    FaultKind, FaultRule, Faults, Matches, SimConfig, SimHandle, SimQuota, SimQuotas, Simulator,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;

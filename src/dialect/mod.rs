@@ -18,6 +18,8 @@ pub use crate::enums;
 pub mod error;
 pub mod incident;
 pub mod query;
+#[cfg(test)]
+mod sim_props;
 pub mod target;
 pub mod update;
 

@@ -4,7 +4,7 @@
 //! **The one place where the documents' disagreements are decided** (issue 13): Graph output
 //! always uses the v1.0 CSDL metadata spelling (fact sheet §3, §8.1: "only the metadata spelling
 //! is something the OData serializer can emit"); Defender output uses the spelling of the
-//! Defender update page and of the proxy's own vocabulary (`route::DETERMINATIONS`), which is
+//! Defender update page and of the proxy's own vocabulary (`vocabulary::DETERMINATIONS`), which is
 //! also what XSOAR sends to the live API (sheet §7.3). Aliases are accepted on input only.
 //!
 //! Values missing from a table: requests (PATCH bodies, filters) are rejected naming the field;
@@ -410,7 +410,7 @@ mod tests {
         for g in GRAPH_DETERMINATIONS {
             assert!(t.to_defender(g).is_some(), "{g}");
         }
-        for d in crate::route::DETERMINATIONS {
+        for d in crate::vocabulary::DETERMINATIONS {
             assert!(t.to_graph(d).is_some(), "{d}");
         }
     }
@@ -427,10 +427,10 @@ mod tests {
                 assert!(members.contains(g), "{} {g}", table.name);
             }
         }
-        for s in crate::route::STATUSES {
+        for s in crate::vocabulary::STATUSES {
             assert!(INCIDENT_STATUS.to_graph(s).is_some());
         }
-        for c in crate::route::CLASSIFICATIONS {
+        for c in crate::vocabulary::CLASSIFICATIONS {
             assert!(CLASSIFICATION.to_graph(c).is_some());
         }
     }

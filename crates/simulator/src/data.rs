@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::simulator::clock::{format_ticks, TICKS_PER_DAY, TICKS_PER_SEC};
+use crate::clock::{format_ticks, TICKS_PER_DAY, TICKS_PER_SEC};
 
 /// Independent random streams per incident: the summary is drawn for every id at start-up, the
 /// detail only when an incident is first served, and neither may shift the other.
@@ -21,7 +21,7 @@ const MINUTE: i64 = 60 * TICKS_PER_SEC;
 
 /// What generation depends on; fixed for the simulator's life.
 #[derive(Clone, Debug)]
-pub(crate) struct DataParams {
+pub struct DataParams {
     pub seed: u64,
     /// Generated history ends here (the start of the UTC day the simulator started on), so two
     /// runs with one seed on the same day produce identical bytes.
@@ -33,7 +33,7 @@ pub(crate) struct DataParams {
 /// A comment on an incident, serialized as the upstream does.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct Comment {
+pub struct Comment {
     pub comment: String,
     pub created_by: String,
     pub created_time: String,
@@ -41,7 +41,7 @@ pub(crate) struct Comment {
 
 /// The mutable part of an incident plus what rendering needs to regenerate the rest.
 #[derive(Clone, Debug)]
-pub(crate) struct IncidentState {
+pub struct IncidentState {
     pub id: i64,
     pub name: String,
     pub created: i64,
@@ -86,7 +86,7 @@ impl IncidentState {
 }
 
 // The documented vocabulary is shared with the proxy: both follow the same API description.
-pub(crate) use crate::route::{CLASSIFICATIONS, DETERMINATIONS, STATUSES};
+pub(crate) use defender_odata::vocabulary::{CLASSIFICATIONS, DETERMINATIONS, STATUSES};
 
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -161,7 +161,7 @@ fn alert_count(rng: &mut ChaCha8Rng) -> u32 {
 }
 
 /// Whether `id` exists and, if so, its summary as generated at start-up.
-pub(crate) fn generate_summary(params: &DataParams, id: i64) -> Option<IncidentState> {
+pub fn generate_summary(params: &DataParams, id: i64) -> Option<IncidentState> {
     let mut rng = rng_for(params.seed, id, STREAM_SUMMARY);
     // First draw decides existence so that changing missing_share keeps the rest stable.
     if rng.gen::<f64>() < params.missing_share {
@@ -503,7 +503,7 @@ struct Pools {
 }
 
 /// Renders the full incident as the upstream would serialize it.
-pub(crate) fn render(params: &DataParams, state: &IncidentState) -> Bytes {
+pub fn render(params: &DataParams, state: &IncidentState) -> Bytes {
     let out = build(params, state);
     // Plain structs with string keys: serialization cannot fail.
     Bytes::from(serde_json::to_vec(&out).expect("incident serializes"))
@@ -1353,7 +1353,7 @@ const SUBJECTS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::clock::now_ticks;
+    use crate::clock::now_ticks;
 
     fn params(seed: u64) -> DataParams {
         DataParams {

@@ -9,15 +9,16 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use rand::Rng;
 
-use crate::odata::{Filter, GraphField, GraphOrderBy, GraphOrderField};
-use crate::simulator::clock::{format_ticks, StrictClock};
-use crate::simulator::data::{self, Comment, DataParams, IncidentState, CLASSIFICATIONS, DETERMINATIONS, STATUSES};
+use crate::clock::{format_ticks, StrictClock};
+use crate::data::{self, Comment, DataParams, IncidentState, CLASSIFICATIONS, DETERMINATIONS, STATUSES};
+use crate::eval::Matches;
+use defender_odata::{Filter, GraphField, GraphOrderBy, GraphOrderField};
 
 /// Rendered bodies kept at most; beyond it the oldest renderings are dropped (and re-rendered
 /// when asked for again). Large enough for the default 10,000 incidents.
 const CACHE_BUDGET_BYTES: usize = 256 << 20;
 
-struct Entry {
+struct BookEntry {
     state: IncidentState,
     version: u64,
     body: Option<Bytes>,
@@ -27,10 +28,10 @@ struct Entry {
     graph_doc: OnceLock<serde_json::Value>,
 }
 
-impl Entry {
+impl BookEntry {
     /// A freshly generated incident: version 1, nothing rendered yet.
-    fn new(state: IncidentState) -> Entry {
-        Entry {
+    fn new(state: IncidentState) -> BookEntry {
+        BookEntry {
             state,
             version: 1,
             body: None,
@@ -41,7 +42,7 @@ impl Entry {
 }
 
 struct Inner {
-    entries: BTreeMap<i64, Entry>,
+    entries: BTreeMap<i64, BookEntry>,
     /// (createdTime, incidentId): iterated backwards this is the upstream's list order.
     by_created: BTreeSet<(i64, i64)>,
     /// Highest id ever handed out or reserved; new incidents get the next one.
@@ -165,13 +166,13 @@ pub(crate) fn parse_update(body: &[u8]) -> Result<Update, String> {
 }
 
 /// All incidents of one simulator.
-pub(crate) struct Store {
+pub(crate) struct IncidentBook {
     params: DataParams,
     clock: StrictClock,
     inner: RwLock<Inner>,
 }
 
-impl Store {
+impl IncidentBook {
     /// Generates the summaries of ids `first_id .. first_id + incidents` (bodies stay lazy).
     pub(crate) fn new(params: DataParams, first_id: i64, incidents: u64) -> Self {
         let count = i64::try_from(incidents).unwrap_or(i64::MAX);
@@ -181,7 +182,7 @@ impl Store {
         for id in first_id..end {
             if let Some(state) = data::generate_summary(&params, id) {
                 by_created.insert((state.created, id));
-                entries.insert(id, Entry::new(state));
+                entries.insert(id, BookEntry::new(state));
             }
         }
         let clock = StrictClock::after(params.anchor);
@@ -263,7 +264,7 @@ impl Store {
     /// and its alerts are optional, so it does not share the Defender body cache).
     pub(crate) fn graph_body(&self, id: i64, expand_alerts: bool) -> Option<Bytes> {
         let state = self.state(id)?;
-        Some(crate::simulator::graph::render(&self.params, &state, expand_alerts))
+        Some(crate::graph_render::render(&self.params, &state, expand_alerts))
     }
 
     /// What generation depends on (for renderings outside the store).
@@ -294,10 +295,7 @@ impl Store {
             .filter_map(|(_, id)| {
                 let e = inner.entries.get(id)?;
                 let keep = filter.map_or(true, |f| {
-                    f.matches(
-                        e.graph_doc
-                            .get_or_init(|| crate::simulator::graph::filter_doc(&e.state)),
-                    )
+                    f.matches(e.graph_doc.get_or_init(|| crate::graph_render::filter_doc(&e.state)))
                 });
                 let key = match order.map(|o| o.field) {
                     Some(GraphOrderField::LastUpdateDateTime) => e.state.last_update,
@@ -406,7 +404,7 @@ impl Store {
         let now = self.clock.next(0);
         let state = data::generate_new(&self.params, id, now);
         inner.by_created.insert((state.created, id));
-        inner.entries.insert(id, Entry::new(state));
+        inner.entries.insert(id, BookEntry::new(state));
         (id, format_ticks(now))
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::simulator::SimQuota;
+use crate::SimQuota;
 
 /// What the quota says about one call.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,11 +7,11 @@ use time::OffsetDateTime;
 
 /// The upstream's timestamps have 100 ns resolution (7 fractional digits, .NET ticks), so the
 /// simulator counts time in 100 ns ticks since the Unix epoch.
-pub(crate) const TICKS_PER_SEC: i64 = 10_000_000;
-pub(crate) const TICKS_PER_DAY: i64 = 86_400 * TICKS_PER_SEC;
+pub const TICKS_PER_SEC: i64 = 10_000_000;
+pub const TICKS_PER_DAY: i64 = 86_400 * TICKS_PER_SEC;
 
 /// Formats ticks like the real API: `2024-05-01T10:11:12.1234567Z`.
-pub(crate) fn format_ticks(ticks: i64) -> String {
+pub fn format_ticks(ticks: i64) -> String {
     let secs = ticks.div_euclid(TICKS_PER_SEC);
     let frac = ticks.rem_euclid(TICKS_PER_SEC);
     let dt = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
@@ -41,7 +41,7 @@ pub(crate) fn format_entra_timestamp(dt: OffsetDateTime) -> String {
 }
 
 /// The current wall-clock time in ticks.
-pub(crate) fn now_ticks() -> i64 {
+pub fn now_ticks() -> i64 {
     let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
     i64::try_from(nanos / 100).unwrap_or(i64::MAX)
 }

@@ -1,6 +1,5 @@
 //! The simulated Defender API routes: authentication, fault injection, quota and the three
-//! incident methods, answered with the upstream's bodies, headers and error envelopes. The
-//! router also mounts the Graph routes of `graph` and the token and `/_sim` routes.
+//! incident methods, answered with the upstream's bodies, headers and error envelopes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,51 +8,22 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::Router;
 use tokio::time::Instant;
 
-use crate::dialect::Dialect;
-use crate::odata::ListQuery;
-use crate::simulator::faults::FaultKind;
-use crate::simulator::quota::{throttle_message, Admission};
-use crate::simulator::stats::Outcome;
-use crate::simulator::store::parse_update;
-use crate::simulator::token::{token_endpoint, AuthError};
-use crate::simulator::{admin, graph, Route, Shared};
+use crate::faults::FaultKind;
+use crate::http::{close_connection, ok_json, parse_incident_id, CloseConnection};
+use crate::quota::{throttle_message, Admission};
+use crate::stats::CallOutcome;
+use crate::store::parse_update;
+use crate::token::Audience;
+use crate::token::AuthError;
+use crate::{Shared, SimRoute};
+use defender_odata::ListQuery;
 
-/// The upstream's OData content type for successful answers.
-pub(crate) const ODATA_JSON: &str =
-    "application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8";
 const ERROR_JSON: &str = "application/json; charset=utf-8";
 const LIST_CONTEXT: &str = "https://api.security.microsoft.com/api/$metadata#Incidents";
 /// The documented maximum (and default) page size of the list method.
 const MAX_TOP: u32 = 100;
-
-/// Marks a response that must not be sent: the server closes the connection instead.
-#[derive(Clone, Copy, Debug, thiserror::Error)]
-#[error("connection closed by the simulator")]
-pub(crate) struct CloseConnection;
-
-pub(crate) fn router(sim: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/api/incidents", get(list_incidents))
-        .route("/api/incidents/{id}", get(get_incident).patch(update_incident))
-        .route("/v1.0/security/incidents", get(graph::list_incidents))
-        .route(
-            "/v1.0/security/incidents/{id}",
-            get(graph::get_incident).patch(graph::update_incident),
-        )
-        .route("/v1.0/security/incidents/{id}/comments", post(graph::post_comment))
-        .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
-        .route("/_sim/stats", get(admin::stats))
-        .route("/_sim/stats/reset", post(admin::reset_stats))
-        .route("/_sim/faults", put(admin::set_faults))
-        .route("/_sim/incidents", post(admin::create))
-        .route("/_sim/incidents/{id}/touch", post(admin::touch))
-        .fallback(no_such_route)
-        .with_state(sim)
-}
 
 /// One API call, as received.
 enum Call {
@@ -62,16 +32,24 @@ enum Call {
     Update { id: String, json: bool, body: Bytes },
 }
 
-async fn get_incident(State(sim): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    handle(sim, Route::Get, &headers, Call::Get { id }).await
+pub(crate) async fn get_incident(
+    State(sim): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    handle(sim, SimRoute::Get, &headers, Call::Get { id }).await
 }
 
-async fn list_incidents(State(sim): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+pub(crate) async fn list_incidents(
+    State(sim): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let query = query.unwrap_or_default();
-    handle(sim, Route::List, &headers, Call::List { query }).await
+    handle(sim, SimRoute::List, &headers, Call::List { query }).await
 }
 
-async fn update_incident(
+pub(crate) async fn update_incident(
     State(sim): State<Arc<Shared>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -82,10 +60,10 @@ async fn update_incident(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    handle(sim, Route::Update, &headers, Call::Update { id, json, body }).await
+    handle(sim, SimRoute::Update, &headers, Call::Update { id, json, body }).await
 }
 
-async fn no_such_route() -> Response {
+pub(crate) async fn no_such_route() -> Response {
     envelope(
         StatusCode::NOT_FOUND,
         "NotFound",
@@ -97,12 +75,12 @@ async fn no_such_route() -> Response {
 /// The order matters and follows the upstream: a call without a valid token is refused before
 /// it reaches the quota; every authenticated call is logged against the quota (even one that
 /// is then throttled, and even one a fault spoils), except a simulated token revocation.
-async fn handle(sim: Arc<Shared>, route: Route, headers: &HeaderMap, call: Call) -> Response {
+async fn handle(sim: Arc<Shared>, route: SimRoute, headers: &HeaderMap, call: Call) -> Response {
     let arrived = Instant::now();
-    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Dialect::Defender) {
+    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Audience::Defender) {
         sim.stats.arrive(route, false);
         let resp = unauthorized(e);
-        sim.stats.finish(route, Outcome::Answered(resp.status()), false);
+        sim.stats.finish(route, CallOutcome::Answered(resp.status()), false);
         return resp;
     }
     sim.stats.arrive(route, true);
@@ -119,15 +97,15 @@ async fn handle(sim: Arc<Shared>, route: Route, headers: &HeaderMap, call: Call)
         }
     };
     let outcome = if resp.extensions().get::<CloseConnection>().is_some() {
-        Outcome::NoAnswer
+        CallOutcome::NoAnswer
     } else {
-        Outcome::Answered(resp.status())
+        CallOutcome::Answered(resp.status())
     };
     sim.stats.finish(route, outcome, faulted);
     resp
 }
 
-async fn apply_fault(sim: &Shared, kind: FaultKind, route: Route, admission: &Admission, call: &Call) -> Response {
+async fn apply_fault(sim: &Shared, kind: FaultKind, route: SimRoute, admission: &Admission, call: &Call) -> Response {
     match kind {
         FaultKind::Latency { ms } => {
             tokio::select! {
@@ -199,14 +177,14 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> R
     }
     match call {
         Call::Get { id } => {
-            let Some(id) = parse_id(id) else {
+            let Some(id) = parse_incident_id(id) else {
                 return bad_id(id);
             };
             serve_incident(sim, id, wrong_id)
         }
         Call::List { query } => list(sim, query, wrong_id),
         Call::Update { id, json, body } => {
-            let Some(id) = parse_id(id) else {
+            let Some(id) = parse_incident_id(id) else {
                 return bad_id(id);
             };
             if !json {
@@ -269,10 +247,6 @@ fn list(sim: &Shared, raw_query: &str, wrong_id: bool) -> Response {
     ok_json(Bytes::from(out))
 }
 
-pub(crate) fn parse_id(raw: &str) -> Option<i64> {
-    raw.parse::<i64>().ok()
-}
-
 fn bad_id(raw: &str) -> Response {
     envelope(
         StatusCode::BAD_REQUEST,
@@ -285,21 +259,6 @@ fn bad_id(raw: &str) -> Response {
 /// A fresh tracking id, as the upstream puts in an error's `target`.
 pub(crate) fn tracking_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-pub(crate) fn ok_json(body: Bytes) -> Response {
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(ODATA_JSON)),
-            (
-                header::HeaderName::from_static("odata-version"),
-                HeaderValue::from_static("4.0"),
-            ),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 /// The upstream's error envelope.
@@ -347,12 +306,6 @@ fn throttled(sim: &Shared, limit: u32, window: Duration, retry_after_secs: u64) 
     );
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    resp
-}
-
-pub(crate) fn close_connection() -> Response {
-    let mut resp = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    resp.extensions_mut().insert(CloseConnection);
     resp
 }
 

@@ -15,13 +15,21 @@ use rand::Rng;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::dialect::Dialect;
-use crate::simulator::clock::format_entra_timestamp;
-use crate::simulator::{FaultKind, Shared};
+use crate::clock::format_entra_timestamp;
+use crate::{FaultKind, Shared};
 
 const SCOPE: &str = "https://api.security.microsoft.com/.default";
 /// Microsoft Graph's scope: a token asked for with it is for Graph routes only (its audience).
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// Which API a token was issued for: its scope at the token endpoint decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Audience {
+    /// `https://api.security.microsoft.com/.default`: the Defender routes.
+    Defender,
+    /// `https://graph.microsoft.com/.default`: the Graph security routes.
+    Graph,
+}
+
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Entra's tolerance for clock skew on a client assertion's `nbf`.
 const SKEW_SECS: i64 = 300;
@@ -46,7 +54,7 @@ pub(crate) enum AuthError {
 #[derive(Debug)]
 pub(crate) struct Tokens {
     ttl: Duration,
-    live: Mutex<HashMap<String, (Instant, Dialect)>>,
+    live: Mutex<HashMap<String, (Instant, Audience)>>,
 }
 
 impl Tokens {
@@ -63,11 +71,11 @@ impl Tokens {
 
     /// A new opaque Defender-audience token valid for the configured time.
     pub(crate) fn issue(&self) -> String {
-        self.issue_for(Dialect::Defender)
+        self.issue_for(Audience::Defender)
     }
 
     /// A new opaque token for `audience`'s API, valid for the configured time.
-    pub(crate) fn issue_for(&self, audience: Dialect) -> String {
+    pub(crate) fn issue_for(&self, audience: Audience) -> String {
         let token: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(64)
@@ -84,7 +92,7 @@ impl Tokens {
     }
 
     /// Checks an `Authorization` header value for a route of `audience`'s API.
-    pub(crate) fn check(&self, value: Option<&HeaderValue>, audience: Dialect) -> Result<(), AuthError> {
+    pub(crate) fn check(&self, value: Option<&HeaderValue>, audience: Audience) -> Result<(), AuthError> {
         let value = value.and_then(|v| v.to_str().ok()).ok_or(AuthError::Missing)?;
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -259,11 +267,11 @@ fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> 
     }
     let scope = field("scope").ok_or_else(|| EntraError::missing("scope"))?;
     let audience = if scope.trim().eq_ignore_ascii_case(GRAPH_SCOPE) {
-        Dialect::Graph
+        Audience::Graph
     } else {
-        Dialect::Defender
+        Audience::Defender
     };
-    if !scope.trim().eq_ignore_ascii_case(SCOPE) && audience != Dialect::Graph {
+    if !scope.trim().eq_ignore_ascii_case(SCOPE) && audience != Audience::Graph {
         return Err(EntraError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",

@@ -3,19 +3,29 @@
 //! token endpoint, served over a real socket: the upstream for the quick-start demo, every
 //! integration test and the benchmarks.
 //!
-//! Submodules: `data` generates incidents from the seed, `store` holds their current truth,
-//! `quota` enforces the per-route sliding windows, `token` is the Entra endpoint, `faults` the
-//! injectable misbehaviour, `stats` what was seen, `api` (Defender), `graph` (Graph) and `admin`
-//! the HTTP routes, and `server` the accept loop.
+//! Submodules, each using only those listed after it: `server` the accept loop; `api`
+//! (Defender), `graph` (Graph) and `admin` the HTTP routes, mounted together by this crate
+//! root's router; `http` the helpers both dialects share; `store` holds the incidents' current
+//! truth (an `IncidentBook`); `graph_render` the Graph rendering and `eval` the
+//! `$filter` evaluator; `data` generates incidents from the seed; `quota` enforces the per-route
+//! sliding windows, `token` is the Entra endpoint, `faults` the injectable misbehaviour, `stats`
+//! what was seen, `clock` the timestamps.
+//!
+//! Its names are its own (`IncidentBook`, `SimRoute`, `CallOutcome`, `parse_incident_id`): none
+//! reuses a type name of the proxy it stands in front of. It depends on `defender-odata` for the
+//! query grammar, never on the proxy.
+
+#![forbid(unsafe_code)]
 
 mod admin;
 mod api;
 mod clock;
 mod data;
-#[cfg(test)]
-mod dialect_props;
+mod eval;
 mod faults;
 mod graph;
+mod graph_render;
+mod http;
 mod quota;
 mod server;
 mod stats;
@@ -26,6 +36,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::routing::{get, post, put};
+use axum::Router;
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +46,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use eval::Matches;
 pub use faults::{FaultKind, FaultRule, Faults};
 pub use stats::{Change, RouteStats, Stats};
 
@@ -42,7 +55,7 @@ use data::DataParams;
 use faults::FaultPlan;
 use quota::RouteQuota;
 use stats::Recorder;
-use store::Store;
+use store::IncidentBook;
 use token::Tokens;
 
 /// How the simulated tenant looks and behaves.
@@ -149,7 +162,7 @@ pub struct SimQuota {
 
 /// The API routes of both dialects, each with its own quota and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Route {
+pub(crate) enum SimRoute {
     Get,
     List,
     Update,
@@ -159,43 +172,43 @@ pub(crate) enum Route {
     GraphComment,
 }
 
-impl Route {
-    pub(crate) const ALL: [Route; 7] = [
-        Route::Get,
-        Route::List,
-        Route::Update,
-        Route::GraphGet,
-        Route::GraphList,
-        Route::GraphUpdate,
-        Route::GraphComment,
+impl SimRoute {
+    pub(crate) const ALL: [SimRoute; 7] = [
+        SimRoute::Get,
+        SimRoute::List,
+        SimRoute::Update,
+        SimRoute::GraphGet,
+        SimRoute::GraphList,
+        SimRoute::GraphUpdate,
+        SimRoute::GraphComment,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Route::Get => "get",
-            Route::List => "list",
-            Route::Update => "update",
-            Route::GraphGet => "graph_get",
-            Route::GraphList => "graph_list",
-            Route::GraphUpdate => "graph_update",
-            Route::GraphComment => "graph_comment",
+            SimRoute::Get => "get",
+            SimRoute::List => "list",
+            SimRoute::Update => "update",
+            SimRoute::GraphGet => "graph_get",
+            SimRoute::GraphList => "graph_list",
+            SimRoute::GraphUpdate => "graph_update",
+            SimRoute::GraphComment => "graph_comment",
         }
     }
 
     /// A route of the Graph dialect (`/v1.0/security/...`).
     pub(crate) fn is_graph(self) -> bool {
-        !matches!(self, Route::Get | Route::List | Route::Update)
+        !matches!(self, SimRoute::Get | SimRoute::List | SimRoute::Update)
     }
 
     fn index(self) -> usize {
         match self {
-            Route::Get => 0,
-            Route::List => 1,
-            Route::Update => 2,
-            Route::GraphGet => 3,
-            Route::GraphList => 4,
-            Route::GraphUpdate => 5,
-            Route::GraphComment => 6,
+            SimRoute::Get => 0,
+            SimRoute::List => 1,
+            SimRoute::Update => 2,
+            SimRoute::GraphGet => 3,
+            SimRoute::GraphList => 4,
+            SimRoute::GraphUpdate => 5,
+            SimRoute::GraphComment => 6,
         }
     }
 }
@@ -203,7 +216,7 @@ impl Route {
 /// State shared by all requests of one simulator.
 pub(crate) struct Shared {
     pub(crate) cfg: SimConfig,
-    pub(crate) store: Store,
+    pub(crate) store: IncidentBook,
     quotas: [RouteQuota; 7],
     pub(crate) faults: Mutex<FaultPlan>,
     pub(crate) tokens: Tokens,
@@ -213,7 +226,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn quota(&self, route: Route) -> &RouteQuota {
+    pub(crate) fn quota(&self, route: SimRoute) -> &RouteQuota {
         &self.quotas[route.index()]
     }
 
@@ -292,7 +305,7 @@ impl Simulator {
         };
         let (first_id, incidents) = (cfg.first_id, cfg.incidents);
         // Drawing every summary takes a moment for large tenants; keep it off the runtime.
-        let store = tokio::task::spawn_blocking(move || Store::new(params, first_id, incidents)).await?;
+        let store = tokio::task::spawn_blocking(move || IncidentBook::new(params, first_id, incidents)).await?;
         let quota = |q: &Vec<SimQuota>| RouteQuota::new(q.clone());
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -313,7 +326,7 @@ impl Simulator {
             addr,
             cfg,
         });
-        let app = api::router(shared.clone());
+        let app = router(shared.clone());
         tokio::spawn(server::serve(listener, app, shared.clone()));
         if let Some(every) = shared.cfg.change_interval {
             tokio::spawn(background_changes(shared.clone(), every));
@@ -405,7 +418,7 @@ impl SimHandle {
 
     /// A valid token for the Graph routes (audience `https://graph.microsoft.com`).
     pub fn issue_graph_token(&self) -> String {
-        self.shared.tokens.issue_for(crate::dialect::Dialect::Graph)
+        self.shared.tokens.issue_for(token::Audience::Graph)
     }
 
     /// The incident as the API would serve it now.
@@ -425,6 +438,39 @@ impl SimHandle {
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
     }
+}
+
+/// Every route of both dialects, the token endpoint and the control endpoints, on one router.
+fn router(sim: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/api/incidents", get(api::list_incidents))
+        .route(
+            "/api/incidents/{id}",
+            get(api::get_incident).patch(api::update_incident),
+        )
+        .route("/v1.0/security/incidents", get(graph::list_incidents))
+        .route(
+            "/v1.0/security/incidents/{id}",
+            get(graph::get_incident).patch(graph::update_incident),
+        )
+        .route("/v1.0/security/incidents/{id}/comments", post(graph::post_comment))
+        .route("/{tenant}/oauth2/v2.0/token", post(token::token_endpoint))
+        .route("/_sim/stats", get(admin::stats))
+        .route("/_sim/stats/reset", post(admin::reset_stats))
+        .route("/_sim/faults", put(admin::set_faults))
+        .route("/_sim/incidents", post(admin::create))
+        .route("/_sim/incidents/{id}/touch", post(admin::touch))
+        .fallback(api::no_such_route)
+        .with_state(sim)
+}
+
+/// The data model and its two native renderings, for property tests outside this crate (the
+/// proxy's dialect translator is checked against them). Not part of the simulator's API.
+#[doc(hidden)]
+pub mod fixtures {
+    pub use crate::clock::{format_ticks, now_ticks, TICKS_PER_DAY, TICKS_PER_SEC};
+    pub use crate::data::{generate_summary, render, Comment, DataParams, IncidentState};
+    pub use crate::graph_render::render as render_graph;
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::simulator::api::CloseConnection;
-use crate::simulator::Shared;
+use crate::http::CloseConnection;
+use crate::Shared;
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open connections get this long to finish after shutdown before they are dropped.

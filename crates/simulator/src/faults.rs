@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::simulator::Route;
+use crate::SimRoute;
 
 /// A fault plan: the first rule that matches a call (route, remaining count, probability roll)
 /// decides its fault; calls no rule picks are answered normally.
@@ -96,7 +96,7 @@ impl FaultPlan {
     }
 
     /// The fault for the next call on `route`, if any; spends one of the rule's count.
-    pub(crate) fn pick(&mut self, route: Route) -> Option<FaultKind> {
+    pub(crate) fn pick(&mut self, route: SimRoute) -> Option<FaultKind> {
         self.pick_named(route.as_str(), true)
     }
 
@@ -160,11 +160,11 @@ mod tests {
                 },
             ],
         });
-        assert_eq!(plan.pick(Route::Get), Some(FaultKind::Status { code: 503 }));
-        assert_eq!(plan.pick(Route::Get), Some(FaultKind::Status { code: 503 }));
-        assert_eq!(plan.pick(Route::Get), Some(FaultKind::Hang));
-        assert_eq!(plan.pick(Route::Get), None);
-        assert_eq!(plan.pick(Route::List), None);
+        assert_eq!(plan.pick(SimRoute::Get), Some(FaultKind::Status { code: 503 }));
+        assert_eq!(plan.pick(SimRoute::Get), Some(FaultKind::Status { code: 503 }));
+        assert_eq!(plan.pick(SimRoute::Get), Some(FaultKind::Hang));
+        assert_eq!(plan.pick(SimRoute::Get), None);
+        assert_eq!(plan.pick(SimRoute::List), None);
     }
 
     #[test]

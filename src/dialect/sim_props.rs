@@ -1,6 +1,7 @@
 //! Property tests of `crate::dialect` against the simulator: incidents generated in the
-//! simulator's data model are rendered natively in both dialects (Defender by `data::render`,
-//! Graph by `graph::render`, written independently of the translator), one rendering is
+//! simulator's data model are rendered natively in both dialects (Defender by `render`, Graph by
+//! `render_graph`, from `defender_simulator::fixtures`, written independently of the
+//! translator), one rendering is
 //! translated into the other dialect, and the two are compared field by field. The only
 //! exceptions are the documented lossy fields of `dialect::incident`.
 
@@ -11,9 +12,9 @@ use crate::dialect::incident::{
     defender_to_graph, field_differences as differences, graph_to_defender, is_listed, DEFENDER_FIELDS_LOST,
     GRAPH_ONLY_FIELDS,
 };
-use crate::simulator::clock::{now_ticks, TICKS_PER_DAY, TICKS_PER_SEC};
-use crate::simulator::data::{self, Comment, DataParams, IncidentState};
-use crate::simulator::graph;
+use defender_simulator::fixtures::{
+    self as data, format_ticks, now_ticks, Comment, DataParams, IncidentState, TICKS_PER_DAY, TICKS_PER_SEC,
+};
 
 fn params(seed: u64) -> DataParams {
     DataParams {
@@ -93,7 +94,7 @@ fn apply(state: &mut IncidentState, edit: &Edit) {
         state.comments.push(Comment {
             comment: c.clone(),
             created_by: "API-App:test".into(),
-            created_time: crate::simulator::clock::format_ticks(state.last_update),
+            created_time: format_ticks(state.last_update),
         });
     }
 }
@@ -109,7 +110,7 @@ fn renderings(seed: u64, id: i64, edit: &Edit) -> Option<(Value, Value)> {
     }
     apply(&mut state, edit);
     let defender: Value = serde_json::from_slice(&data::render(&p, &state)).ok()?;
-    let graph: Value = serde_json::from_slice(&graph::render(&p, &state, true)).ok()?;
+    let graph: Value = serde_json::from_slice(&data::render_graph(&p, &state, true)).ok()?;
     Some((defender, graph))
 }
 
@@ -153,7 +154,7 @@ fn the_largest_incident_translates_too() {
         .unwrap();
     assert!(state.alert_count > 40);
     let defender: Value = serde_json::from_slice(&data::render(&p, &state)).unwrap();
-    let graph: Value = serde_json::from_slice(&graph::render(&p, &state, true)).unwrap();
+    let graph: Value = serde_json::from_slice(&data::render_graph(&p, &state, true)).unwrap();
     check(&defender, &graph).unwrap();
 }
 

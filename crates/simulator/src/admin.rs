@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::simulator::faults::Faults;
-use crate::simulator::Shared;
+use crate::faults::Faults;
+use crate::Shared;
 
 /// `GET /_sim/stats`.
 pub(crate) async fn stats(State(sim): State<Arc<Shared>>) -> Response {

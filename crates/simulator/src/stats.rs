@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::simulator::Route;
+use crate::SimRoute;
 
 /// A snapshot of the simulator's counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ pub struct Change {
 
 /// How a call ended, for the counters.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Outcome {
+pub(crate) enum CallOutcome {
     Answered(StatusCode),
     /// Connection closed without an answer (Reset, or Hang cut short by shutdown).
     NoAnswer,
@@ -64,7 +64,7 @@ pub(crate) struct Recorder {
 
 fn empty() -> Stats {
     let mut stats = Stats::default();
-    for route in Route::ALL {
+    for route in SimRoute::ALL {
         stats
             .route_map(route)
             .insert(route.as_str().to_string(), RouteStats::default());
@@ -73,7 +73,7 @@ fn empty() -> Stats {
 }
 
 impl Stats {
-    fn route_map(&mut self, route: Route) -> &mut BTreeMap<String, RouteStats> {
+    fn route_map(&mut self, route: SimRoute) -> &mut BTreeMap<String, RouteStats> {
         if route.is_graph() {
             &mut self.graph_calls
         } else {
@@ -104,7 +104,7 @@ impl Recorder {
 
     /// A call arrived; `authenticated` calls get their arrival time logged. The time is taken
     /// under the lock so that `at_ms` is in order even with concurrent calls.
-    pub(crate) fn arrive(&self, route: Route, authenticated: bool) {
+    pub(crate) fn arrive(&self, route: SimRoute, authenticated: bool) {
         let mut stats = self.inner.lock();
         let at = self.ms_since_start(Instant::now());
         if let Some(r) = stats.route_map(route).get_mut(route.as_str()) {
@@ -115,7 +115,7 @@ impl Recorder {
         }
     }
 
-    pub(crate) fn finish(&self, route: Route, outcome: Outcome, faulted: bool) {
+    pub(crate) fn finish(&self, route: SimRoute, outcome: CallOutcome, faulted: bool) {
         let mut stats = self.inner.lock();
         let Some(r) = stats.route_map(route).get_mut(route.as_str()) else {
             return;
@@ -123,7 +123,7 @@ impl Recorder {
         if faulted {
             r.faults += 1;
         }
-        if let Outcome::Answered(status) = outcome {
+        if let CallOutcome::Answered(status) = outcome {
             match status.as_u16() {
                 200..=299 => r.ok += 1,
                 401 => r.unauthorized += 1,
