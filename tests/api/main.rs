@@ -1,0 +1,24 @@
+//! The proxy and its simulator end to end, in one test binary: one module per area. Tests that
+//! create heavy load take [`common::exclusive`] first, and tests that measure time, quota windows
+//! or latency take [`common::timed`], so no measurement ever shares the machine with a flood;
+//! short tests that measure nothing run in parallel beside them.
+//!
+//! Two areas have binaries of their own: `tests/credentials.rs` installs a global log
+//! subscriber, and `tests/binary.rs` runs the built executable under signals.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod access_log;
+mod adversity;
+mod budget_property;
+mod concurrency;
+mod e2e_quota;
+mod fairness;
+mod get_path;
+mod list_update;
+mod odata_corpus;
+mod operations;
+mod simulator;
+mod simulator_graph;
+mod sync;
