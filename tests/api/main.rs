@@ -1,6 +1,6 @@
 //! The proxy and its simulator end to end, in one test binary: one module per area. Tests that
 //! create heavy load take [`common::exclusive`] first, and tests that measure time, quota windows
-//! or latency take [`common::timed`], so no measurement ever shares the machine with a flood;
+//! or latency take [`common::timed`], so no measurement ever runs beside a flood of connections;
 //! short tests that measure nothing run in parallel beside them.
 //!
 //! Two areas have binaries of their own: `tests/credentials.rs` installs a global log

@@ -2,10 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::timed;
-use defender_proxy::simulator::{
-    FaultKind, FaultRule, Faults, SimConfig, SimHandle, SimQuota, SimQuotas, Simulator, Stats,
-};
+use crate::common::{quota, timed};
+use defender_proxy::simulator::{FaultKind, FaultRule, Faults, SimConfig, SimHandle, SimQuotas, Simulator, Stats};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -29,13 +27,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
-}
-
-fn quota(limit: u32, secs: u64) -> SimQuota {
-    SimQuota {
-        limit,
-        window: Duration::from_secs(secs),
-    }
 }
 
 fn rule(route: Option<&str>, kind: FaultKind, count: Option<u64>) -> FaultRule {
