@@ -1,7 +1,8 @@
 //! The proxy and its simulator end to end, in one test binary: one module per area. Tests that
 //! create heavy load take [`common::exclusive`] first, and tests that measure time, quota windows
 //! or latency take [`common::timed`], so no measurement ever runs beside a flood of connections;
-//! short tests that measure nothing run in parallel beside them.
+//! property tests that keep a core busy take [`common::cpu_bound`]. Short tests that measure
+//! nothing run in parallel beside them all.
 //!
 //! Two areas have binaries of their own: `tests/credentials.rs` installs a global log
 //! subscriber, and `tests/binary.rs` runs the built executable under signals.

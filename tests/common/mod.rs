@@ -35,7 +35,7 @@ pub struct TestApp {
 }
 
 /// Tests that measure time, quota windows or latency hold one of these two guards for their whole
-/// run. Each test binary used to run alone; in one binary on two cores, a flood next door would
+/// run (and CPU-bound tests one of the first kind). Each test binary used to run alone; in one binary on two cores, a flood next door would
 /// skew what they measure. Short tests that measure nothing take neither and run beside anything.
 static TIMING: RwLock<()> = RwLock::const_new(());
 
@@ -49,6 +49,13 @@ pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
 /// beside other such tests (as it did within its own binary), never beside an [`exclusive`] one.
 pub async fn timed() -> RwLockReadGuard<'static, ()> {
     TIMING.read().await
+}
+
+/// For a test that keeps a core busy for seconds without measuring time (property tests over
+/// simulated hours): it may run beside [`timed`] tests, never beside an [`exclusive`] one, whose
+/// flood would lose the core it needs. Blocking: for plain `#[test]` functions.
+pub fn cpu_bound() -> RwLockReadGuard<'static, ()> {
+    TIMING.blocking_read()
 }
 
 /// Waits (bounded) until `check` holds, polling every 50 ms; fails the test with `what` if not.
