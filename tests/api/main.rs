@@ -4,8 +4,9 @@
 //! property tests that keep a core busy take [`common::cpu_bound`]. Short tests that measure
 //! nothing run in parallel beside them all.
 //!
-//! Two areas have binaries of their own: `tests/credentials.rs` installs a global log
-//! subscriber, and `tests/binary.rs` runs the built executable under signals.
+//! Three areas have binaries of their own: `tests/credentials.rs` installs a global log
+//! subscriber, `tests/binary.rs` runs the built executable under signals, and
+//! `tests/fairness.rs` holds a flood test that was flaky beside the others.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -15,7 +16,6 @@ mod adversity;
 mod budget_property;
 mod concurrency;
 mod e2e_quota;
-mod fairness;
 mod get_path;
 mod list_update;
 mod odata_corpus;
