@@ -1,6 +1,10 @@
 //! The upstream token broker and the callers' keys, end to end. The whole binary runs with a
-//! TRACE-level log capture, so the last test can prove that no secret, token or key was logged.
+//! TRACE-level log capture (a global subscriber, hence a binary of its own), so a test can prove
+//! that no secret, token or key was logged.
 
+// This binary uses the harness part of the shared helpers (spawning, envelopes, faults), not the
+// quota and cache-header ones the API binary uses.
+#[allow(dead_code)]
 mod common;
 
 use std::{
@@ -9,11 +13,11 @@ use std::{
     time::Duration,
 };
 
-use common::{envelope, spawn_app_logging_to, spawn_app_with, test_config};
+use common::{envelope, eventually, fault_on, spawn_app_logging_to, spawn_app_with, test_config};
 use defender_proxy::{
     auth,
     config::{ConsumerConfig, Right},
-    simulator::{FaultKind, FaultRule, Faults, SimConfig, Simulator},
+    simulator::{FaultKind, SimConfig, Simulator},
 };
 use secrecy::SecretString;
 
@@ -122,14 +126,7 @@ async fn an_upstream_401_causes_one_refresh_and_one_retry() {
         200
     );
     let before = app.stats().token_requests;
-    app.sim.set_faults(Faults {
-        rules: vec![FaultRule {
-            route: Some("get".into()),
-            kind: FaultKind::Unauthorized,
-            count: Some(1),
-            probability: 1.0,
-        }],
-    });
+    app.sim.set_faults(fault_on("get", FaultKind::Unauthorized, Some(1)));
     let id2 = app.existing_id(id + 1);
     assert_eq!(
         app.get(&format!("/api/incidents/{id2}")).send().await.unwrap().status(),
@@ -137,14 +134,7 @@ async fn an_upstream_401_causes_one_refresh_and_one_retry() {
     );
     assert_eq!(app.stats().token_requests, before + 1);
     // Always 401: one refresh, one retry, then an error for the caller; never a loop.
-    app.sim.set_faults(Faults {
-        rules: vec![FaultRule {
-            route: Some("get".into()),
-            kind: FaultKind::Unauthorized,
-            count: None,
-            probability: 1.0,
-        }],
-    });
+    app.sim.set_faults(fault_on("get", FaultKind::Unauthorized, None));
     let id3 = app.existing_id(id2 + 1);
     let r = app.get(&format!("/api/incidents/{id3}")).send().await.unwrap();
     assert_eq!(envelope(r).await.0, 502);
@@ -176,10 +166,6 @@ async fn proxy_with_secret_file(secret_file: &std::path::Path) -> (String, commo
     (key, app)
 }
 
-async fn ready(app: &common::TestApp) -> bool {
-    app.admin_get("/readyz").await.status() == 200
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_means_not_ready_and_a_logged_error_code_then_rotation_fixes_it() {
     capture_logs();
@@ -191,7 +177,7 @@ async fn a_wrong_secret_means_not_ready_and_a_logged_error_code_then_rotation_fi
     let mut saw_not_ready = false;
     for _ in 0..50 {
         if app.stats().token_failures > 0 {
-            saw_not_ready = !ready(&app).await;
+            saw_not_ready = !app.is_ready().await;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -205,15 +191,12 @@ async fn a_wrong_secret_means_not_ready_and_a_logged_error_code_then_rotation_fi
     assert_eq!(envelope(r).await.0, 503);
     // Rotate the mounted secret: the broker re-reads the file on its next attempt.
     std::fs::write(&file, format!("{SECRET}\n")).unwrap();
-    let mut became_ready = false;
-    for _ in 0..100 {
-        if ready(&app).await {
-            became_ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(became_ready, "ready after rotation, without a restart");
+    eventually(
+        "ready after rotation, without a restart",
+        Duration::from_secs(10),
+        || app.is_ready(),
+    )
+    .await;
     assert_eq!(
         app.get(&format!("/api/incidents/{}", app.existing_id(1)))
             .send()
@@ -349,14 +332,27 @@ async fn a_read_only_consumer_cannot_patch() {
     app.stop().await;
 }
 
+/// Independent of the other tests and of their order: every secret, token and key it looks for,
+/// and every path that handles them (first token, a 401 that forces a refresh and a retry, reads
+/// and a write), comes from its own traffic. It checks all that was captured by then, its own
+/// lines included, whatever else ran before or alongside.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_no_secret_token_or_key_in_logs_or_metrics() {
+async fn no_secret_token_or_key_in_logs_or_metrics() {
     // The access log goes to the same capture as the diagnostic events.
     let app = spawn_app_logging_to(sim_config(), |_| {}, Box::new(Capture(capture_logs()))).await;
     let token = app.sim.issue_token(); // a token of the same shape as the proxy's
     for i in 0..20 {
         let _ = app.get(&format!("/api/incidents/{}", 1 + i)).send().await.unwrap();
     }
+    // An upstream 401: the proxy refreshes its token and retries, with the secret in hand.
+    let before = app.stats().token_requests;
+    app.sim.set_faults(fault_on("get", FaultKind::Unauthorized, Some(1)));
+    let id = app.existing_id(21);
+    assert_eq!(
+        app.get(&format!("/api/incidents/{id}")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(app.stats().token_requests, before + 1, "a refresh was logged about");
     let _ = app
         .patch("/api/incidents/1", r#"{"comment":"x"}"#)
         .send()
@@ -367,7 +363,7 @@ async fn zz_no_secret_token_or_key_in_logs_or_metrics() {
     let logs = logs();
     assert!(logs.len() > 10_000, "TRACE logs were captured ({} bytes)", logs.len());
     assert!(
-        logs.matches("\"message\":\"request\"").count() >= 21,
+        logs.matches("\"message\":\"request\"").count() >= 22,
         "every request's access-log line was captured"
     );
     // The upstream tokens the proxy used are the simulator's; any of them in the logs would show

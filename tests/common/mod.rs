@@ -1,7 +1,13 @@
-//! Test harness: a simulator and a proxy in front of it, both on 127.0.0.1 port 0.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+//! Test harness: a simulator and a proxy in front of it, both on 127.0.0.1 port 0, and the
+//! helpers the tests share (faults, quotas, polling, headers, metrics, the timing lock).
 
-use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io::Write,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use defender_proxy::{
     api::AppState,
@@ -10,7 +16,10 @@ use defender_proxy::{
     simulator::{SimConfig, SimHandle, SimQuota, Stats},
     Application,
 };
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{
+    sync::{oneshot, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    task::JoinHandle,
+};
 
 pub struct TestApp {
     pub api: SocketAddr,
@@ -23,6 +32,46 @@ pub struct TestApp {
     pub state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Tests that measure time, quota windows or latency hold one of these two guards for their whole
+/// run (and CPU-bound tests one of the first kind). Each test binary used to run alone; in one binary on two cores, a flood next door would
+/// skew what they measure. Short tests that measure nothing take neither and run beside anything.
+static TIMING: RwLock<()> = RwLock::const_new(());
+
+/// For a test that creates heavy load (floods of concurrent connections) or whose measurement
+/// would not survive one: it runs alone among the tests that measure time.
+pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    TIMING.write().await
+}
+
+/// For a test that measures time, windows or latency with light load of its own: it may run
+/// beside other such tests (as it did within its own binary), never beside an [`exclusive`] one.
+pub async fn timed() -> RwLockReadGuard<'static, ()> {
+    TIMING.read().await
+}
+
+/// For a test that keeps a core busy for seconds without measuring time (property tests over
+/// simulated hours): it may run beside [`timed`] tests, never beside an [`exclusive`] one, whose
+/// flood would lose the core it needs. Blocking: for plain `#[test]` functions.
+pub fn cpu_bound() -> RwLockReadGuard<'static, ()> {
+    TIMING.blocking_read()
+}
+
+/// Waits (bounded) until `check` holds, polling every 50 ms; fails the test with `what` if not.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
 }
 
 pub fn quota(limit: u32, secs: u64) -> SimQuota {
@@ -138,6 +187,16 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
+    /// Whether the admin listener's /readyz answers 200.
+    pub async fn is_ready(&self) -> bool {
+        self.admin_get("/readyz").await.status() == 200
+    }
+
+    /// The admin listener's /readyz body.
+    pub async fn readyz(&self) -> serde_json::Value {
+        self.admin_get("/readyz").await.json().await.unwrap()
+    }
+
     pub fn stats(&self) -> Stats {
         self.sim.stats()
     }
@@ -226,7 +285,7 @@ pub fn route_quota(c: &mut Config, route: &str, limits: &[(u32, u64)]) {
         .collect();
 }
 
-/// The value of a `Cache-Status` header.
+/// The value of a `Cache-Status` header ("" when absent).
 pub fn cache_status(r: &reqwest::Response) -> String {
     r.headers()
         .get("cache-status")

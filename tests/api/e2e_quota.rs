@@ -1,15 +1,14 @@
 //! The budget's guarantee seen from the upstream's side: scaled-down quotas, many concurrent
 //! callers on distinct ids, and the simulator (enforcing the same quotas) never says 429.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{assert_windows, quota, spawn_app_with};
+use crate::common::{assert_windows, exclusive, quota, spawn_app_with};
 use defender_proxy::{config::QuotaConfig, simulator::SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaled_quotas_under_load_never_trip_the_upstream() {
+    let _exclusive = exclusive().await;
     let mut sim = SimConfig {
         missing_share: 0.0,
         ..SimConfig::default()

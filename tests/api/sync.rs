@@ -2,33 +2,26 @@
 //! incidents are prefetched, failures fall back to the TTL and recover, the sync keeps to its
 //! share, and no change is missed while updates land during paging.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{quota, spawn_app_with, TestApp};
+use crate::common::{
+    cache_status, eventually, exclusive, fault_on, metric, quota, route_quota, spawn_app_with, timed, TestApp,
+};
 use defender_proxy::{
     config::{Config, QuotaConfig},
-    simulator::{FaultKind, FaultRule, Faults, SimConfig},
+    simulator::{FaultKind, Faults, SimConfig},
 };
 
 /// A fast sync for tests: a run every 500 ms, with a List quota (here and in the simulator, see
 /// [`small_sim`]) large enough for that pace within the default 25% share.
 fn sync_on(c: &mut Config) {
-    list_quota(c, 1_000, 60);
+    route_quota(c, "list_incidents", &[(1_000, 60)]);
     c.sync.enabled = true;
     c.sync.interval = Duration::from_millis(500);
     c.sync.min_interval = Duration::from_millis(500);
     c.sync.overlap = Duration::from_secs(2);
     c.upstream.timeout = Duration::from_secs(2); // the overlap must cover a page in flight
     c.sync.max_lag = Duration::from_secs(2);
-}
-
-fn list_quota(c: &mut Config, limit: u32, secs: u64) {
-    c.budget.routes.get_mut("list_incidents").unwrap().quotas = vec![QuotaConfig {
-        limit,
-        window: Duration::from_secs(secs),
-    }];
 }
 
 fn small_sim() -> SimConfig {
@@ -38,36 +31,8 @@ fn small_sim() -> SimConfig {
     }
 }
 
-async fn readyz(app: &TestApp) -> serde_json::Value {
-    app.admin_get("/readyz").await.json().await.unwrap()
-}
-
-/// Waits (bounded) until `check` holds, polling every 50 ms.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 async fn sync_healthy(app: &TestApp) -> bool {
-    readyz(app).await["sync"]["healthy"] == true
-}
-
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.admin_get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    app.readyz().await["sync"]["healthy"] == true
 }
 
 async fn cached_last_update(app: &TestApp, id: i64) -> Option<String> {
@@ -86,6 +51,7 @@ async fn cached_last_update(app: &TestApp, id: i64) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_is_served_fresh_within_one_interval_without_a_get_call() {
+    let _timed = timed().await;
     let app = spawn_app_with(small_sim(), sync_on).await;
     eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
     let id = app.existing_id(5);
@@ -106,7 +72,7 @@ async fn a_change_is_served_fresh_within_one_interval_without_a_get_call() {
         started.elapsed()
     );
     let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
-    assert!(r.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    assert!(cache_status(&r).contains("hit"));
     let age: u64 = r.headers()["age"].to_str().unwrap().parse().unwrap();
     assert!(
         age <= 2,
@@ -118,6 +84,7 @@ async fn a_change_is_served_fresh_within_one_interval_without_a_get_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_incidents_are_cached_before_anyone_asks() {
+    let _timed = timed().await;
     let app = spawn_app_with(small_sim(), sync_on).await;
     eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
     let id = app.sim.create_incident();
@@ -132,6 +99,7 @@ async fn new_incidents_are_cached_before_anyone_asks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_fall_back_to_the_ttl_and_the_sync_recovers() {
+    let _timed = timed().await;
     let app = spawn_app_with(small_sim(), |c| {
         sync_on(c);
         c.cache.ttl = Duration::from_secs(1);
@@ -144,23 +112,17 @@ async fn failures_fall_back_to_the_ttl_and_the_sync_recovers() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = app.get(&path).send().await.unwrap();
     assert!(
-        r.headers()["cache-status"].to_str().unwrap().contains("hit"),
+        cache_status(&r).contains("hit"),
         "kept fresh past its 1 s TTL by the sync"
     );
     let gets = app.calls("get");
-    app.sim.set_faults(Faults {
-        rules: vec![FaultRule {
-            route: Some("list".into()),
-            kind: FaultKind::Status { code: 503 },
-            count: None,
-            probability: 1.0,
-        }],
-    });
+    app.sim
+        .set_faults(fault_on("list", FaultKind::Status { code: 503 }, None));
     eventually("the sync is reported unhealthy", Duration::from_secs(6), || async {
         !sync_healthy(&app).await
     })
     .await;
-    let status = readyz(&app).await;
+    let status = app.readyz().await;
     assert!(
         status["sync"]["last_error"].as_str().unwrap().contains("503"),
         "{status}"
@@ -174,20 +136,18 @@ async fn failures_fall_back_to_the_ttl_and_the_sync_recovers() {
     eventually("the sync recovers", Duration::from_secs(6), || sync_healthy(&app)).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = app.get(&path).send().await.unwrap();
-    assert!(
-        r.headers()["cache-status"].to_str().unwrap().contains("hit"),
-        "fresh again through the sync"
-    );
+    assert!(cache_status(&r).contains("hit"), "fresh again through the sync");
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sync_keeps_to_its_share_while_callers_saturate_the_list_quota() {
+    let _exclusive = exclusive().await;
     let mut sim = small_sim();
     sim.quotas.list = vec![quota(20, 2)];
     let app = spawn_app_with(sim, |c| {
         sync_on(c);
-        list_quota(c, 20, 2);
+        route_quota(c, "list_incidents", &[(20, 2)]);
         c.sync.max_share = 0.25; // at most 5 calls per 2 s
     })
     .await;
@@ -226,7 +186,7 @@ async fn the_sync_keeps_to_its_share_while_callers_saturate_the_list_quota() {
     let sync_calls = metric(&app, "defender_proxy_sync_list_calls_total").await;
     let stats = app.stats();
     assert_eq!(stats.calls["list"].throttled, 0);
-    common::assert_windows(&stats.calls["list"].at_ms, 20, 2_000);
+    crate::common::assert_windows(&stats.calls["list"].at_ms, 20, 2_000);
     let allowed = 5.0 * (elapsed / 2.0).ceil() + 5.0;
     assert!(
         sync_calls <= allowed,
@@ -242,24 +202,19 @@ async fn the_sync_keeps_to_its_share_while_callers_saturate_the_list_quota() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_change_is_missed_while_updates_land_during_paging() {
+    let _timed = timed().await;
     let mut sim = small_sim();
     sim.quotas.list = vec![quota(10_000, 60)];
     let app = spawn_app_with(sim, |c| {
         sync_on(c);
-        list_quota(c, 10_000, 60);
+        route_quota(c, "list_incidents", &[(10_000, 60)]);
         c.sync.max_share = 1.0;
     })
     .await;
     eventually("the first sync run", Duration::from_secs(10), || sync_healthy(&app)).await;
     // Slow pages (100 ms each), so that runs take long enough for changes to land mid-run.
-    app.sim.set_faults(Faults {
-        rules: vec![FaultRule {
-            route: Some("list".into()),
-            kind: FaultKind::Latency { ms: 100 },
-            count: None,
-            probability: 1.0,
-        }],
-    });
+    app.sim
+        .set_faults(fault_on("list", FaultKind::Latency { ms: 100 }, None));
     // About 2.5 s of changes over the whole id range: each sync run pages through several
     // hundred changed incidents while more changes land.
     let sim = app.sim.clone();
@@ -310,6 +265,7 @@ async fn no_change_is_missed_while_updates_land_during_paging() {
 /// windows) scaled to 6 s windows, the default 25% share: 16 pages, 12 per window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_set_larger_than_one_runs_share_completes() {
+    let _timed = timed().await;
     let sim = SimConfig {
         incidents: 1_500,
         missing_share: 0.0,
@@ -364,6 +320,7 @@ async fn a_change_set_larger_than_one_runs_share_completes() {
 /// incident with that id is not announced as a change of anything we hold).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_keeps_its_negative_ttl_while_the_sync_is_healthy() {
+    let _timed = timed().await;
     let app = spawn_app_with(small_sim(), |c| {
         sync_on(c);
         c.cache.negative_ttl = Duration::from_secs(1);
@@ -394,6 +351,7 @@ async fn a_404_keeps_its_negative_ttl_while_the_sync_is_healthy() {
 /// health guarantees it (not `ttl=0`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ttl_shown_reflects_the_sync() {
+    let _timed = timed().await;
     let app = spawn_app_with(small_sim(), |c| {
         sync_on(c);
         c.cache.ttl = Duration::from_secs(1);
@@ -407,7 +365,7 @@ async fn the_ttl_shown_reflects_the_sync() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
-    let status = r.headers()["cache-status"].to_str().unwrap().to_string();
+    let status = cache_status(&r);
     assert!(status.contains("hit"), "{status}");
     assert!(!status.contains("ttl=0"), "{status}");
     app.stop().await;

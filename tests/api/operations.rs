@@ -1,11 +1,9 @@
 //! Running the proxy: admin endpoints, graceful shutdown, slow clients, configuration errors.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::{envelope, quota, spawn_app, spawn_app_with};
-use defender_proxy::simulator::{FaultKind, FaultRule, Faults, SimConfig, SimQuotas};
+use crate::common::{envelope, eventually, fault_on, quota, spawn_app, spawn_app_with, timed};
+use defender_proxy::simulator::{FaultKind, SimConfig, SimQuotas};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -15,15 +13,12 @@ use tokio::{
 async fn probes_and_metrics_live_on_the_admin_listener_only() {
     let app = spawn_app().await;
     assert_eq!(app.admin_get("/livez").await.status(), 200);
-    let mut ready = false;
-    for _ in 0..50 {
-        if app.admin_get("/readyz").await.status() == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "ready once the upstream token is obtained");
+    eventually(
+        "ready once the upstream token is obtained",
+        Duration::from_secs(5),
+        || app.is_ready(),
+    )
+    .await;
     let id = app.existing_id(1);
     app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
     app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
@@ -75,6 +70,7 @@ async fn request_ids_are_taken_or_made_and_returned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_and_releases_the_queue() {
+    let _timed = timed().await;
     let quotas = SimQuotas {
         get: vec![quota(1, 60)],
         ..SimQuotas::default()
@@ -92,14 +88,8 @@ async fn graceful_shutdown_finishes_in_flight_and_releases_the_queue() {
         },
     )
     .await;
-    app.sim.set_faults(Faults {
-        rules: vec![FaultRule {
-            route: Some("get".into()),
-            kind: FaultKind::Latency { ms: 1500 },
-            count: None,
-            probability: 1.0,
-        }],
-    });
+    app.sim
+        .set_faults(fault_on("get", FaultKind::Latency { ms: 1500 }, None));
     let in_flight = app.get(&format!("/api/incidents/{}", app.existing_id(1))).send();
     // The next slot is a minute away: this caller accepts to wait that long.
     let queued = app
@@ -131,6 +121,7 @@ async fn graceful_shutdown_finishes_in_flight_and_releases_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_cut_off_while_others_are_served() {
+    let _timed = timed().await;
     let app = spawn_app_with(SimConfig::default(), |c| {
         c.server.header_read_timeout = Duration::from_secs(1)
     })

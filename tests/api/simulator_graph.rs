@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::common::timed;
 use defender_proxy::simulator::{
     FaultKind, FaultRule, Faults, Matches, SimConfig, SimHandle, SimQuota, SimQuotas, Simulator,
 };
@@ -446,6 +447,7 @@ fn quota(limit: u32, millis: u64) -> SimQuota {
 
 #[tokio::test]
 async fn graph_routes_have_their_own_quotas_and_fractional_retry_after() {
+    let _timed = timed().await;
     let sim = start(SimConfig {
         quotas: SimQuotas {
             graph_get: vec![quota(2, 10_000)],

@@ -1,11 +1,9 @@
 //! `server.max_concurrency` bounds work, not waiting: callers queued for a budget slot never
 //! hold up cache hits, and a request body that does not arrive costs a 408, not quota.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{envelope, quota, spawn_app_with};
+use crate::common::{cache_status, envelope, exclusive, quota, spawn_app_with, timed};
 use defender_proxy::{
     config::QuotaConfig,
     simulator::{SimConfig, SimQuotas},
@@ -17,6 +15,7 @@ use tokio::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_stay_fast_while_a_flood_of_cold_callers_is_queued() {
+    let _exclusive = exclusive().await;
     const MAX_CONCURRENCY: usize = 4;
     const FLOOD: i64 = 24;
     const HITS: usize = 100;
@@ -67,7 +66,7 @@ async fn hits_stay_fast_while_a_flood_of_cold_callers_is_queued() {
         let took = started.elapsed();
         let r = r.expect("a hit is answered while callers are queued").unwrap();
         assert_eq!(r.status(), 200);
-        assert!(r.headers()["cache-status"].to_str().unwrap().contains("hit"));
+        assert!(cache_status(&r).contains("hit"));
         times.push(took);
     }
     times.sort();
@@ -96,6 +95,7 @@ async fn hits_stay_fast_while_a_flood_of_cold_callers_is_queued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408_and_spends_nothing() {
+    let _timed = timed().await;
     let app = spawn_app_with(SimConfig::default(), |c| {
         c.server.body_read_timeout = Duration::from_millis(300);
     })

@@ -117,6 +117,7 @@ proptest! {
     /// Any arrival pattern: sparse, bursty, hour-long: never over any window.
     #[test]
     fn never_over_any_sliding_window(b in bursts(120_000, 300, 200), wait_s in 0u64..120, margin_ms in 0u64..1000) {
+        let _cpu = crate::common::cpu_bound();
         let quotas = [MINUTE, HOUR];
         let r = run(&quotas, Duration::from_millis(margin_ms), Duration::from_secs(wait_s), &arrivals(&b, 2000));
         for q in quotas {
@@ -130,6 +131,7 @@ proptest! {
     /// Small quotas, dense traffic: the same guarantee with many window turnovers.
     #[test]
     fn never_over_with_small_quotas(b in bursts(3_000, 40, 400), l1 in 1u32..20, w1 in 1u64..10, l2 in 1u32..60, w2 in 10u64..60) {
+        let _cpu = crate::common::cpu_bound();
         let quotas = [Quota { limit: l1, length: Duration::from_secs(w1) }, Quota { limit: l2, length: Duration::from_secs(w2) }];
         let r = run(&quotas, Duration::ZERO, Duration::from_secs(30), &arrivals(&b, 500));
         for q in quotas {
@@ -141,6 +143,7 @@ proptest! {
     /// hourly quota (the binding one), and no window is ever over.
     #[test]
     fn three_hours_of_saturation_use_99_percent(b in bursts(10_000, 200, 4_000), margin_ms in 0u64..=500) {
+        let _cpu = crate::common::cpu_bound();
         let mut b = b;
         // Keep demand going for the whole three hours.
         let mut t: u64 = b.iter().map(|x| x.0).sum();
@@ -174,6 +177,7 @@ proptest! {
     /// in hand when the slot is taken): no window of arrival times is ever over.
     #[test]
     fn arrivals_never_over_with_grant_to_send_jitter(b in bursts(30_000, 150, 200), margin_ms in 1u64..=500, wait_s in 0u64..60, seed in any::<u64>()) {
+        let _cpu = crate::common::cpu_bound();
         let quotas = [MINUTE, HOUR];
         let margin = Duration::from_millis(margin_ms);
         let r = run(&quotas, margin, Duration::from_secs(wait_s), &arrivals(&b, 1000));
@@ -189,6 +193,7 @@ proptest! {
     /// still never over, and the slots given back are used by later callers.
     #[test]
     fn given_back_slots_never_push_arrivals_over(gaps in prop::collection::vec(0u64..2_000, 1..2_000), give_back in 0u32..50, margin_ms in 1u64..=500, seed in any::<u64>()) {
+        let _cpu = crate::common::cpu_bound();
         let quota = Quota { limit: 20, length: Duration::from_secs(10) };
         let margin = Duration::from_millis(margin_ms);
         let t0 = Instant::now();
@@ -373,6 +378,7 @@ mod fairness {
         /// than a bounded number of slots between two of its grants.
         #[test]
         fn backlogged_consumers_get_their_weighted_shares(weights in prop::collection::vec(1u32..=5, 2..=4)) {
+            let _cpu = crate::common::cpu_bound();
             let (limit, window) = (10, Duration::from_secs(1));
             let grants = saturate(&weights, limit, window, Duration::from_secs(120), 6);
             let times: Vec<Instant> = grants.iter().map(|g| g.0).collect();
@@ -409,6 +415,7 @@ mod fairness {
         /// (its calls bunch up at random, and a bunch above its share waits like a backlog).
         #[test]
         fn an_hour_of_random_arrivals_beside_backlogged_consumers(weights in prop::collection::vec(1u32..=4, 2..=3), seed in any::<u64>(), gap_s in 10u64..60) {
+            let _cpu = crate::common::cpu_bound();
             let (limit, window) = (100, Duration::from_secs(60));
             let (grants, waits) = saturate_with_sporadic(&weights, limit, window, Duration::from_secs(3600), 50, Some((seed, Duration::from_secs(gap_s))));
             let times: Vec<Instant> = grants.iter().map(|g| g.0).collect();

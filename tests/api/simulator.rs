@@ -2,9 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use defender_proxy::simulator::{
-    FaultKind, FaultRule, Faults, SimConfig, SimHandle, SimQuota, SimQuotas, Simulator, Stats,
-};
+use crate::common::{quota, timed};
+use defender_proxy::simulator::{FaultKind, FaultRule, Faults, SimConfig, SimHandle, SimQuotas, Simulator, Stats};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -28,13 +27,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
-}
-
-fn quota(limit: u32, secs: u64) -> SimQuota {
-    SimQuota {
-        limit,
-        window: Duration::from_secs(secs),
-    }
 }
 
 fn rule(route: Option<&str>, kind: FaultKind, count: Option<u64>) -> FaultRule {
@@ -231,6 +223,7 @@ async fn token_endpoint_accepts_a_client_assertion() {
 
 #[tokio::test]
 async fn api_needs_a_valid_unexpired_token_and_refusals_spend_no_quota() {
+    let _timed = timed().await;
     let sim = start(SimConfig {
         incidents: 20,
         token_ttl: Duration::from_secs(1),
@@ -316,6 +309,7 @@ async fn get_answers_200_404_and_400() {
 
 #[tokio::test]
 async fn quota_answers_429_at_limit_plus_one_with_the_upstream_body() {
+    let _timed = timed().await;
     let sim = start(SimConfig {
         incidents: 20,
         quotas: SimQuotas {
@@ -362,6 +356,7 @@ async fn quota_answers_429_at_limit_plus_one_with_the_upstream_body() {
 
 #[tokio::test]
 async fn stacked_windows_name_the_binding_quota() {
+    let _timed = timed().await;
     let sim = start(SimConfig {
         incidents: 20,
         quotas: SimQuotas {
@@ -574,6 +569,7 @@ async fn patch_validates_updates_and_appends_comments() {
 
 #[tokio::test]
 async fn fault_latency_delays_a_normal_answer() {
+    let _timed = timed().await;
     let sim = start(cfg(20)).await;
     let token = sim.issue_token();
     let path = format!("/api/incidents/{}", existing_id(&sim));

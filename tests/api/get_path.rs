@@ -1,22 +1,11 @@
 //! `GET /api/incidents/{id}` end to end: real sockets, the simulator as upstream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{envelope, quota, spawn_app, spawn_app_with};
-use defender_proxy::simulator::{FaultKind, FaultRule, Faults, SimConfig};
-
-fn fault(kind: FaultKind, count: Option<u64>) -> Faults {
-    Faults {
-        rules: vec![FaultRule {
-            route: Some("get".into()),
-            kind,
-            count,
-            probability: 1.0,
-        }],
-    }
-}
+use crate::common::{
+    cache_status, envelope, exclusive, fault_on, quota, route_quota, spawn_app, spawn_app_with, timed,
+};
+use defender_proxy::simulator::{FaultKind, SimConfig, SimQuotas};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miss_then_hit_byte_for_byte_with_cache_status_and_age() {
@@ -24,7 +13,7 @@ async fn miss_then_hit_byte_for_byte_with_cache_status_and_age() {
     let id = app.existing_id(3);
     let first = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
     assert_eq!(first.status(), 200);
-    let cs = first.headers()["cache-status"].to_str().unwrap().to_string();
+    let cs = cache_status(&first);
     assert!(
         cs.starts_with("defender-proxy; fwd=miss") && cs.contains("stored"),
         "{cs}"
@@ -123,8 +112,10 @@ async fn a_missing_incident_is_remembered_as_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_cold_requests_make_one_upstream_call() {
+    let _exclusive = exclusive().await;
     let app = spawn_app().await;
-    app.sim.set_faults(fault(FaultKind::Latency { ms: 300 }, None)); // keep the flight open
+    app.sim
+        .set_faults(fault_on("get", FaultKind::Latency { ms: 300 }, None)); // keep the flight open
     let id = app.existing_id(20);
     let path = format!("/api/incidents/{id}");
     let mut tasks = Vec::new();
@@ -162,7 +153,7 @@ async fn cache_directives_no_cache_and_only_if_cached() {
     assert_eq!(r.status(), 200);
     let r = app.get(&path).header("cache-control", "no-cache").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["cache-status"].to_str().unwrap().contains("fwd=request"));
+    assert!(cache_status(&r).contains("fwd=request"));
     let r = app
         .get(&path)
         .header("cache-control", "max-age=0")
@@ -176,6 +167,7 @@ async fn cache_directives_no_cache_and_only_if_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_is_served_when_the_upstream_fails() {
+    let _timed = timed().await;
     // ttl 0: every request asks the upstream, but the answer is kept for stale-if-error.
     let app = spawn_app_with(SimConfig::default(), |c| c.cache.ttl = Duration::ZERO).await;
     let id = app.existing_id(40);
@@ -186,10 +178,10 @@ async fn stale_is_served_when_the_upstream_fails() {
         FaultKind::Malformed,
         FaultKind::Throttle { retry_after_secs: 1 },
     ] {
-        app.sim.set_faults(fault(kind.clone(), Some(1)));
+        app.sim.set_faults(fault_on("get", kind.clone(), Some(1)));
         let r = app.get(&path).send().await.unwrap();
         assert_eq!(r.status(), 200, "{kind:?}");
-        let cs = r.headers()["cache-status"].to_str().unwrap().to_string();
+        let cs = cache_status(&r);
         assert!(cs.contains("fwd=stale"), "{kind:?}: {cs}");
         assert_eq!(r.bytes().await.unwrap(), fresh);
         tokio::time::sleep(Duration::from_millis(1100)).await; // let the 1 s freeze of the 429 pass
@@ -211,7 +203,7 @@ async fn upstream_failures_map_to_502_and_504_and_are_not_cached() {
     ];
     for (i, (kind, expected)) in cases.into_iter().enumerate() {
         let id = app.existing_id(100 + 10 * i as i64);
-        app.sim.set_faults(fault(kind.clone(), Some(1)));
+        app.sim.set_faults(fault_on("get", kind.clone(), Some(1)));
         let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
         let (status, _, _) = envelope(r).await;
         assert_eq!(status, expected, "{kind:?}");
@@ -225,13 +217,13 @@ async fn upstream_failures_map_to_502_and_504_and_are_not_cached() {
 async fn a_connection_reset_is_retried_once_for_a_read() {
     let app = spawn_app().await;
     let id = app.existing_id(50);
-    app.sim.set_faults(fault(FaultKind::Reset, Some(1)));
+    app.sim.set_faults(fault_on("get", FaultKind::Reset, Some(1)));
     let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(app.calls("get"), 2, "one failed call, one retry, each spending budget");
     // Two resets in a row: one retry only, then 502.
     let id = app.existing_id(id + 1);
-    app.sim.set_faults(fault(FaultKind::Reset, Some(2)));
+    app.sim.set_faults(fault_on("get", FaultKind::Reset, Some(2)));
     let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
     assert_eq!(envelope(r).await.0, 502);
     assert_eq!(app.calls("get"), 4);
@@ -240,9 +232,10 @@ async fn a_connection_reset_is_retried_once_for_a_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_429_freezes_the_route_until_the_reset() {
+    let _timed = timed().await;
     let app = spawn_app().await;
     app.sim
-        .set_faults(fault(FaultKind::Throttle { retry_after_secs: 3 }, Some(1)));
+        .set_faults(fault_on("get", FaultKind::Throttle { retry_after_secs: 3 }, Some(1)));
     let r = app
         .get(&format!("/api/incidents/{}", app.existing_id(60)))
         .send()
@@ -280,11 +273,15 @@ async fn an_upstream_429_freezes_the_route_until_the_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusal_is_immediate_with_retry_after_and_ratelimit_headers() {
+    let _timed = timed().await;
     let sim = SimConfig {
-        quotas: sim_quotas(2, 60),
+        quotas: SimQuotas {
+            get: vec![quota(2, 60)],
+            ..SimQuotas::default()
+        },
         ..SimConfig::default()
     };
-    let app = spawn_app_with(sim, |c| set_quota(c, 2, 60)).await;
+    let app = spawn_app_with(sim, |c| route_quota(c, "get_incident", &[(2, 60)])).await;
     for i in 0..2 {
         assert_eq!(
             app.get(&format!("/api/incidents/{}", app.existing_id(200 + i * 10)))
@@ -317,11 +314,15 @@ async fn refusal_is_immediate_with_retry_after_and_ratelimit_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_disconnects_while_queued_spends_nothing() {
+    let _timed = timed().await;
     let sim = SimConfig {
-        quotas: sim_quotas(1, 2),
+        quotas: SimQuotas {
+            get: vec![quota(1, 2)],
+            ..SimQuotas::default()
+        },
         ..SimConfig::default()
     };
-    let app = spawn_app_with(sim, |c| set_quota(c, 1, 2)).await;
+    let app = spawn_app_with(sim, |c| route_quota(c, "get_incident", &[(1, 2)])).await;
     assert_eq!(
         app.get(&format!("/api/incidents/{}", app.existing_id(400)))
             .send()
@@ -342,18 +343,4 @@ async fn a_caller_that_disconnects_while_queued_spends_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(app.calls("get"), 2, "the abandoned request never reached the upstream");
     app.stop().await;
-}
-
-fn sim_quotas(limit: u32, secs: u64) -> defender_proxy::simulator::SimQuotas {
-    defender_proxy::simulator::SimQuotas {
-        get: vec![quota(limit, secs)],
-        ..Default::default()
-    }
-}
-
-fn set_quota(c: &mut defender_proxy::config::Config, limit: u32, secs: u64) {
-    c.budget.routes.get_mut("get_incident").unwrap().quotas = vec![defender_proxy::config::QuotaConfig {
-        limit,
-        window: Duration::from_secs(secs),
-    }];
 }

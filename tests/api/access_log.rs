@@ -1,15 +1,13 @@
 //! The access log end to end: every request gets exactly one line under normal load, and a
 //! blocked log sink costs lines (counted), never answers.
 
-mod common;
-
 use std::{
     io::Write,
     sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
 
-use common::spawn_app_logging_to;
+use crate::common::{spawn_app_logging_to, timed};
 use defender_proxy::simulator::SimConfig;
 
 /// An in-memory sink, optionally held shut like a pipe nobody reads.
@@ -130,6 +128,7 @@ async fn every_request_gets_exactly_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_log_sink_never_blocks_requests_and_lost_lines_are_counted() {
+    let _timed = timed().await;
     let sink = Sink::default(); // shut until released
     let app = spawn_app_logging_to(
         SimConfig::default(),

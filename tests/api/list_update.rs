@@ -1,25 +1,13 @@
 //! List and Update through the proxy: caching, validation, coherence with the per-id cache.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{envelope, spawn_app, spawn_app_with};
-use defender_proxy::simulator::{FaultKind, FaultRule, Faults, SimConfig};
-
-fn fault(route: &str, kind: FaultKind, count: Option<u64>) -> Faults {
-    Faults {
-        rules: vec![FaultRule {
-            route: Some(route.into()),
-            kind,
-            count,
-            probability: 1.0,
-        }],
-    }
-}
+use crate::common::{cache_status, envelope, fault_on, spawn_app, spawn_app_with, timed};
+use defender_proxy::simulator::{FaultKind, SimConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_answers_are_cached_under_a_canonical_query_and_collapsed() {
+    let _timed = timed().await;
     let app = spawn_app().await;
     let a = app
         .get("/api/incidents?$top=5&$filter=status%20eq%20'Active'")
@@ -37,11 +25,12 @@ async fn list_answers_are_cached_under_a_canonical_query_and_collapsed() {
         .await
         .unwrap();
     assert_eq!(b.status(), 200);
-    assert!(b.headers()["cache-status"].to_str().unwrap().contains("hit"));
+    assert!(cache_status(&b).contains("hit"));
     assert_eq!(b.bytes().await.unwrap(), body);
     assert_eq!(app.calls("list"), 1);
 
-    app.sim.set_faults(fault("list", FaultKind::Latency { ms: 300 }, None));
+    app.sim
+        .set_faults(fault_on("list", FaultKind::Latency { ms: 300 }, None));
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let req = app.get("/api/incidents?$top=3");
@@ -69,7 +58,7 @@ async fn a_list_fills_the_per_id_cache() {
     for id in &ids {
         let r = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert!(r.headers()["cache-status"].to_str().unwrap().contains("hit"));
+        assert!(cache_status(&r).contains("hit"));
         let got: serde_json::Value = r.json().await.unwrap();
         assert_eq!(got["incidentId"], *id);
         assert_eq!(
@@ -145,10 +134,7 @@ async fn read_your_write_after_patch() {
     let updated: serde_json::Value = r.json().await.unwrap();
     assert_eq!(updated["status"], "Resolved");
     let r = app.get(&path).send().await.unwrap();
-    assert!(
-        r.headers()["cache-status"].to_str().unwrap().contains("hit"),
-        "the PATCH answer replaced the entry"
-    );
+    assert!(cache_status(&r).contains("hit"), "the PATCH answer replaced the entry");
     let got: serde_json::Value = r.json().await.unwrap();
     assert_eq!(got["status"], "Resolved");
     assert_eq!(got["lastUpdateTime"], updated["lastUpdateTime"]);
@@ -168,7 +154,7 @@ async fn a_broken_connection_after_sending_a_patch_is_an_unknown_outcome_never_r
     let id = app.existing_id(8);
     let path = format!("/api/incidents/{id}");
     app.get(&path).send().await.unwrap();
-    app.sim.set_faults(fault("update", FaultKind::Reset, Some(1)));
+    app.sim.set_faults(fault_on("update", FaultKind::Reset, Some(1)));
     let r = app.patch(&path, r#"{"comment":"once only"}"#).send().await.unwrap();
     let (status, code, message) = envelope(r).await;
     assert_eq!((status, code.as_str()), (502, "OutcomeUnknown"));
@@ -185,9 +171,9 @@ async fn a_broken_connection_after_sending_a_patch_is_an_unknown_outcome_never_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_route_spends_its_own_quota() {
     let mut sim = SimConfig::default();
-    sim.quotas.get = vec![common::quota(2, 60)];
-    sim.quotas.list = vec![common::quota(1, 60)];
-    sim.quotas.update = vec![common::quota(1, 60)];
+    sim.quotas.get = vec![crate::common::quota(2, 60)];
+    sim.quotas.list = vec![crate::common::quota(1, 60)];
+    sim.quotas.update = vec![crate::common::quota(1, 60)];
     let app = spawn_app_with(sim, |c| {
         let q = |limit| {
             vec![defender_proxy::config::QuotaConfig {

@@ -1,12 +1,11 @@
 //! Correct under adversity: slow and failing dependencies, races and hostile values, end to end
 //! against the simulator with injected faults. Each test names the promise it holds.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_windows, cache_status, envelope, fault_on, metric, quota, route_quota, spawn_app_with, start, test_config,
+use crate::common::{
+    assert_windows, cache_status, envelope, eventually, exclusive, fault_on, metric, quota, route_quota,
+    spawn_app_with, start, test_config, timed,
 };
 use defender_proxy::{
     demo,
@@ -32,6 +31,7 @@ fn sim_with(get: &[(u32, u64)], list: &[(u32, u64)], update: &[(u32, u64)]) -> S
 /// late and the next burst, granted one window after the (early) count, lands with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_token_delays_the_count_not_the_arrival() {
+    let _exclusive = exclusive().await;
     let (limit, window) = (5, 4);
     let mut config = test_config();
     route_quota(&mut config, "get_incident", &[(limit, window)]);
@@ -82,21 +82,17 @@ async fn a_slow_token_delays_the_count_not_the_arrival() {
 /// budget there when the endpoint recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_outage_answers_503_at_once_and_spends_nothing() {
+    let _timed = timed().await;
     let sim = SimConfig::default();
     let app = spawn_app_with(sim, |_| {}).await;
     // The first token request may already be under way; make every one fail from now on.
     app.sim
         .set_faults(fault_on("token", FaultKind::Status { code: 503 }, None));
     // Wait (bounded) until the proxy has no token: readiness turns false.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = app.admin_get("/readyz").await.status() == 200;
-        if !ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the proxy never noticed the outage");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the proxy to notice the outage", Duration::from_secs(10), || async {
+        !app.is_ready().await
+    })
+    .await;
     let before = app.stats().token_requests;
     let started = Instant::now();
     let reqs: Vec<_> = (0..20)
@@ -184,6 +180,7 @@ async fn a_401_on_patch_refreshes_the_token_and_retries_once() {
 /// never freeze the route for longer than its longest window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_retry_after_values_are_survived_and_capped() {
+    let _timed = timed().await;
     let cases: [(Option<&str>, Option<&str>, bool); 6] = [
         (Some("18446744073709551615"), None, true),
         (Some("1e9"), None, true),
@@ -226,7 +223,7 @@ async fn hostile_retry_after_values_are_survived_and_capped() {
                 assert!(ra <= 60, "{header:?}: Retry-After {ra} beyond the longest window");
             }
         }
-        let ready: serde_json::Value = app.admin_get("/readyz").await.json().await.unwrap();
+        let ready = app.readyz().await;
         for route in ready["frozen_routes"].as_array().unwrap() {
             assert!(route["frozen_seconds"].as_f64().unwrap() <= 60.0, "{ready}");
         }
@@ -240,6 +237,7 @@ async fn hostile_retry_after_values_are_survived_and_capped() {
 /// result; a reader who comes after the PATCH gets the new incident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_that_started_before_a_write_never_overwrites_it() {
+    let _timed = timed().await;
     let app = spawn_app_with(SimConfig::default(), |_| {}).await;
     let id = app.existing_id(60);
     // The slow read snapshots the incident now and answers 1.5 s later.
@@ -276,6 +274,7 @@ async fn a_read_that_started_before_a_write_never_overwrites_it() {
 /// Item 7: a PATCH whose caller disconnects still updates the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_whose_caller_leaves_still_invalidates() {
+    let _timed = timed().await;
     let app = spawn_app_with(SimConfig::default(), |_| {}).await;
     let id = app.existing_id(80);
     let warm = app.get(&format!("/api/incidents/{id}")).send().await.unwrap();
@@ -301,6 +300,7 @@ async fn a_patch_whose_caller_leaves_still_invalidates() {
 /// when the leader is prepared to queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collapsed_follower_keeps_its_own_wait() {
+    let _timed = timed().await;
     let sim = sim_with(&[(1, 6)], &[], &[]);
     let app = spawn_app_with(sim, |c| route_quota(c, "get_incident", &[(1, 6)])).await;
     let spend = app.existing_id(10);
@@ -343,6 +343,7 @@ async fn a_collapsed_follower_keeps_its_own_wait() {
 /// slot is free right now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cache_never_falls_back_to_stale_for_lack_of_a_slot() {
+    let _timed = timed().await;
     let sim = sim_with(&[(1, 6)], &[], &[]);
     let app = spawn_app_with(sim, |c| {
         route_quota(c, "get_incident", &[(1, 6)]);
