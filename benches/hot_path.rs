@@ -188,6 +188,7 @@ fn never_binding_budget() -> LocalBudget {
     };
     let quotas = RouteQuotas {
         quotas: vec![quota(10_000, 1), quota(100_000, 2)],
+        pool: None,
     };
     let mut config = BudgetConfig::default();
     for route in RouteKind::ALL {

@@ -243,9 +243,20 @@ pub struct QuotaConfig {
     pub window: Duration,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteQuotas {
+    /// The route's own pool of quotas (the default: one pool per route)...
+    pub quotas: Vec<QuotaConfig>,
+    /// ...or the name of a shared pool in `budget.pools` it draws from instead (then its own
+    /// quotas, the defaults included, are not used).
+    pub pool: Option<String>,
+}
+
+/// A named pool of quotas that several routes can draw from (`budget.routes.<route>.pool`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteQuotas {
+pub struct PoolConfig {
     pub quotas: Vec<QuotaConfig>,
 }
 
@@ -268,6 +279,25 @@ pub struct BudgetConfig {
     /// Weighted fair queuing between consumers (off: one queue, first come first served).
     pub fair_queuing: bool,
     pub routes: BTreeMap<String, RouteQuotas>,
+    /// Shared pools, by name (none by default: each route has its own).
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+impl BudgetConfig {
+    /// The quotas a route draws from: its shared pool's, or its own. Validation ensures both
+    /// exist.
+    pub fn quotas_of(&self, route: &str) -> &[QuotaConfig] {
+        match self.routes.get(route) {
+            Some(RouteQuotas { pool: Some(p), .. }) => self.pools.get(p).map_or(&[], |p| &p.quotas),
+            Some(r) => &r.quotas,
+            None => &[],
+        }
+    }
+
+    /// The name of the pool a route draws from: its shared pool, or its own (the route's name).
+    pub fn pool_of<'a>(&'a self, route: &'a str) -> &'a str {
+        self.routes.get(route).and_then(|r| r.pool.as_deref()).unwrap_or(route)
+    }
 }
 
 /// The upstream routes the proxy knows, by the names used in `budget.routes` and in metrics.
@@ -284,6 +314,7 @@ fn default_quotas(spec: &crate::route::RouteSpec) -> RouteQuotas {
                 window: Duration::from_secs(secs),
             })
             .collect(),
+        pool: None,
     }
 }
 
@@ -302,6 +333,7 @@ impl Default for BudgetConfig {
                 .iter()
                 .map(|r| (r.name.to_string(), default_quotas(r)))
                 .collect(),
+            pools: BTreeMap::new(),
         }
     }
 }
@@ -381,6 +413,21 @@ pub enum ConfigError {
     Parse(#[from] Box<figment::Error>),
     #[error("configuration error at `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+fn check_quotas(key: &str, quotas: &[QuotaConfig]) -> Result<(), ConfigError> {
+    if quotas.is_empty() {
+        return Err(invalid(key, "needs at least one quota"));
+    }
+    for (i, q) in quotas.iter().enumerate() {
+        if q.limit == 0 || q.window.is_zero() {
+            return Err(invalid(
+                format!("{key}[{i}]"),
+                "limit and window must be greater than zero",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -464,9 +511,10 @@ impl Config {
         for route in ["get_incident", "list_incidents"] {
             let smallest = self
                 .budget
-                .routes
-                .get(route)
-                .and_then(|r| r.quotas.iter().map(|q| q.limit).min())
+                .quotas_of(route)
+                .iter()
+                .map(|q| q.limit)
+                .min()
                 .unwrap_or(u32::MAX);
             if self.budget.reserve >= smallest {
                 return Err(invalid(
@@ -499,19 +547,25 @@ impl Config {
             let Some(route) = self.budget.routes.get(name) else {
                 return Err(invalid(format!("budget.routes.{name}"), "missing"));
             };
-            if route.quotas.is_empty() {
-                return Err(invalid(
-                    format!("budget.routes.{name}.quotas"),
-                    "needs at least one quota",
-                ));
-            }
-            for (i, q) in route.quotas.iter().enumerate() {
-                if q.limit == 0 || q.window.is_zero() {
+            // A shared pool, when named, replaces the route's own quotas (the defaults included).
+            if let Some(pool) = &route.pool {
+                if !self.budget.pools.contains_key(pool) {
                     return Err(invalid(
-                        format!("budget.routes.{name}.quotas[{i}]"),
-                        "limit and window must be greater than zero",
+                        format!("budget.routes.{name}.pool"),
+                        format!("no pool named '{pool}' in budget.pools"),
                     ));
                 }
+                continue;
+            }
+            check_quotas(&format!("budget.routes.{name}.quotas"), &route.quotas)?;
+        }
+        for (name, pool) in &self.budget.pools {
+            check_quotas(&format!("budget.pools.{name}.quotas"), &pool.quotas)?;
+            if ROUTE_NAMES.contains(&name.as_str()) {
+                return Err(invalid(
+                    format!("budget.pools.{name}"),
+                    "a shared pool may not have a route's name (that is the route's own pool)",
+                ));
             }
         }
         for (name, c) in &self.auth.consumers {
@@ -656,6 +710,26 @@ mod tests {
         let parsed: Config = toml::from_str(text).expect("config/default.toml parses");
         let d = Config::default();
         assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&d).unwrap());
+    }
+
+    #[test]
+    fn shared_pools_are_checked_by_name() {
+        let ok = Config::from_toml(
+            "[token]\nmode = \"static\"\nstatic_token = \"x\"\n\
+             [budget.pools.incidents_api]\nquotas = [{ limit = 50, window = \"60s\" }]\n\
+             [budget.routes.get_incident]\npool = \"incidents_api\"\n\
+             [budget.routes.list_incidents]\npool = \"incidents_api\"\n",
+        );
+        let config = ok.expect("routes may share a named pool");
+        assert_eq!(config.budget.quotas_of("list_incidents")[0].limit, 50);
+        assert_eq!(config.budget.pool_of("get_incident"), "incidents_api");
+        assert_eq!(config.budget.pool_of("update_incident"), "update_incident");
+        let err = Config::from_toml(
+            "[token]\nmode = \"static\"\nstatic_token = \"x\"\n[budget.routes.get_incident]\npool = \"nope\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("budget.routes.get_incident.pool"), "{err}");
     }
 
     #[test]

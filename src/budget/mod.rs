@@ -190,9 +190,13 @@ pub trait Budget: Send + Sync + 'static {
     fn close(&self);
 }
 
-/// The in-process budget: one ledger and one FIFO queue per route.
+/// The in-process budget: one ledger and one fair queue per pool of quotas. By default every
+/// route has a pool of its own; routes that name the same `budget.pools` entry share one, so
+/// their calls count against the same windows (and queue together).
 pub struct LocalBudget {
-    routes: [RouteBudget; crate::route::ROUTE_COUNT],
+    pools: Vec<RouteBudget>,
+    /// Which pool each route draws from.
+    route_pool: [usize; crate::route::ROUTE_COUNT],
 }
 
 struct RouteBudget {
@@ -303,38 +307,55 @@ impl State {
 
 impl LocalBudget {
     pub fn new(config: &BudgetConfig) -> LocalBudget {
-        let routes = RouteKind::ALL.map(|kind| {
-            let quotas: Vec<Quota> = config.routes[kind.name()]
-                .quotas
-                .iter()
-                .map(|q| Quota {
-                    limit: q.limit,
-                    length: q.window,
-                })
-                .collect();
-            // The interactive reserve applies to reads; writes have their own pools.
-            let reserve = if kind.spec().writes { 0 } else { config.reserve };
-            RouteBudget {
-                state: Mutex::new(State {
-                    ledger: Ledger::new(&quotas, config.safety_margin).with_reserve(reserve),
-                    waiters: VecDeque::new(),
-                    next_id: 0,
-                    closed: false,
-                    consecutive_429: 0,
-                    vtime: 0.0,
-                    flows: HashMap::new(),
-                }),
-                fair: config.fair_queuing,
-                max_queue: config.max_queue,
-                max_queue_per_flow: config.max_queue_per_consumer,
-                default_backoff: config.default_backoff,
-            }
+        let mut names: Vec<&str> = Vec::new();
+        let route_pool = RouteKind::ALL.map(|kind| {
+            let pool = config.pool_of(kind.name());
+            names.iter().position(|n| *n == pool).unwrap_or_else(|| {
+                names.push(pool);
+                names.len() - 1
+            })
         });
-        LocalBudget { routes }
+        let pools = names
+            .iter()
+            .enumerate()
+            .map(|(index, _)| {
+                let users: Vec<RouteKind> = RouteKind::ALL
+                    .into_iter()
+                    .filter(|k| route_pool[k.index()] == index)
+                    .collect();
+                let quotas: Vec<Quota> = config
+                    .quotas_of(users[0].name())
+                    .iter()
+                    .map(|q| Quota {
+                        limit: q.limit,
+                        length: q.window,
+                    })
+                    .collect();
+                // The interactive reserve applies to pools of reads only; writes have their own.
+                let reads_only = users.iter().all(|k| !k.spec().writes);
+                let reserve = if reads_only { config.reserve } else { 0 };
+                RouteBudget {
+                    state: Mutex::new(State {
+                        ledger: Ledger::new(&quotas, config.safety_margin).with_reserve(reserve),
+                        waiters: VecDeque::new(),
+                        next_id: 0,
+                        closed: false,
+                        consecutive_429: 0,
+                        vtime: 0.0,
+                        flows: HashMap::new(),
+                    }),
+                    fair: config.fair_queuing,
+                    max_queue: config.max_queue,
+                    max_queue_per_flow: config.max_queue_per_consumer,
+                    default_backoff: config.default_backoff,
+                }
+            })
+            .collect();
+        LocalBudget { pools, route_pool }
     }
 
     fn route(&self, kind: RouteKind) -> &RouteBudget {
-        &self.routes[kind.index()]
+        &self.pools[self.route_pool[kind.index()]]
     }
 }
 
@@ -564,7 +585,7 @@ impl Budget for LocalBudget {
     }
 
     fn close(&self) {
-        for r in &self.routes {
+        for r in &self.pools {
             let mut st = r.state.lock();
             st.closed = true;
             st.notify_all();
@@ -595,6 +616,7 @@ mod tests {
                 name.into(),
                 RouteQuotas {
                     quotas: vec![QuotaConfig { limit, window }],
+                    pool: None,
                 },
             );
         }
@@ -775,6 +797,52 @@ mod tests {
         assert_eq!(
             b.acquire(G, &C, Duration::from_secs(30), None).await.unwrap_err(),
             Refusal::Closed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_naming_one_pool_share_its_windows() {
+        let mut cfg = BudgetConfig {
+            safety_margin: Duration::ZERO,
+            ..BudgetConfig::default()
+        };
+        cfg.pools.insert(
+            "incidents_api".into(),
+            crate::config::PoolConfig {
+                quotas: vec![QuotaConfig {
+                    limit: 2,
+                    window: Duration::from_secs(60),
+                }],
+            },
+        );
+        for route in ["get_incident", "list_incidents"] {
+            cfg.routes.insert(
+                route.into(),
+                RouteQuotas {
+                    quotas: vec![],
+                    pool: Some("incidents_api".into()),
+                },
+            );
+        }
+        let b = LocalBudget::new(&cfg);
+        b.acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
+            .await
+            .unwrap();
+        b.acquire(RouteKind::ListIncidents, &C, Duration::ZERO, None)
+            .await
+            .unwrap();
+        assert!(
+            b.acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
+                .await
+                .is_err(),
+            "the shared pool is spent by both routes together"
+        );
+        assert_eq!(b.status(RouteKind::ListIncidents).windows[0].remaining, 0);
+        assert!(
+            b.acquire(RouteKind::UpdateIncident, &C, Duration::ZERO, None)
+                .await
+                .is_ok(),
+            "a route with its own pool is not affected"
         );
     }
 

@@ -289,6 +289,7 @@ mod fairness {
                 name.into(),
                 RouteQuotas {
                     quotas: vec![QuotaConfig { limit, window }],
+                    pool: None,
                 },
             );
         }
