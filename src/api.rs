@@ -47,9 +47,17 @@ use tracing::Instrument;
 use crate::{
     access_log::{AccessLog, Line},
     auth::Consumers,
+    body::View,
     budget::{binding, WindowStatus},
     cache::Key,
+    dialect::{
+        error as dialect_error,
+        target::{self as graph_target, GraphTarget},
+        update::{self, WritePlan},
+        TranslateError,
+    },
     error::ApiError,
+    odata::GraphListQuery,
     metrics::{CacheLabels, RejectLabels, RequestLabels, RouteLabels, WindowLabels},
     proxy::{Answer, CacheResult, Ctx, Failure, Proxy, WorkPermit},
     route::RouteKind,
@@ -89,6 +97,9 @@ pub struct AppState {
     /// Places for requests being worked on (`server.max_concurrency`).
     pub work: Arc<Semaphore>,
     pub max_concurrency_wait: Duration,
+    /// `server.public_url`: the proxy's address as callers reach it, for Graph's
+    /// `@odata.nextLink` (else the request's `Host`).
+    pub public_url: Option<Arc<str>>,
     pub access_log: Arc<AccessLog>,
     /// False from the moment shutdown starts.
     pub accepting: AtomicBool,
@@ -110,6 +121,7 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     pub max_concurrency: usize,
     pub max_concurrency_wait: Duration,
+    pub public_url: Option<String>,
 }
 
 impl AppState {
@@ -137,6 +149,7 @@ impl AppState {
             body_read_timeout: limits.body_read_timeout,
             work: Arc::new(Semaphore::new(limits.max_concurrency)),
             max_concurrency_wait: limits.max_concurrency_wait,
+            public_url: limits.public_url.map(|u| Arc::from(u.trim_end_matches('/'))),
             access_log,
             accepting: true.into(),
         }
@@ -359,8 +372,59 @@ where
 /// one place keys are made), and its metrics kind (0 for incidents, 1 for lists).
 fn hit_key(target: &Target) -> Option<(Key, usize)> {
     let key = Proxy::cache_key(target)?;
-    let kind = usize::from(matches!(key, Key::List(_)));
+    let kind = usize::from(key.is_list());
     Some((key, kind))
+}
+
+/// Which facade a path belongs to, before it is parsed: its errors use that facade's envelope.
+fn facade_view(path: &str) -> View {
+    if path.starts_with(GRAPH_VERSION_PREFIX) {
+        View::Graph
+    } else {
+        View::Defender
+    }
+}
+
+const GRAPH_VERSION_PREFIX: &str = "/v1.0/";
+
+/// Parses a request of either facade.
+fn parse_target(state: &AppState, parts: &http::request::Parts) -> Result<Target, ApiError> {
+    let (method, path, query) = (&parts.method, parts.uri.path(), parts.uri.query());
+    if !path.starts_with(GRAPH_VERSION_PREFIX) {
+        return target::parse(method, path, query);
+    }
+    Ok(match graph_target::parse(method, path, query)? {
+        GraphTarget::GetIncident { id, expand_alerts } => Target::GraphGet { id, expand_alerts },
+        GraphTarget::ListIncidents(raw) => {
+            let query = GraphListQuery::parse(&raw).map_err(|e| ApiError::bad_request(e.message))?;
+            Target::GraphList {
+                query,
+                base: graph_base(state, &parts.headers).into(),
+            }
+        }
+        GraphTarget::UpdateIncident(id) => Target::GraphUpdate(id),
+        GraphTarget::CommentIncident(id) => Target::GraphComment(id),
+    })
+}
+
+/// The proxy's Graph collection URL as the caller reaches it: `server.public_url`, else the
+/// request's `Host` when it is a plain host name or address (never anything that could inject
+/// into a link), else the listener's.
+fn graph_base(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.public_url {
+        return format!("{url}{}", graph_target::GRAPH_PREFIX);
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}{}", graph_target::GRAPH_PREFIX)
 }
 
 /// Authenticates, parses and runs one request.
@@ -369,28 +433,35 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let facade = facade_view(req.uri().path());
     let consumer = match state.consumers.read().authenticate(req.headers()) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(reason = %e, "caller not authenticated");
-            return Done::refused(None, None, error_response(ApiError::Unauthenticated.into(), id));
+            return Done::refused(None, None, error_response(ApiError::Unauthenticated.into(), id, facade));
         }
     };
     let name = Some(consumer.name.clone());
     if let Some(rate) = &consumer.rate {
         if let Err(wait) = rate.check() {
-            return Done::refused(None, name, caller_rate_response(state, &consumer.name, rate, wait, id));
+            return Done::refused(
+                None,
+                name,
+                caller_rate_response(state, &consumer.name, rate, wait, id, facade),
+            );
         }
     }
-    let target = match target::parse(req.method(), req.uri().path(), req.uri().query()) {
+    let (parts, body) = req.into_parts();
+    let target = match parse_target(state, &parts) {
         Ok(t) => t,
-        Err(e) => return Done::refused(None, name, error_response(e.into(), id)),
+        Err(e) => return Done::refused(None, name, error_response(e.into(), id, facade)),
     };
+    let view = target.view();
     let route = target.route();
     let spec = route.spec();
     let refused = |what| {
         let e = ApiError::Forbidden(consumer.name.as_str().into(), what);
-        Done::refused(Some(route), name.clone(), error_response(e.into(), id))
+        Done::refused(Some(route), name.clone(), error_response(e.into(), id, view))
     };
     if spec.writes && !consumer.write {
         return refused("update incidents");
@@ -398,29 +469,33 @@ where
     if !spec.writes && !consumer.read {
         return refused("read incidents");
     }
-    let preferred = if req.headers().contains_key(&PREFER) {
-        target::preferred_wait(req.headers(), state.max_wait_cap)
+    let preferred = if parts.headers.contains_key(&PREFER) {
+        target::preferred_wait(&parts.headers, state.max_wait_cap)
     } else {
         None
     };
-    let directives = Directives::from_headers(req.headers());
-    let mut done =
-        match hit_key(&target).and_then(|(key, kind)| Some((state.proxy.lookup(&key, &directives, started)?, kind))) {
-            // A fresh hit needs no place under max_concurrency: it never waits behind other work.
-            Some((answer, kind)) => {
-                let negative = answer.status == StatusCode::NOT_FOUND;
-                state.hot.lookups[kind][usize::from(negative)].inc();
-                Done {
-                    route: Some(route),
-                    consumer: name,
-                    cache: answer.cache.label(),
-                    upstream_status: answer.upstream_status,
-                    queued: answer.queued,
-                    resp: answer_response(&state.hot, answer),
-                }
+    let directives = Directives::from_headers(&parts.headers);
+    let mut done = match hit_key(&target)
+        .and_then(|(key, kind)| Some((state.proxy.lookup(&key, view, &directives, started)?, kind)))
+    {
+        // A fresh hit needs no place under max_concurrency: it never waits behind other work.
+        Some((answer, kind)) => {
+            let negative = answer.status == StatusCode::NOT_FOUND;
+            state.hot.lookups[kind][usize::from(negative)].inc();
+            Done {
+                route: Some(route),
+                consumer: name,
+                cache: answer.cache.label(),
+                upstream_status: answer.upstream_status,
+                queued: answer.queued,
+                resp: answer_response(&state.hot, answer),
             }
-            None => work(state, id, req, target, directives, preferred, &consumer).await,
-        };
+        }
+        None => {
+            let req = http::Request::from_parts(parts, body);
+            work(state, id, req, target, directives, preferred, &consumer).await
+        }
+    };
     if let Some(d) = preferred {
         let mut buf = itoa::Buffer::new();
         let v = format!("wait={}", buf.format(d.as_secs()));
@@ -429,6 +504,27 @@ where
         }
     }
     done
+}
+
+/// A write's body, read, checked and translated into the upstream's dialect: a body we would
+/// refuse spends nothing.
+async fn write_plan<B>(state: &AppState, req: http::Request<B>, target: &Target) -> Result<WritePlan, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let body = read_json_body(req, state.max_body_bytes, state.body_read_timeout).await?;
+    let upstream = state.proxy.upstream_api();
+    let bad = |e: TranslateError| ApiError::bad_request(e.to_string());
+    match target {
+        Target::UpdateIncident(_) => {
+            let update = target::Update::parse(body)?;
+            update::plan_defender_patch(upstream, &update.into_bytes()).map_err(bad)
+        }
+        Target::GraphUpdate(_) => update::plan_graph_patch(upstream, &body).map_err(bad),
+        Target::GraphComment(_) => update::plan_graph_comment(upstream, &body).map_err(bad),
+        _ => Err(ApiError::MethodNotAllowed("this route takes no body".into())),
+    }
 }
 
 /// Everything but a fresh hit: body, a place under max_concurrency, then the proxy.
@@ -446,6 +542,7 @@ where
     B::Error: Into<BoxError>,
 {
     let route = target.route();
+    let view = target.view();
     let name = Some(consumer.name.clone());
     let mut caller = consumer.caller.clone();
     if target::prefers_batch(req.headers()) {
@@ -454,17 +551,13 @@ where
     }
     // The body first (read and validated: a body we would refuse spends nothing); waiting for
     // a client is not work, so it takes no place.
-    let update = match target {
-        Target::UpdateIncident(_) => {
-            match read_json_body(req, state.max_body_bytes, state.body_read_timeout)
-                .await
-                .and_then(target::Update::parse)
-            {
-                Ok(u) => Some(u),
-                Err(e) => return Done::refused(Some(route), name, error_response(e.into(), id)),
-            }
+    let plan = if route.spec().writes {
+        match write_plan(state, req, &target).await {
+            Ok(p) => Some(p),
+            Err(e) => return Done::refused(Some(route), name, error_response(e.into(), id, view)),
         }
-        _ => None,
+    } else {
+        None
     };
     let permit = match take_place(state).await {
         Ok(p) => p,
@@ -477,7 +570,7 @@ where
                     reason: "overloaded",
                 })
                 .inc();
-            return Done::refused(Some(route), name, error_response(e.into(), id));
+            return Done::refused(Some(route), name, error_response(e.into(), id, view));
         }
     };
     let ctx = Ctx {
@@ -487,13 +580,17 @@ where
         wait: preferred.unwrap_or(state.max_wait),
         work: WorkPermit::new(permit),
     };
-    let outcome = match target {
-        Target::GetIncident(incident) => state.proxy.get_incident(incident, ctx).await,
-        Target::ListIncidents(query) => state.proxy.list_incidents(&query, ctx).await,
-        Target::UpdateIncident(incident) => {
-            let update = update.expect("read above for updates");
-            state.proxy.update_incident(incident, update, ctx).await
-        }
+    let proxy = &state.proxy;
+    let outcome = match (target, plan) {
+        (Target::GetIncident(incident), _) => proxy.get_incident(incident, view, ctx).await,
+        (Target::GraphGet { id: incident, .. }, _) => proxy.get_incident(incident, view, ctx).await,
+        (Target::ListIncidents(query), _) => proxy.list_incidents(&query, ctx).await,
+        (Target::GraphList { query, base }, _) => proxy.list_graph(&query, &base, ctx).await,
+        (
+            Target::UpdateIncident(incident) | Target::GraphUpdate(incident) | Target::GraphComment(incident),
+            Some(plan),
+        ) => proxy.write(incident, plan, view, ctx).await,
+        (_, None) => Err(ApiError::MethodNotAllowed("a write without a body".into()).into()),
     };
     match outcome {
         Ok(answer) => Done {
@@ -510,7 +607,7 @@ where
             cache: "none",
             upstream_status: failure.upstream_status,
             queued: Duration::ZERO,
-            resp: error_response(failure, id),
+            resp: error_response(failure, id, view),
         },
     }
 }
@@ -534,6 +631,7 @@ fn caller_rate_response(
     rate: &crate::auth::CallerRate,
     wait: Duration,
     id: &str,
+    view: View,
 ) -> Response<ApiBody> {
     state
         .metrics
@@ -560,7 +658,7 @@ fn caller_rate_response(
         )
         .into(),
     };
-    let mut resp = error_response(error.into(), id);
+    let mut resp = error_response(error.into(), id, view);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::try_from(format!("\"consumer\";q={};w=1", rate.burst)) {
         h.insert("ratelimit-policy", v);
@@ -614,9 +712,24 @@ fn answer_response(hot: &HotPath, answer: Answer) -> Response<ApiBody> {
     resp
 }
 
-fn error_response(failure: Failure, id: &str) -> Response<ApiBody> {
+/// An error in the caller's dialect: Defender's envelope (`target` = request id), or Graph's
+/// (`innerError.request-id`), with the status chosen in [`ApiError::status`].
+fn error_response(failure: Failure, id: &str, view: View) -> Response<ApiBody> {
     let cache = failure.cache();
-    let mut resp = failure.error.into_response_with_target(id);
+    let mut resp = if view.is_graph() {
+        let e = &failure.error;
+        let date = dialect_error::graph_error_date(time::OffsetDateTime::now_utc());
+        let body = dialect_error::graph_envelope(
+            dialect_error::graph_code(e.code(), e.status().as_u16()),
+            &e.to_string(),
+            id,
+            None,
+            &date,
+        );
+        failure.error.into_response_with_body(body)
+    } else {
+        failure.error.into_response_with_target(id)
+    };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::try_from(cache.header()) {
         h.insert(CACHE_STATUS.clone(), v);

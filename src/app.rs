@@ -95,7 +95,7 @@ impl Application {
         let syncer = sync.clone().map(|state| Syncer {
             exchange: exchange.clone(),
             store: store.clone(),
-            ingest: Ingest::new(store.clone(), config.cache.clone()),
+            ingest: Ingest::new(store.clone(), config.cache.clone(), config.upstream.api),
             metrics: metrics.clone(),
             state,
             caller: Syncer::caller(),
@@ -105,7 +105,14 @@ impl Application {
             store: store.clone(),
             tokens,
         };
-        let proxy = Arc::new(Proxy::new(policy, store, exchange, metrics.clone(), confirmations));
+        let proxy = Arc::new(Proxy::new(
+            policy,
+            config.upstream.api,
+            store,
+            exchange,
+            metrics.clone(),
+            confirmations,
+        ));
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
             tracing::warn!(
@@ -119,6 +126,7 @@ impl Application {
             body_read_timeout: config.server.body_read_timeout,
             max_concurrency: config.server.max_concurrency,
             max_concurrency_wait: config.server.max_concurrency_wait,
+            public_url: config.server.public_url.clone(),
         };
         let state = Arc::new(AppState::new(
             proxy, handles, sync, consumers, metrics, limits, access_log,

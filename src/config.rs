@@ -15,6 +15,13 @@ use figment::{
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize, Serializer};
 
+pub use crate::dialect::Dialect;
+
+/// The Defender API's public endpoint (also its token resource).
+pub const DEFENDER_BASE_URL: &str = "https://api.security.microsoft.com";
+/// Microsoft Graph's public endpoint (also its token resource).
+pub const GRAPH_BASE_URL: &str = "https://graph.microsoft.com";
+
 /// The proxy's whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,6 +54,9 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// The proxy's base URL as callers reach it (`https://defender-proxy.example`), for the
+    /// Graph facade's `@odata.nextLink`; unset: `http://` and the request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +70,7 @@ impl Default for ServerConfig {
             max_concurrency_wait: Duration::from_secs(1),
             body_read_timeout: Duration::from_secs(10),
             grace_period: Duration::from_secs(20),
+            public_url: None,
         }
     }
 }
@@ -67,6 +78,11 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Which API the upstream speaks: `defender` (api.security.microsoft.com/api/incidents) or
+    /// `graph` (graph.microsoft.com/v1.0/security/incidents). Callers of either facade are
+    /// served either way.
+    pub api: Dialect,
+    /// Left at the Defender default with `api = "graph"`, it becomes Graph's public endpoint.
     pub base_url: String,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -77,7 +93,8 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
-            base_url: "https://api.security.microsoft.com".into(),
+            api: Dialect::Defender,
+            base_url: DEFENDER_BASE_URL.into(),
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(10),
         }
@@ -125,7 +142,7 @@ impl Default for TokenConfig {
             client_secret_file: None,
             client_certificate_key_file: None,
             client_certificate_thumbprint: None,
-            resource: "https://api.security.microsoft.com".into(),
+            resource: DEFENDER_BASE_URL.into(),
             refresh_before: Duration::from_secs(300),
             wait: Duration::from_millis(1500),
             static_token: None,
@@ -471,17 +488,33 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        Ok(fig.merge(env).extract().map_err(Box::new)?)
+        let mut config: Config = fig.merge(env).extract().map_err(Box::new)?;
+        config.resolve_api_defaults();
+        Ok(config)
     }
 
     /// Parses a TOML document on top of the defaults (tests, `config check` of a string).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
             .map_err(Box::new)?;
+        config.resolve_api_defaults();
         config.validate()?;
         Ok(config)
+    }
+
+    /// With `upstream.api = "graph"`, the base URL and token resource still at their Defender
+    /// defaults become Graph's (a sovereign cloud sets both explicitly).
+    pub fn resolve_api_defaults(&mut self) {
+        if self.upstream.api == Dialect::Graph {
+            if self.upstream.base_url.trim_end_matches('/') == DEFENDER_BASE_URL {
+                self.upstream.base_url = GRAPH_BASE_URL.into();
+            }
+            if self.token.resource.trim_end_matches('/') == DEFENDER_BASE_URL {
+                self.token.resource = GRAPH_BASE_URL.into();
+            }
+        }
     }
 
     /// Checks that serde cannot express; every message names the key.
@@ -493,6 +526,17 @@ impl Config {
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(invalid("upstream.base_url", "must not have a query or fragment"));
+        }
+        if let Some(public) = &self.server.public_url {
+            let ok = reqwest::Url::parse(public).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(invalid(
+                    "server.public_url",
+                    "must be an http(s) URL with a host and no query or fragment",
+                ));
+            }
         }
         for (key, d) in [
             ("upstream.connect_timeout", self.upstream.connect_timeout),

@@ -57,6 +57,11 @@ pub enum ApiError {
     /// log. Carries when to try again: the token endpoint's next attempt.
     #[error("the proxy cannot obtain an upstream access token right now; nothing was sent upstream")]
     NoToken(Duration),
+    /// A write of several upstream calls (a Graph PATCH, then its comment) stopped part-way:
+    /// `applied` says exactly what took effect, `cause` why the rest did not. Its status is the
+    /// cause's; nothing is retried on the caller's behalf.
+    #[error("{applied}: {cause}")]
+    PartiallyApplied { applied: Arc<str>, cause: Box<ApiError> },
 }
 
 impl ApiError {
@@ -79,6 +84,7 @@ impl ApiError {
             ApiError::NotCached | ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadGateway(_) | ApiError::OutcomeUnknown(_) => StatusCode::BAD_GATEWAY,
             ApiError::ShuttingDown | ApiError::NoToken(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PartiallyApplied { cause, .. } => cause.status(),
         }
     }
 
@@ -101,6 +107,7 @@ impl ApiError {
             ApiError::ShuttingDown => "ServiceUnavailable",
             ApiError::NoToken(_) => "ServiceUnavailable",
             ApiError::Overloaded => "ServiceUnavailable",
+            ApiError::PartiallyApplied { .. } => "PartiallyApplied",
         }
     }
 
@@ -110,6 +117,7 @@ impl ApiError {
             ApiError::Throttled { retry_after, .. } => Some(retry_after_secs(*retry_after)),
             ApiError::ShuttingDown | ApiError::Overloaded => Some(1),
             ApiError::NoToken(retry_after) => Some(retry_after_secs(*retry_after)),
+            ApiError::PartiallyApplied { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }
@@ -117,6 +125,12 @@ impl ApiError {
     /// Renders the envelope with `target` set to the request id.
     pub fn into_response_with_target(self, target: &str) -> Response {
         let body = envelope(self.code(), &self.to_string(), target);
+        self.into_response_with_body(body)
+    }
+
+    /// Renders the error with an envelope made by the caller (Graph's, for the Graph facade),
+    /// with this error's status and headers.
+    pub fn into_response_with_body(self, body: Bytes) -> Response {
         let mut resp = (self.status(), body).into_response();
         let headers = resp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -2,21 +2,28 @@
 //! asked for, and every incident of a List page refreshes its own entry, in order (never over a
 //! newer one, never after a write that started later). Used by the proxy's read path and by the
 //! incident sync.
+//!
+//! This is also where an answer is translated, once, into every view a caller may read
+//! ([`Bodies`]): an incident from either upstream dialect becomes its Defender rendering and its
+//! two Graph renderings (with and without alerts), so both facades share one entry per incident.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{
+    body::{Bodies, View},
     cache::{Entry, Filled, Key, Store, Ticket},
     config::CacheConfig,
+    dialect::{self, incident, Dialect},
     outcome::json_content_type,
 };
 
-/// The fields of an incident the proxy checks before storing it.
+/// The fields of a Defender incident the proxy checks before storing it.
 #[derive(Deserialize)]
 struct IncidentProbe {
     #[serde(rename = "incidentId")]
@@ -39,22 +46,161 @@ pub struct Page {
     pub newest: Option<i128>,
 }
 
+/// One incident, checked and rendered in every view it can be served in.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    pub id: i64,
+    /// `lastUpdateTime` (Graph: `lastUpdateDateTime`) as unix nanoseconds.
+    pub last_update: Option<i128>,
+    pub bodies: Bodies,
+}
+
+/// Renders one incident as the upstream sent it (`raw` is its JSON text, `native` the same
+/// parsed, when the caller has parsed it already). A Graph incident must carry its alerts
+/// (`$expand=alerts`), or its Defender view would wrongly say it has none. `None` when the
+/// text is no incident of that dialect; a view that cannot be translated is left out (and
+/// logged), the others are kept.
+pub fn render_incident(upstream: Dialect, raw: &[u8], native: Option<&Value>) -> Option<Incident> {
+    match upstream {
+        Dialect::Defender => {
+            let probe: IncidentProbe = serde_json::from_slice(raw).ok()?;
+            let mut bodies = Bodies::one(View::Defender, Bytes::copy_from_slice(raw));
+            let parsed;
+            let value = match native {
+                Some(v) => v,
+                None => {
+                    parsed = serde_json::from_slice::<Value>(raw).ok()?;
+                    &parsed
+                }
+            };
+            for (view, expand) in [(View::Graph, false), (View::GraphAlerts, true)] {
+                match incident::defender_to_graph_with(value, expand) {
+                    Ok(g) => bodies.set(view, to_bytes(&g)),
+                    Err(e) => {
+                        tracing::warn!(incident.id = probe.incident_id, error = %e, "incident has no Graph rendering")
+                    }
+                }
+            }
+            Some(Incident {
+                id: probe.incident_id,
+                last_update: probe.last_update_time.as_deref().and_then(parse_time),
+                bodies,
+            })
+        }
+        Dialect::Graph => {
+            let parsed;
+            let value = match native {
+                Some(v) => v,
+                None => {
+                    parsed = serde_json::from_slice::<Value>(raw).ok()?;
+                    &parsed
+                }
+            };
+            let object = value.as_object()?;
+            let id = graph_id(object.get("id")?.as_str()?)?;
+            let last_update = object
+                .get("lastUpdateDateTime")
+                .and_then(Value::as_str)
+                .and_then(parse_time);
+            let mut bodies = Bodies::one(View::GraphAlerts, Bytes::copy_from_slice(raw));
+            let mut bare = object.clone();
+            bare.remove("alerts");
+            bare.remove("alerts@odata.context");
+            bodies.set(View::Graph, to_bytes(&Value::Object(bare)));
+            match incident::graph_to_defender(value) {
+                Ok(d) => bodies.set(View::Defender, to_bytes(&d)),
+                Err(e) => tracing::warn!(incident.id = id, error = %e, "incident has no Defender rendering"),
+            }
+            Some(Incident {
+                id,
+                last_update,
+                bodies,
+            })
+        }
+    }
+}
+
+/// An upstream error answer (a 404, say) in every view: the upstream's own envelope for its own
+/// dialect, translated for the other (`request_id` becomes Defender's `target` or Graph's
+/// `request-id`).
+pub fn render_error(upstream: Dialect, status: StatusCode, body: &Bytes, request_id: &str) -> Bodies {
+    let code = status.as_u16();
+    match upstream {
+        Dialect::Defender => {
+            let date = dialect::error::graph_error_date(time::OffsetDateTime::now_utc());
+            let graph = dialect::error::defender_error_to_graph(body, code, request_id, &date);
+            let mut b = Bodies::one(View::Defender, body.clone());
+            b.set(View::Graph, graph.clone());
+            b.set(View::GraphAlerts, graph);
+            b
+        }
+        Dialect::Graph => {
+            let mut b = Bodies::one(View::Graph, body.clone());
+            b.set(View::GraphAlerts, body.clone());
+            b.set(
+                View::Defender,
+                dialect::error::graph_error_to_defender(body, code, request_id),
+            );
+            b
+        }
+    }
+}
+
+/// A Graph incident id (a string of decimal digits) as Defender's number.
+fn graph_id(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<i64>().ok().filter(|n| *n > 0)
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// The items of a list page (either dialect: both keep them in `value`), and `@odata.count`.
+pub fn page_items(body: &[u8]) -> Option<(Vec<Box<serde_json::value::RawValue>>, Option<u64>)> {
+    #[derive(Deserialize)]
+    struct PageBody {
+        value: Vec<Box<serde_json::value::RawValue>>,
+        #[serde(rename = "@odata.count")]
+        count: Option<u64>,
+    }
+    match serde_json::from_slice::<PageBody>(body) {
+        Ok(p) => Some((p.value, p.count)),
+        Err(_) => {
+            tracing::warn!("upstream list body has no `value` array; not cached");
+            None
+        }
+    }
+}
+
 /// Writes upstream answers into the store.
 pub struct Ingest {
     store: Arc<dyn Store>,
     config: CacheConfig,
+    upstream: Dialect,
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn Store>, config: CacheConfig) -> Ingest {
-        Ingest { store, config }
+    pub fn new(store: Arc<dyn Store>, config: CacheConfig, upstream: Dialect) -> Ingest {
+        Ingest {
+            store,
+            config,
+            upstream,
+        }
     }
 
-    /// A Get answer is stored only if it is the incident asked for. Returns its `lastUpdateTime`
-    /// (`Some(None)` when the body has none), or `None` when the body is not that incident.
-    pub fn check_incident(&self, id: i64, body: &[u8]) -> Option<Option<i128>> {
-        match serde_json::from_slice::<IncidentProbe>(body) {
-            Ok(p) if p.incident_id == id => Some(p.last_update_time.as_deref().and_then(parse_time)),
+    /// The dialect the upstream speaks.
+    pub fn upstream(&self) -> Dialect {
+        self.upstream
+    }
+
+    /// A Get answer is stored only if it is the incident asked for: it comes back rendered in
+    /// every view, or `None` when the body is not that incident.
+    pub fn check_incident(&self, id: i64, body: &[u8]) -> Option<Incident> {
+        match render_incident(self.upstream, body, None) {
+            Some(i) if i.id == id => Some(i),
             _ => {
                 tracing::warn!(
                     incident.id = id,
@@ -65,48 +211,48 @@ impl Ingest {
         }
     }
 
+    /// An entry for an incident fetched by a request sent at `sent_at`.
+    pub fn incident_entry(&self, incident: Incident, sent_at: Instant) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            bodies: incident.bodies,
+            content_type: json_content_type(),
+            stored_at: sent_at,
+            ttl: self.config.ttl,
+            last_update: incident.last_update,
+        }
+    }
+
     /// Every incident in a List page refreshes its own cache entry (unless a newer one is cached
     /// or a write came after `ticket`), so a tool that lists then fetches each incident spends one
-    /// call, not N+1. `sent_at` is when the List request left. `None` when the body is no page.
-    pub async fn spread_list(&self, body: &[u8], sent_at: Instant, ticket: Ticket) -> Option<Page> {
-        #[derive(Deserialize)]
-        struct Value<'a> {
-            #[serde(borrow)]
-            value: Vec<&'a serde_json::value::RawValue>,
-        }
-        let page: Value = match serde_json::from_slice(body) {
-            Ok(p) => p,
-            Err(_) => {
-                tracing::warn!("upstream list body has no `value` array; not cached");
-                return None;
-            }
-        };
+    /// call, not N+1. `sent_at` is when the List request left. The incidents must be complete
+    /// (a Graph page with its alerts expanded).
+    pub async fn spread(&self, incidents: Vec<Incident>, sent_at: Instant, ticket: Ticket) -> Page {
         let mut out = Page {
-            items: page.value.len(),
+            items: incidents.len(),
             newest: None,
         };
-        // Parsed first, stored after: the borrowed page does not live across an await.
-        let mut entries = Vec::with_capacity(page.value.len());
-        for raw in page.value {
-            let Ok(probe) = serde_json::from_str::<IncidentProbe>(raw.get()) else {
-                continue;
-            };
-            let last_update = probe.last_update_time.as_deref().and_then(parse_time);
-            out.newest = out.newest.max(last_update);
-            let entry = Entry {
-                status: StatusCode::OK,
-                body: Bytes::copy_from_slice(raw.get().as_bytes()),
-                content_type: json_content_type(),
-                stored_at: sent_at,
-                ttl: self.config.ttl,
-                last_update,
-            };
-            entries.push((Key::Incident(probe.incident_id), Arc::new(entry)));
+        for incident in incidents {
+            out.newest = out.newest.max(incident.last_update);
+            let key = Key::Incident(incident.id);
+            let entry = self.incident_entry(incident, sent_at);
+            self.store.fill(key, Arc::new(entry), ticket).await;
         }
-        for (key, entry) in entries {
-            self.store.fill(key, entry, ticket).await;
-        }
-        Some(out)
+        out
+    }
+
+    /// A whole upstream List page (in the upstream's dialect, alerts included) spread into the
+    /// per-incident entries. `None` when the body is no page.
+    pub async fn spread_list(&self, body: &[u8], sent_at: Instant, ticket: Ticket) -> Option<Page> {
+        let (items, _) = page_items(body)?;
+        let total = items.len();
+        let incidents: Vec<Incident> = items
+            .iter()
+            .filter_map(|raw| render_incident(self.upstream, raw.get().as_bytes(), None))
+            .collect();
+        let mut page = self.spread(incidents, sent_at, ticket).await;
+        page.items = total;
+        Some(page)
     }
 
     /// Offers a read's own answer to the store.

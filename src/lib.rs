@@ -49,6 +49,7 @@ pub mod access_log;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod body;
 pub mod budget;
 pub mod cache;
 pub mod config;

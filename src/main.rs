@@ -33,6 +33,10 @@ enum Command {
         /// Where the simulator listens.
         #[arg(long, default_value = "127.0.0.1:0")]
         simulator_listen: SocketAddr,
+        /// Which API the proxy speaks to the simulator: `defender` or `graph` (the simulator
+        /// serves both over the same incidents; callers may use either facade either way).
+        #[arg(long, default_value = "defender")]
+        upstream: String,
     },
     /// Run only the built-in Defender simulator (for benchmarks and manual tests).
     Simulate {
@@ -99,15 +103,27 @@ fn main() -> ExitCode {
         Command::Demo {
             config,
             simulator_listen,
+            upstream,
         } => {
             // The demo fills in upstream and credentials itself, so the base config may lack them.
-            let base = match Config::load_unvalidated(config.as_deref()) {
+            let mut base = match Config::load_unvalidated(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("defender-proxy: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            match upstream.as_str() {
+                "defender" => {}
+                "graph" => {
+                    base.upstream.api = defender_proxy::config::Dialect::Graph;
+                    base.token.resource = defender_proxy::config::GRAPH_BASE_URL.into();
+                }
+                other => {
+                    eprintln!("defender-proxy: --upstream must be defender or graph, not '{other}'");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
             telemetry::init(&base.telemetry);
             runtime.block_on(async move {
                 let demo = demo::prepare(base, simulator::SimConfig::default(), simulator_listen).await?;
@@ -120,6 +136,10 @@ fn main() -> ExitCode {
                 println!("consumer key (read+write): {}", demo.key);
                 println!(
                     "try:\n  curl -si -H 'Authorization: Bearer {}' http://{api}/api/incidents/1",
+                    demo.key
+                );
+                println!(
+                    "  curl -si -H 'Authorization: Bearer {}' 'http://{api}/v1.0/security/incidents?$top=5'",
                     demo.key
                 );
                 println!("  curl -s http://{admin}/metrics | grep defender_proxy_cache_lookups");

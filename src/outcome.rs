@@ -9,7 +9,12 @@ use std::{fmt::Write as _, time::Duration};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
-use crate::{budget::WindowStatus, error::ApiError, route::RouteKind};
+use crate::{
+    body::{Bodies, View},
+    budget::WindowStatus,
+    error::ApiError,
+    route::RouteKind,
+};
 
 /// How the answer relates to the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +96,11 @@ impl CacheResult {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
+    /// The body in the caller's view (see [`Answer::in_view`]).
     pub body: Bytes,
+    /// Every view of the body, while the answer is shared by callers of several views (a
+    /// collapsed read); resolved into `body` before it reaches a caller.
+    pub bodies: Option<Bodies>,
     pub content_type: HeaderValue,
     pub cache: CacheResult,
     /// `Age`, for answers from the cache.
@@ -116,6 +125,7 @@ impl Answer {
         Answer {
             status,
             body,
+            bodies: None,
             content_type,
             cache: CacheResult::Forwarded {
                 fwd,
@@ -127,6 +137,29 @@ impl Answer {
             budget,
             queued,
             upstream_status: Some(status.as_u16()),
+        }
+    }
+}
+
+impl Answer {
+    /// The answer as a caller of `view` reads it. An answer that has no rendering in that view
+    /// (the upstream's incident holds a value the other dialect cannot express) is a 502.
+    pub fn in_view(mut self, view: View) -> Outcome {
+        let Some(bodies) = self.bodies.take() else {
+            return Ok(self);
+        };
+        match bodies.get(view) {
+            Some(body) => {
+                self.body = body.clone();
+                Ok(self)
+            }
+            None => Err(Failure {
+                error: ApiError::BadGateway(
+                    "the upstream's answer cannot be expressed in this API's dialect (see the log)".into(),
+                ),
+                budget: self.budget,
+                upstream_status: self.upstream_status,
+            }),
         }
     }
 }

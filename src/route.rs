@@ -30,9 +30,13 @@ pub struct RouteKind(u8);
 pub struct RouteSpec {
     /// Name in `budget.routes.<name>`, in metrics labels and log fields.
     pub name: &'static str,
+    /// The method on a Graph upstream (a Defender upstream knows only GET and PATCH).
     pub method: Method,
-    /// The path shape on the upstream (`{id}` stands for an incident id).
-    pub path: &'static str,
+    /// The path shape on a Defender upstream (`{id}` stands for an incident id); `None` when
+    /// Defender has no such route (a comment is part of its PATCH).
+    pub path: Option<&'static str>,
+    /// The path shape on a Graph upstream.
+    pub graph_path: &'static str,
     /// Changes upstream state: needs the `write` right, is never retried blindly, evicts cache
     /// entries, and keeps no interactive reserve.
     pub writes: bool,
@@ -40,32 +44,50 @@ pub struct RouteSpec {
     pub quotas: &'static [(u32, u64)],
 }
 
-/// The Microsoft 365 Defender incidents API, with its documented limits.
-pub const DEFENDER: [RouteSpec; 3] = [
+/// The incidents API's routes in both upstream dialects, with their default quotas.
+///
+/// The defaults are the Defender API's documented limits. Graph documents no quota for
+/// `security/incidents` (the one `/security` figure it prints, 150 calls per minute per app
+/// and tenant, names the legacy alerts resource), so a Graph upstream keeps the same
+/// defaults: no looser than the API it replaces, and the proxy believes every 429 Graph sends
+/// (with its possibly fractional `Retry-After`). `create_comment` is Graph's separate comment
+/// POST; against Defender a comment travels inside the update, on `update_incident`.
+pub const DEFENDER: [RouteSpec; 4] = [
     RouteSpec {
         name: "get_incident",
         method: Method::GET,
-        path: "/api/incidents/{id}",
+        path: Some("/api/incidents/{id}"),
+        graph_path: "/v1.0/security/incidents/{id}",
         writes: false,
         quotas: &[(100, 60), (1500, 3600)],
     },
     RouteSpec {
         name: "list_incidents",
         method: Method::GET,
-        path: "/api/incidents",
+        path: Some("/api/incidents"),
+        graph_path: "/v1.0/security/incidents",
         writes: false,
         quotas: &[(50, 60), (1500, 3600)],
     },
     RouteSpec {
         name: "update_incident",
         method: Method::PATCH,
-        path: "/api/incidents/{id}",
+        path: Some("/api/incidents/{id}"),
+        graph_path: "/v1.0/security/incidents/{id}",
+        writes: true,
+        quotas: &[(50, 60), (1500, 3600)],
+    },
+    RouteSpec {
+        name: "create_comment",
+        method: Method::POST,
+        path: None,
+        graph_path: "/v1.0/security/incidents/{id}/comments",
         writes: true,
         quotas: &[(50, 60), (1500, 3600)],
     },
 ];
 
-/// The routes the proxy serves today.
+/// The routes the proxy serves.
 pub const ROUTES: &[RouteSpec] = &DEFENDER;
 
 /// How many routes there are (for per-route arrays).
@@ -91,6 +113,7 @@ impl RouteKind {
     pub const GetIncident: RouteKind = RouteKind::named("get_incident");
     pub const ListIncidents: RouteKind = RouteKind::named("list_incidents");
     pub const UpdateIncident: RouteKind = RouteKind::named("update_incident");
+    pub const CreateComment: RouteKind = RouteKind::named("create_comment");
 
     /// Every route, in table order.
     pub const ALL: [RouteKind; ROUTE_COUNT] = {
@@ -168,7 +191,8 @@ mod tests {
                 "{}",
                 r.name
             );
-            assert!(r.path.starts_with('/'), "{}", r.name);
+            assert!(r.path.map_or(true, |p| p.starts_with("/api/")), "{}", r.name);
+            assert!(r.graph_path.starts_with("/v1.0/security/"), "{}", r.name);
             assert_eq!(r.writes, r.method != Method::GET, "{}: writes iff not GET", r.name);
             assert_eq!(RouteKind::ALL[i].index(), i);
             assert_eq!(RouteKind::named(r.name), RouteKind::ALL[i]);

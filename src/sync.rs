@@ -32,15 +32,18 @@ use crate::{
     cache::{Confirmations, Store},
     config::SyncConfig,
     exchange::{CallError, Exchange, Retry},
-    ingest::Ingest,
-    odata::{CompareOp, Field, Filter, ListQuery, Literal},
+    dialect::Dialect,
+    ingest::{page_items, render_incident, Ingest},
+    odata::{CompareOp, Field, Filter, GraphField, GraphListQuery, GraphOrderBy, GraphOrderField, ListQuery, Literal},
     route::RouteKind,
     upstream::Request,
     Metrics,
 };
 
-/// Incidents per page (the API's maximum `$top`).
+/// Incidents per page (the Defender API's maximum `$top`).
 pub const PAGE: usize = 100;
+/// Incidents per page on a Graph upstream (Graph's maximum `$top`).
+pub const GRAPH_PAGE: usize = 50;
 
 /// Why a run did not complete its pass.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,6 +76,9 @@ impl SyncError {
 #[derive(Debug, Clone)]
 struct Pass {
     since: OffsetDateTime,
+    /// Graph upstream: the pass pages by time, ascending; it has listed everything before this
+    /// second, and `skip` counts the items of this second already listed.
+    cursor: Option<OffsetDateTime>,
     skip: u64,
     /// When its first page was sent (proxy clock) and what the upstream's clock said then.
     started: Option<(Instant, OffsetDateTime)>,
@@ -144,6 +150,7 @@ impl SyncState {
             .pass
             .get_or_insert(Pass {
                 since,
+                cursor: None,
                 skip: 0,
                 started: None,
             })
@@ -287,33 +294,60 @@ impl Syncer {
             if !share.try_now(Instant::now()) {
                 return Err(SyncError::Share);
             }
-            let n = self.page(pass).await?;
+            let (n, full) = self.page(pass).await?;
             self.metrics.sync_list_calls.inc();
             pages += 1;
             refreshed += n;
-            if n < PAGE {
+            if !full {
                 return Ok((pages, refreshed));
             }
-            pass.skip += PAGE as u64;
         }
     }
 
-    /// One page of the change set, written into the per-id cache. Takes a List slot only if one
-    /// is free right now: the sync never queues in front of callers.
-    async fn page(&self, pass: &mut Pass) -> Result<usize, SyncError> {
+    /// One page of the change set, written into the per-id cache; moves the pass past it.
+    /// Returns the incidents written and whether the page was full (more may follow). Takes a
+    /// List slot only if one is free right now: the sync never queues in front of callers.
+    async fn page(&self, pass: &mut Pass) -> Result<(usize, bool), SyncError> {
         let route = RouteKind::ListIncidents;
-        let query = ListQuery {
-            filter: Some(Filter::Compare {
-                field: Field::LastUpdateTime,
-                op: CompareOp::Ge,
-                value: Literal::DateTime(pass.since.replace_nanosecond(0).unwrap_or(pass.since)),
-            }),
-            top: Some(PAGE as u32),
-            skip: Some(pass.skip),
+        let upstream = self.ingest.upstream();
+        let path_and_query = match upstream {
+            Dialect::Defender => {
+                let query = ListQuery {
+                    filter: Some(Filter::Compare {
+                        field: Field::LastUpdateTime,
+                        op: CompareOp::Ge,
+                        value: Literal::DateTime(whole_seconds(pass.since)),
+                    }),
+                    top: Some(PAGE as u32),
+                    skip: Some(pass.skip),
+                };
+                format!("/api/incidents?{}", query.canonical())
+            }
+            Dialect::Graph => {
+                // Time-boundary paging (ascending, `$skip` only within one second): `$skip`
+                // stays small, where Graph is seen to stop answering past large offsets.
+                let from = pass.cursor.unwrap_or(pass.since);
+                let query = GraphListQuery {
+                    filter: Some(Filter::Compare {
+                        field: GraphField::LastUpdateDateTime,
+                        op: CompareOp::Ge,
+                        value: Literal::DateTime(whole_seconds(from)),
+                    }),
+                    top: Some(GRAPH_PAGE as u32),
+                    skip: (pass.skip > 0).then_some(pass.skip),
+                    orderby: Some(GraphOrderBy {
+                        field: GraphOrderField::LastUpdateDateTime,
+                        descending: false,
+                    }),
+                    expand_alerts: true,
+                    count: None,
+                };
+                format!("/v1.0/security/incidents?{}", query.canonical())
+            }
         };
         let req = Request {
             method: Method::GET,
-            path_and_query: format!("/api/incidents?{}", query.canonical()),
+            path_and_query,
             body: None,
             request_id: format!("sync-{}", uuid::Uuid::new_v4()),
         };
@@ -334,18 +368,46 @@ impl Syncer {
             // A 429 has frozen the route for callers too; anything else is only the sync's problem.
             return Err(SyncError::Upstream(resp.status.as_u16()));
         }
-        let page = self
-            .ingest
-            .spread_list(&resp.body, sent_at, ticket)
-            .await
-            .ok_or(SyncError::BadPage)?;
+        let (items, _) = page_items(&resp.body).ok_or(SyncError::BadPage)?;
+        let returned = items.len();
+        let incidents: Vec<_> = items
+            .iter()
+            .filter_map(|raw| render_incident(upstream, raw.get().as_bytes(), None))
+            .collect();
+        let seconds: Vec<Option<i64>> = incidents
+            .iter()
+            .map(|i| i.last_update.map(|ns| (ns / 1_000_000_000) as i64))
+            .collect();
+        self.ingest.spread(incidents, sent_at, ticket).await;
         if pass.started.is_none() {
             // The upstream's clock, not ours: its `Date`, else our own as a last resort.
             let upstream_now = resp.date.map(OffsetDateTime::from).unwrap_or(wall);
             pass.started = Some((sent_at, upstream_now));
         }
-        Ok(page.items)
+        let full = match upstream {
+            Dialect::Defender => {
+                pass.skip += returned as u64;
+                returned >= PAGE
+            }
+            Dialect::Graph => {
+                let from = whole_seconds(pass.cursor.unwrap_or(pass.since)).unix_timestamp();
+                let last = seconds.iter().flatten().copied().max();
+                match last {
+                    Some(last) if last > from => {
+                        pass.cursor = OffsetDateTime::from_unix_timestamp(last).ok();
+                        pass.skip = seconds.iter().filter(|s| **s == Some(last)).count() as u64;
+                    }
+                    _ => pass.skip += returned as u64,
+                }
+                returned >= GRAPH_PAGE
+            }
+        };
+        Ok((returned, full))
     }
+}
+
+fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
 }
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Method};
 
 use crate::{
+    body::View,
     error::ApiError,
-    odata::ListQuery,
+    odata::{GraphListQuery, ListQuery},
     route::{self, RouteKind},
 };
 
@@ -25,6 +26,15 @@ pub enum Target {
     /// The List query options, parsed (their canonical form is the cache key).
     ListIncidents(ListQuery),
     UpdateIncident(i64),
+    /// `GET /v1.0/security/incidents/{id}` (Graph facade), alerts expanded or not.
+    GraphGet { id: i64, expand_alerts: bool },
+    /// `GET /v1.0/security/incidents?...` (Graph facade); `base` is the proxy's own URL for
+    /// the collection, which `@odata.nextLink` points at.
+    GraphList { query: GraphListQuery, base: std::sync::Arc<str> },
+    /// `PATCH /v1.0/security/incidents/{id}` (Graph facade).
+    GraphUpdate(i64),
+    /// `POST /v1.0/security/incidents/{id}/comments` (Graph facade).
+    GraphComment(i64),
 }
 
 /// A PATCH body that passed [`validate_update`]: the bytes sent upstream as they came.
@@ -46,9 +56,20 @@ impl Update {
 impl Target {
     pub fn route(&self) -> RouteKind {
         match self {
-            Target::GetIncident(_) => RouteKind::GetIncident,
-            Target::ListIncidents(_) => RouteKind::ListIncidents,
-            Target::UpdateIncident(_) => RouteKind::UpdateIncident,
+            Target::GetIncident(_) | Target::GraphGet { .. } => RouteKind::GetIncident,
+            Target::ListIncidents(_) | Target::GraphList { .. } => RouteKind::ListIncidents,
+            Target::UpdateIncident(_) | Target::GraphUpdate(_) => RouteKind::UpdateIncident,
+            Target::GraphComment(_) => RouteKind::CreateComment,
+        }
+    }
+
+    /// Which rendering of an answer the caller reads (and whose error envelope it gets).
+    pub fn view(&self) -> View {
+        match self {
+            Target::GetIncident(_) | Target::ListIncidents(_) | Target::UpdateIncident(_) => View::Defender,
+            Target::GraphGet { expand_alerts: true, .. } => View::GraphAlerts,
+            Target::GraphList { query, .. } if query.expand_alerts => View::GraphAlerts,
+            _ => View::Graph,
         }
     }
 }

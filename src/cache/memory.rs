@@ -35,7 +35,7 @@ impl Order {
             return true;
         }
         match key {
-            Key::List(_) => self.lists > ticket.0,
+            Key::List(_) | Key::GraphList(_) => self.lists > ticket.0,
             Key::Incident(_) => self.writes.get(key).is_some_and(|(g, _)| *g > ticket.0),
         }
     }
@@ -78,7 +78,7 @@ impl Lifetime {
     fn of(&self, k: &Key, v: &Entry) -> Duration {
         let fresh = match k {
             Key::Incident(_) => v.ttl.max(self.incident_lifetime),
-            Key::List(_) => v.ttl,
+            Key::List(_) | Key::GraphList(_) => v.ttl,
         };
         fresh + self.stale_if_error
     }
@@ -104,9 +104,9 @@ impl moka::Expiry<Key, Arc<Entry>> for Lifetime {
 fn weight(key: &Key, entry: &Entry) -> u32 {
     let key_len = match key {
         Key::Incident(_) => 8,
-        Key::List(q) => q.len(),
+        Key::List(q) | Key::GraphList(q) => q.len(),
     };
-    u32::try_from(entry.body.len() + key_len + 160).unwrap_or(u32::MAX)
+    u32::try_from(entry.bodies.byte_len() + key_len + 160).unwrap_or(u32::MAX)
 }
 
 impl MokaStore {
@@ -208,7 +208,7 @@ impl MokaStore {
         let mut order = self.order.lock();
         order.lists = order.bump();
         // Only fails when closures are not enabled, which the builder does.
-        let _ = self.cache.invalidate_entries_if(|k, _| matches!(k, Key::List(_)));
+        let _ = self.cache.invalidate_entries_if(|k, _| k.is_list());
     }
 }
 
@@ -221,7 +221,7 @@ mod tests {
     fn entry(len: usize, ttl: u64) -> Arc<Entry> {
         Arc::new(Entry {
             status: StatusCode::OK,
-            body: Bytes::from(vec![b'x'; len]),
+            bodies: crate::body::Bodies::same(Bytes::from(vec![b'x'; len])),
             content_type: HeaderValue::from_static("application/json"),
             stored_at: Instant::now(),
             ttl: Duration::from_secs(ttl),

@@ -13,11 +13,11 @@ mod memory;
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, StatusCode};
 use tokio::time::Instant;
 
+use crate::body::Bodies;
 pub use confirm::{Confirmation, Confirmations};
 pub use memory::MokaStore;
 
@@ -28,23 +28,32 @@ pub enum Key {
     Incident(i64),
     /// `GET /api/incidents?...`, by the canonical query string.
     List(Arc<str>),
+    /// `GET /v1.0/security/incidents?...`: the Graph facade's own pages (another schema and
+    /// another paging), by the proxy's own base URL and the canonical Graph query.
+    GraphList(Arc<str>),
 }
 
 impl Key {
+    /// A list page of either facade (all of them go when anything is written).
+    pub fn is_list(&self) -> bool {
+        matches!(self, Key::List(_) | Key::GraphList(_))
+    }
+
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Key::Incident(_) => "incident",
-            Key::List(_) => "list",
+            Key::List(_) | Key::GraphList(_) => "list",
         }
     }
 }
 
-/// One stored upstream answer (200 or 404), body byte for byte.
+/// One stored upstream answer (200 or 404), in every view it can be served in.
 #[derive(Debug)]
 pub struct Entry {
     pub status: StatusCode,
-    pub body: Bytes,
+    /// The answer as each facade serves it, translated once when it arrived.
+    pub bodies: Bodies,
     pub content_type: HeaderValue,
     /// When the upstream request that produced this answer was sent: the answer describes the
     /// incident as of this moment or later, never earlier.

@@ -24,7 +24,8 @@ pub mod target;
 pub mod update;
 
 /// Which wire dialect a caller speaks or an upstream serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Dialect {
     /// `https://api.security.microsoft.com/api/incidents`.
     Defender,

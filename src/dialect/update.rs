@@ -3,10 +3,11 @@
 //! optional comment is one Defender PATCH. Values that do not map are refused naming the field,
 //! before anything is sent.
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::enums::{self, EnumTable};
-use super::TranslateError;
+use super::{Dialect, TranslateError};
 
 const DEFENDER_UPDATABLE: &str = "status, assignedTo, classification, determination, tags, comment";
 const GRAPH_UPDATABLE: &str =
@@ -252,6 +253,103 @@ pub fn parse_graph_comment(body: &Value) -> Result<String, TranslateError> {
     }
     comment.ok_or_else(|| TranslateError::Missing {
         field: "comment".into(),
+    })
+}
+
+/// What the caller of a write gets back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The updated incident (a PATCH of either facade).
+    Incident,
+    /// The incident's comments, as Graph's comment POST answers.
+    Comments,
+}
+
+/// A write, checked and translated into the upstream's dialect before anything is spent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritePlan {
+    /// The PATCH body to send (in the upstream's dialect); `None` for a comment alone on a
+    /// Graph upstream.
+    pub patch: Option<Bytes>,
+    /// Graph upstream only: a comment to POST after the PATCH (on `create_comment`).
+    pub comment: Option<String>,
+    /// The fields the PATCH changes, in the caller's spelling (to say what was applied).
+    pub fields: Vec<String>,
+    pub reply: Reply,
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, TranslateError> {
+    serde_json::from_slice(body).map_err(|e| TranslateError::Json(e.to_string()))
+}
+
+fn json_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn field_names(body: &Value) -> Vec<String> {
+    body.as_object()
+        .map(|o| o.keys().filter(|k| k.as_str() != "comment").cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A Defender-facade PATCH body (already checked against Defender's vocabulary): sent as it
+/// came to a Defender upstream; a Graph PATCH plus a comment POST for a Graph upstream.
+pub fn plan_defender_patch(upstream: Dialect, body: &Bytes) -> Result<WritePlan, TranslateError> {
+    let value = parse_json(body)?;
+    let fields = field_names(&value);
+    match upstream {
+        Dialect::Defender => Ok(WritePlan {
+            patch: Some(body.clone()),
+            comment: None,
+            fields,
+            reply: Reply::Incident,
+        }),
+        Dialect::Graph => {
+            let GraphUpdate { patch, comment } = defender_update_to_graph(&value)?;
+            Ok(WritePlan {
+                patch: patch.as_ref().map(json_bytes),
+                comment,
+                fields,
+                reply: Reply::Incident,
+            })
+        }
+    }
+}
+
+/// A Graph-facade PATCH body: normalised for a Graph upstream, one Defender PATCH otherwise
+/// (Graph-only fields refused: Defender cannot change them).
+pub fn plan_graph_patch(upstream: Dialect, body: &[u8]) -> Result<WritePlan, TranslateError> {
+    let value = parse_json(body)?;
+    let fields = field_names(&value);
+    let patch = match upstream {
+        Dialect::Graph => normalize_graph_update(&value)?,
+        Dialect::Defender => graph_update_to_defender(Some(&value), None)?,
+    };
+    Ok(WritePlan {
+        patch: Some(json_bytes(&patch)),
+        comment: None,
+        fields,
+        reply: Reply::Incident,
+    })
+}
+
+/// A Graph-facade comment POST body: a comment POST to a Graph upstream, a Defender PATCH
+/// carrying `comment` otherwise.
+pub fn plan_graph_comment(upstream: Dialect, body: &[u8]) -> Result<WritePlan, TranslateError> {
+    let comment = parse_graph_comment(&parse_json(body)?)?;
+    Ok(match upstream {
+        Dialect::Graph => WritePlan {
+            patch: None,
+            comment: Some(comment),
+            fields: Vec::new(),
+            reply: Reply::Comments,
+        },
+        Dialect::Defender => WritePlan {
+            patch: Some(json_bytes(&graph_update_to_defender(None, Some(&comment))?)),
+            comment: None,
+            fields: Vec::new(),
+            reply: Reply::Comments,
+        },
     })
 }
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 pub use crate::outcome::{Answer, CacheResult, Failure, Outcome};
 use crate::{
+    body::View,
     budget::{Caller, Refusal, RefuseReason, WindowStatus},
     cache::{Confirmations, Entry, Key, Store},
     config::CacheConfig,
@@ -22,10 +23,15 @@ use crate::{
     exchange::{CallError, Exchange},
     flight::Flights,
     ingest::Ingest,
+    dialect::{
+        query::{graph_list_over_defender, GraphOverDefender},
+        update::WritePlan,
+        Dialect,
+    },
     metrics::RejectLabels,
-    odata::ListQuery,
+    odata::{GraphListQuery, ListQuery},
     route::RouteKind,
-    target::{Directives, Target, Update},
+    target::{Directives, Target},
     upstream::UpstreamError,
     Metrics,
 };
@@ -67,6 +73,12 @@ struct Fresh {
     age: Duration,
 }
 
+/// A Graph list page's cache key: the proxy's collection URL (its `@odata.nextLink`s point
+/// there) and the canonical query.
+fn graph_list_key(base: &str, query: &GraphListQuery) -> String {
+    format!("{base}?{}", query.canonical())
+}
+
 /// How the proxy is set up.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -91,13 +103,14 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         policy: Policy,
+        upstream: Dialect,
         store: Arc<dyn Store>,
         exchange: Arc<Exchange>,
         metrics: Arc<Metrics>,
         confirmations: Option<Arc<Confirmations>>,
     ) -> Proxy {
         Proxy {
-            ingest: Ingest::new(store.clone(), policy.cache.clone()),
+            ingest: Ingest::new(store.clone(), policy.cache.clone(), upstream),
             policy,
             store,
             exchange,
@@ -111,36 +124,85 @@ impl Proxy {
         &self.metrics
     }
 
-    /// `GET /api/incidents/{id}`.
-    pub async fn get_incident(self: &Arc<Self>, id: i64, ctx: Ctx) -> Outcome {
-        self.read(RouteKind::GetIncident, Key::Incident(id), ctx).await
+    /// The dialect the upstream speaks.
+    pub fn upstream_api(&self) -> Dialect {
+        self.ingest.upstream()
+    }
+
+    /// `GET /api/incidents/{id}` or `GET /v1.0/security/incidents/{id}`: one entry per incident
+    /// for both facades, read in the caller's `view`.
+    pub async fn get_incident(self: &Arc<Self>, id: i64, view: View, ctx: Ctx) -> Outcome {
+        self.read(RouteKind::GetIncident, Key::Incident(id), view, ctx).await
     }
 
     /// `GET /api/incidents?...`, by the query's canonical form.
     pub async fn list_incidents(self: &Arc<Self>, query: &ListQuery, ctx: Ctx) -> Outcome {
-        self.read(RouteKind::ListIncidents, Key::List(query.canonical().into()), ctx)
-            .await
+        self.read(
+            RouteKind::ListIncidents,
+            Key::List(query.canonical().into()),
+            View::Defender,
+            ctx,
+        )
+        .await
     }
 
-    /// `PATCH /api/incidents/{id}` with a validated body.
-    pub async fn update_incident(self: &Arc<Self>, id: i64, update: Update, ctx: Ctx) -> Outcome {
-        self.update(id, update.into_bytes(), ctx).await
+    /// `GET /v1.0/security/incidents?...`; `base` is the proxy's own collection URL, which
+    /// `@odata.nextLink` points at. Over a Defender upstream, only queries one Defender List
+    /// call can answer exactly are served; the others are refused before anything is spent.
+    pub async fn list_graph(self: &Arc<Self>, query: &GraphListQuery, base: &str, ctx: Ctx) -> Outcome {
+        if self.upstream_api() == Dialect::Defender {
+            if let GraphOverDefender::Local { .. } = graph_list_over_defender(query) {
+                return Err(ApiError::bad_request(
+                    "this query needs a Graph upstream: over the Defender API only the default order (createdDateTime desc), no $count and filters on fields Defender knows can be answered",
+                )
+                .into());
+            }
+        }
+        let view = if query.expand_alerts { View::GraphAlerts } else { View::Graph };
+        let key = Key::GraphList(graph_list_key(base, query).into());
+        self.read(RouteKind::ListIncidents, key, view, ctx).await
+    }
+
+    /// An update of incident `id` (either facade's PATCH, or a Graph comment POST), already
+    /// translated into the upstream's dialect; the answer is rendered in the caller's `view`.
+    pub async fn write(self: &Arc<Self>, id: i64, plan: WritePlan, view: View, ctx: Ctx) -> Outcome {
+        self.update(id, plan, view, ctx).await
     }
 
     /// The cache key a read of `target` is stored under (`None` for writes): the one place keys
     /// are made, for the HTTP layer's hit path and for this module.
     pub fn cache_key(target: &Target) -> Option<Key> {
         match target {
-            Target::GetIncident(id) => Some(Key::Incident(*id)),
+            Target::GetIncident(id) | Target::GraphGet { id, .. } => Some(Key::Incident(*id)),
             Target::ListIncidents(q) => Some(Key::List(q.canonical().into())),
-            Target::UpdateIncident(_) => None,
+            Target::GraphList { query, base } => Some(Key::GraphList(graph_list_key(base, query).into())),
+            Target::UpdateIncident(_) | Target::GraphUpdate(_) | Target::GraphComment(_) => None,
         }
     }
 
-    fn hit(entry: &Entry, fresh: Fresh) -> Answer {
+    /// A fresh hit, in one caller's view (`None` when the entry has no such rendering).
+    fn hit(entry: &Entry, fresh: Fresh, view: View) -> Option<Answer> {
+        Some(Answer {
+            status: entry.status,
+            body: entry.bodies.get(view)?.clone(),
+            bodies: None,
+            content_type: entry.content_type.clone(),
+            cache: CacheResult::Hit {
+                ttl: fresh.ttl_left.as_secs(),
+            },
+            age: Some(fresh.age),
+            budget: None,
+            queued: Duration::ZERO,
+            upstream_status: None,
+        })
+    }
+
+    /// A fresh hit for everyone sharing a flight (each picks its view).
+    fn shared_hit(entry: &Entry, fresh: Fresh) -> Answer {
         Answer {
             status: entry.status,
-            body: entry.body.clone(),
+            body: bytes::Bytes::new(),
+            bodies: Some(entry.bodies.clone()),
             content_type: entry.content_type.clone(),
             cache: CacheResult::Hit {
                 ttl: fresh.ttl_left.as_secs(),
@@ -155,7 +217,8 @@ impl Proxy {
     fn stale(entry: &Entry, status: Option<u16>, detail: &'static str, now: Instant) -> Answer {
         Answer {
             status: entry.status,
-            body: entry.body.clone(),
+            body: bytes::Bytes::new(),
+            bodies: Some(entry.bodies.clone()),
             content_type: entry.content_type.clone(),
             cache: CacheResult::Stale { status, detail },
             age: Some(entry.age(now)),
@@ -199,7 +262,7 @@ impl Proxy {
 
     /// A fresh cached answer the caller accepts, if any (the HTTP layer answers hits with it
     /// before taking any place under `server.max_concurrency`).
-    pub fn lookup(&self, key: &Key, directives: &Directives, now: Instant) -> Option<Answer> {
+    pub fn lookup(&self, key: &Key, view: View, directives: &Directives, now: Instant) -> Option<Answer> {
         if directives.no_cache {
             return None;
         }
@@ -208,7 +271,7 @@ impl Proxy {
         if directives.max_age.is_some_and(|max| fresh.age.as_secs() > max) {
             return None;
         }
-        Some(Self::hit(&entry, fresh))
+        Self::hit(&entry, fresh, view)
     }
 
     /// What a call that brought back no answer means for the caller.
@@ -308,13 +371,13 @@ mod tests {
             cache,
             flight_wait: Duration::from_secs(120),
         };
-        Proxy::new(policy, store, exchange, metrics, confirmations)
+        Proxy::new(policy, Dialect::Defender, store, exchange, metrics, confirmations)
     }
 
     fn entry(status: StatusCode, ttl: u64, stored_at: Instant) -> Entry {
         Entry {
             status,
-            body: Bytes::from_static(b"{}"),
+            bodies: crate::body::Bodies::same(Bytes::from_static(b"{}")),
             content_type: HeaderValue::from_static("application/json"),
             stored_at,
             ttl: Duration::from_secs(ttl),
@@ -384,22 +447,29 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         let now = Instant::now();
         let none = Directives::default();
-        assert!(p.lookup(&Key::Incident(7), &none, now).is_some());
+        assert!(p.lookup(&Key::Incident(7), View::Defender, &none, now).is_some());
         let no_cache = Directives {
             no_cache: true,
             ..Directives::default()
         };
-        assert!(p.lookup(&Key::Incident(7), &no_cache, now).is_none());
+        assert!(p.lookup(&Key::Incident(7), View::Defender, &no_cache, now).is_none());
         let young = Directives {
             max_age: Some(10),
             ..Directives::default()
         };
-        assert!(p.lookup(&Key::Incident(7), &young, now).is_none(), "older than max-age");
+        assert!(p.lookup(&Key::Incident(7), View::Defender, &young, now).is_none(), "older than max-age");
         let old_enough = Directives {
             max_age: Some(30),
             ..Directives::default()
         };
-        assert!(p.lookup(&Key::Incident(7), &old_enough, now).is_some());
+        assert!(p.lookup(&Key::Incident(7), View::Defender, &old_enough, now).is_some());
+    }
+
+    impl Proxy {
+        fn non_success_for_test(&self, route: RouteKind, sent: Sent, stale: Option<&Entry>) -> Outcome {
+            self.non_success(route, sent, stale, "req-1")
+                .and_then(|a| a.in_view(View::Defender))
+        }
     }
 
     fn sent(status: u16, retry_after: Option<&'static str>) -> Sent {
@@ -428,24 +498,24 @@ mod tests {
             Ok(a) => a.status.as_u16(),
             Err(f) => f.error.status().as_u16(),
         };
-        assert_eq!(status(&p.non_success(route, sent(429, Some("8")), None)), 429);
-        assert_eq!(status(&p.non_success(route, sent(503, None), None)), 502);
+        assert_eq!(status(&p.non_success_for_test(route, sent(429, Some("8")), None)), 429);
+        assert_eq!(status(&p.non_success_for_test(route, sent(503, None), None)), 502);
         assert_eq!(
-            status(&p.non_success(route, sent(401, None), None)),
+            status(&p.non_success_for_test(route, sent(401, None), None)),
             502,
             "never the caller's 401"
         );
         assert_eq!(
-            status(&p.non_success(route, sent(302, None), None)),
+            status(&p.non_success_for_test(route, sent(302, None), None)),
             502,
             "redirects are not followed"
         );
         assert_eq!(
-            status(&p.non_success(route, sent(400, None), None)),
+            status(&p.non_success_for_test(route, sent(400, None), None)),
             400,
             "the upstream's word on the request"
         );
-        match p.non_success(route, sent(429, Some("8")), None) {
+        match p.non_success_for_test(route, sent(429, Some("8")), None) {
             Err(f) => assert_eq!(f.error.retry_after(), Some(8)),
             Ok(a) => panic!("{a:?}"),
         }
@@ -453,7 +523,7 @@ mod tests {
         let stale = entry(StatusCode::OK, 1, Instant::now());
         tokio::time::advance(Duration::from_secs(5)).await;
         for code in [429, 500, 503] {
-            let a = p.non_success(route, sent(code, None), Some(&stale)).unwrap();
+            let a = p.non_success_for_test(route, sent(code, None), Some(&stale)).unwrap();
             assert_eq!(
                 a.cache,
                 CacheResult::Stale {

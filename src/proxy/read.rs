@@ -9,16 +9,25 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use tokio::{sync::watch, time::Instant};
 
 use super::{Answer, CacheResult, Failure, Outcome, Proxy};
 use crate::{
-    budget::{Caller, RefuseReason, SlotState},
-    cache::{Entry, Filled, Key},
+    body::{Bodies, View},
+    budget::{Caller, RefuseReason, SlotState, WindowStatus},
+    cache::{Entry, Filled, Key, Ticket},
+    dialect::{
+        incident::DEFENDER_LIST_CONTEXT,
+        query::{defender_list_plan, graph_list_over_defender, graph_next_link, needs_next_page, GraphOverDefender},
+        Dialect,
+    },
     error::ApiError,
     exchange::{CallError, Retry, Sent},
     flight::Flight,
+    ingest::{page_items, render_error, render_incident},
+    odata::{GraphListQuery, ListQuery},
     outcome::json_content_type,
     route::RouteKind,
     upstream::Request,
@@ -34,10 +43,10 @@ pub(super) struct FlightKey {
 }
 
 impl Proxy {
-    pub(super) async fn read(self: &Arc<Self>, route: RouteKind, key: Key, ctx: super::Ctx) -> Outcome {
+    pub(super) async fn read(self: &Arc<Self>, route: RouteKind, key: Key, view: View, ctx: super::Ctx) -> Outcome {
         let kind = key.kind();
         let arrived = Instant::now();
-        if let Some(answer) = self.lookup(&key, &ctx.directives, arrived) {
+        if let Some(answer) = self.lookup(&key, view, &ctx.directives, arrived) {
             let negative = answer.status == StatusCode::NOT_FOUND;
             self.metrics
                 .cache_lookup(kind, if negative { "negative" } else { "hit" });
@@ -71,7 +80,10 @@ impl Proxy {
         let joined = flight.joined;
         self.metrics
             .cache_lookup(kind, if joined { "collapsed" } else { "miss" });
-        let mut outcome = self.follow(route, flight, deadline, stale.as_deref()).await;
+        let mut outcome = self
+            .follow(route, flight, deadline, stale.as_deref())
+            .await
+            .and_then(|a| a.in_view(view));
         if joined {
             if let Ok(Answer {
                 cache: CacheResult::Forwarded { collapsed, .. },
@@ -141,116 +153,301 @@ impl Proxy {
             // A flight that finished between the caller's lookup and this one may have stored it.
             if let Some(entry) = &cached {
                 if let Some(fresh) = self.freshness(&fk.key, entry, now) {
-                    return Ok(Self::hit(entry, fresh));
+                    return Ok(Self::shared_hit(entry, fresh));
                 }
             }
         }
         let stale = cached.filter(|e| self.freshness(&fk.key, e, now).is_none());
         // Taken before anything is sent: a write that lands after this voids our answer.
         let ticket = self.store.ticket().await;
+        let call = Call {
+            route,
+            caller: &caller,
+            slot: &slot,
+            request_id: &request_id,
+            stale: stale.as_deref(),
+            forced: fk.forced,
+        };
+        let upstream = self.upstream_api();
+        match fk.key.clone() {
+            Key::Incident(id) => {
+                let path = match upstream {
+                    Dialect::Defender => format!("/api/incidents/{id}"),
+                    // Defender incidents always carry their alerts: one entry serves both facades.
+                    Dialect::Graph => format!("/v1.0/security/incidents/{id}?$expand=alerts"),
+                };
+                let (sent, sent_at) = match self.get(&call, path).await {
+                    Ok(s) => s,
+                    Err(outcome) => return outcome,
+                };
+                self.store_incident(&call, fk, id, sent, sent_at, ticket).await
+            }
+            Key::List(canonical) => {
+                let Ok(query) = ListQuery::parse(&canonical) else {
+                    return Err(ApiError::bad_request("the list query could not be parsed again").into());
+                };
+                match upstream {
+                    Dialect::Defender => {
+                        let path = if canonical.is_empty() {
+                            "/api/incidents".to_string()
+                        } else {
+                            format!("/api/incidents?{canonical}")
+                        };
+                        let (sent, sent_at) = match self.get(&call, path).await {
+                            Ok(s) => s,
+                            Err(outcome) => return outcome,
+                        };
+                        self.store_native_list(&call, fk, sent, sent_at, ticket).await
+                    }
+                    Dialect::Graph => self.defender_list_over_graph(&call, fk, &query, ticket).await,
+                }
+            }
+            Key::GraphList(k) => {
+                let (base, canonical) = k.split_once('?').unwrap_or((&k, ""));
+                let Ok(query) = GraphListQuery::parse(canonical) else {
+                    return Err(ApiError::bad_request("the list query could not be parsed again").into());
+                };
+                self.graph_list(&call, fk.clone(), base, &query, ticket).await
+            }
+        }
+    }
+
+    /// One budgeted upstream GET for a flight: its slot within the flight's wait, then the call.
+    /// `Err` is what the flight answers instead (an expired entry, or the failure).
+    async fn get(&self, call: &Call<'_>, path_and_query: String) -> Result<(Sent, Instant), Outcome> {
         let req = Request {
             method: Method::GET,
-            path_and_query: upstream_path(&fk.key),
+            path_and_query,
             body: None,
-            request_id,
+            request_id: call.request_id.to_string(),
         };
         let admitted = match self
             .exchange
-            .admit(route, &caller, self.policy.flight_wait, Some(&slot))
+            .admit(call.route, call.caller, self.policy.flight_wait, Some(call.slot))
             .await
         {
             Ok(a) => a,
             Err(e) => {
-                return match (&stale, &e) {
-                    (Some(entry), CallError::Refused(_)) if !fk.forced => {
+                return Err(match (call.stale, &e) {
+                    (Some(entry), CallError::Refused(_)) if !call.forced => {
                         Ok(Self::stale(entry, None, "budget", Instant::now()))
                     }
                     (Some(entry), CallError::NoToken(_)) => {
                         Ok(Self::stale(entry, None, "stale-if-error", Instant::now()))
                     }
-                    _ => Err(self.call_failure(route, e)),
-                };
+                    _ => Err(self.call_failure(call.route, e)),
+                });
             }
         };
         let sent_at = Instant::now();
-        let sent = match self.exchange.send(route, &req, admitted, Retry::Read).await {
-            Ok(sent) => sent,
-            Err(e) => {
-                return match &stale {
-                    Some(entry) => Ok(Self::stale(entry, None, "stale-if-error", Instant::now())),
-                    None => Err(self.call_failure(route, e)),
-                }
-            }
-        };
-        self.store_read(route, fk, sent, sent_at, ticket, stale.as_deref())
-            .await
+        match self.exchange.send(call.route, &req, admitted, Retry::Read).await {
+            Ok(sent) => Ok((sent, sent_at)),
+            Err(e) => Err(match call.stale {
+                Some(entry) => Ok(Self::stale(entry, None, "stale-if-error", Instant::now())),
+                None => Err(self.call_failure(call.route, e)),
+            }),
+        }
     }
 
-    /// What is stored, and for how long: 200s that pass their check, and 404s of incidents.
-    async fn store_read(
+    /// An answer the proxy cannot use (not the incident asked for, not a list page).
+    fn invalid_body(&self, call: &Call<'_>, budget: BudgetNote, status: u16) -> Outcome {
+        match call.stale {
+            Some(entry) => Ok(Self::stale(entry, Some(status), "stale-if-error", Instant::now())),
+            None => Err(Failure {
+                error: ApiError::BadGateway("the upstream answered with an invalid body".into()),
+                budget,
+                upstream_status: Some(status),
+            }),
+        }
+    }
+
+    /// A Get answer: 200s that are the incident asked for, in every view, and 404s.
+    async fn store_incident(
         &self,
-        route: RouteKind,
+        call: &Call<'_>,
+        fk: FlightKey,
+        id: i64,
+        sent: Sent,
+        sent_at: Instant,
+        ticket: Ticket,
+    ) -> Outcome {
+        let budget = Some((call.route, sent.windows.clone()));
+        let status = sent.response.status;
+        let entry = match status {
+            StatusCode::OK => match self.ingest.check_incident(id, &sent.response.body) {
+                Some(incident) => self.ingest.incident_entry(incident, sent_at),
+                None => return self.invalid_body(call, budget, status.as_u16()),
+            },
+            StatusCode::NOT_FOUND => Entry {
+                status,
+                bodies: render_error(self.upstream_api(), status, &sent.response.body, call.request_id),
+                content_type: json_content_type(),
+                stored_at: sent_at,
+                ttl: self.policy.cache.negative_ttl,
+                last_update: None,
+            },
+            _ => return self.non_success(call.route, sent, call.stale, call.request_id),
+        };
+        self.store_entry(fk, entry, ticket, budget, sent.queued).await
+    }
+
+    /// Stores a read's entry and answers every caller of the flight from it.
+    async fn store_entry(&self, fk: FlightKey, entry: Entry, ticket: Ticket, budget: BudgetNote, queued: Duration) -> Outcome {
+        let (status, bodies, content_type) = (entry.status, entry.bodies.clone(), entry.content_type.clone());
+        let fwd = if fk.forced { "request" } else { "miss" };
+        let stored = self.ingest.fill(fk.key, entry, ticket).await == Filled::Stored;
+        let mut answer = Answer::forwarded(status, Bytes::new(), content_type, fwd, stored, budget, queued);
+        answer.bodies = Some(bodies);
+        Ok(answer)
+    }
+
+    fn list_entry(&self, bodies: Bodies, sent_at: Instant) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            bodies,
+            content_type: json_content_type(),
+            stored_at: sent_at,
+            ttl: self.policy.cache.list_ttl,
+            last_update: None,
+        }
+    }
+
+    /// A Defender List answer from a Defender upstream: stored as it came, every incident in it
+    /// refreshing its own entry.
+    async fn store_native_list(
+        &self,
+        call: &Call<'_>,
         fk: FlightKey,
         sent: Sent,
         sent_at: Instant,
-        ticket: crate::cache::Ticket,
-        stale: Option<&Entry>,
+        ticket: Ticket,
     ) -> Outcome {
-        let budget = Some((route, sent.windows.clone()));
-        let resp = &sent.response;
-        let status = resp.status.as_u16();
-        let now = Instant::now();
-        let (ttl, last_update) = match resp.status {
-            StatusCode::OK => {
-                let checked = match &fk.key {
-                    Key::Incident(id) => self.ingest.check_incident(*id, &resp.body),
-                    Key::List(_) => self.ingest.spread_list(&resp.body, sent_at, ticket).await.map(|_| None),
-                };
-                let Some(last_update) = checked else {
-                    return match stale {
-                        Some(entry) => Ok(Self::stale(entry, Some(status), "stale-if-error", now)),
-                        None => Err(Failure {
-                            error: ApiError::BadGateway("the upstream answered with an invalid body".into()),
-                            budget,
-                            upstream_status: Some(status),
-                        }),
-                    };
-                };
-                let ttl = match fk.key {
-                    Key::Incident(_) => self.policy.cache.ttl,
-                    Key::List(_) => self.policy.cache.list_ttl,
-                };
-                (ttl, last_update)
+        let budget = Some((call.route, sent.windows.clone()));
+        if sent.response.status != StatusCode::OK {
+            return self.non_success(call.route, sent, call.stale, call.request_id);
+        }
+        let body = sent.response.body.clone();
+        if self.ingest.spread_list(&body, sent_at, ticket).await.is_none() {
+            return self.invalid_body(call, budget, 200);
+        }
+        let entry = self.list_entry(Bodies::one(View::Defender, body), sent_at);
+        self.store_entry(fk, entry, ticket, budget, sent.queued).await
+    }
+
+    /// A Defender List over a Graph upstream: up to two Graph pages (Graph pages hold 50, a
+    /// Defender page up to 100) at the caller's `$skip`, in Defender's order, translated. Each
+    /// page spends its own List slot.
+    async fn defender_list_over_graph(&self, call: &Call<'_>, fk: FlightKey, query: &ListQuery, ticket: Ticket) -> Outcome {
+        let mut incidents = Vec::new();
+        let mut first_sent = None;
+        let mut queued = Duration::ZERO;
+        let mut budget = None;
+        for page in defender_list_plan(query) {
+            let path = format!("/v1.0/security/incidents?{}", page.canonical());
+            let (sent, sent_at) = match self.get(call, path).await {
+                Ok(s) => s,
+                Err(outcome) => return outcome,
+            };
+            first_sent.get_or_insert(sent_at);
+            queued += sent.queued;
+            budget = Some((call.route, sent.windows.clone()));
+            if sent.response.status != StatusCode::OK {
+                return self.non_success(call.route, sent, call.stale, call.request_id);
             }
-            StatusCode::NOT_FOUND if matches!(fk.key, Key::Incident(_)) => (self.policy.cache.negative_ttl, None),
-            _ => return self.non_success(route, sent, stale),
+            let Some((items, _)) = page_items(&sent.response.body) else {
+                return self.invalid_body(call, budget, 200);
+            };
+            let returned = items.len();
+            for raw in &items {
+                match render_incident(Dialect::Graph, raw.get().as_bytes(), None) {
+                    Some(i) if i.bodies.get(View::Defender).is_some() => incidents.push(i),
+                    _ => return self.invalid_body(call, budget, 200),
+                }
+            }
+            if !needs_next_page(&page, returned) {
+                break;
+            }
+        }
+        let sent_at = first_sent.unwrap_or_else(Instant::now);
+        let body = raw_list_body(
+            DEFENDER_LIST_CONTEXT,
+            incidents.iter().filter_map(|i| i.bodies.get(View::Defender)),
+            None,
+            None,
+        );
+        self.ingest.spread(incidents, sent_at, ticket).await;
+        let entry = self.list_entry(Bodies::one(View::Defender, body), sent_at);
+        self.store_entry(fk, entry, ticket, budget, queued).await
+    }
+
+    /// A Graph List page for the Graph facade, from either upstream; `@odata.nextLink` points
+    /// at the proxy (`base`).
+    async fn graph_list(&self, call: &Call<'_>, fk: FlightKey, base: &str, query: &GraphListQuery, ticket: Ticket) -> Outcome {
+        let view = if query.expand_alerts { View::GraphAlerts } else { View::Graph };
+        let upstream = self.upstream_api();
+        let path = match upstream {
+            Dialect::Graph => format!("/v1.0/security/incidents?{}", query.canonical()),
+            Dialect::Defender => match graph_list_over_defender(query) {
+                GraphOverDefender::Direct(q) => format!("/api/incidents?{}", q.canonical()),
+                GraphOverDefender::Local { .. } => {
+                    return Err(ApiError::bad_request("this query needs a Graph upstream").into())
+                }
+            },
         };
-        let resp = sent.response;
-        let entry = Entry {
-            status: resp.status,
-            body: resp.body,
-            content_type: resp.content_type.unwrap_or_else(json_content_type),
-            stored_at: sent_at,
-            ttl,
-            last_update,
+        let (sent, sent_at) = match self.get(call, path).await {
+            Ok(s) => s,
+            Err(outcome) => return outcome,
         };
-        let (status, body, content_type) = (entry.status, entry.body.clone(), entry.content_type.clone());
-        let fwd = if fk.forced { "request" } else { "miss" };
-        let stored = self.ingest.fill(fk.key, entry, ticket).await == Filled::Stored;
-        Ok(Answer::forwarded(
-            status,
-            body,
-            content_type,
-            fwd,
-            stored,
-            budget,
-            sent.queued,
-        ))
+        let budget = Some((call.route, sent.windows.clone()));
+        if sent.response.status != StatusCode::OK {
+            return self.non_success(call.route, sent, call.stale, call.request_id);
+        }
+        let Some((items, count)) = page_items(&sent.response.body) else {
+            return self.invalid_body(call, budget, 200);
+        };
+        let returned = items.len();
+        let mut rendered = Vec::with_capacity(returned);
+        let mut complete = Vec::with_capacity(returned);
+        for raw in &items {
+            let text = raw.get().as_bytes();
+            match upstream {
+                // Graph's own items are served as they came; only complete ones (alerts
+                // expanded) refresh the per-incident entries, whose Defender view needs alerts.
+                Dialect::Graph => {
+                    rendered.push(Bytes::copy_from_slice(text));
+                    if query.expand_alerts {
+                        complete.extend(render_incident(Dialect::Graph, text, None));
+                    }
+                }
+                Dialect::Defender => {
+                    let Some(i) = render_incident(Dialect::Defender, text, None) else {
+                        return self.invalid_body(call, budget, 200);
+                    };
+                    let Some(b) = i.bodies.get(view) else {
+                        return self.invalid_body(call, budget, 200);
+                    };
+                    rendered.push(b.clone());
+                    complete.push(i);
+                }
+            }
+        }
+        let total = count.filter(|_| upstream == Dialect::Graph);
+        let next = graph_next_link(base, query, returned, total);
+        let context = if query.expand_alerts {
+            GRAPH_LIST_CONTEXT_ALERTS
+        } else {
+            GRAPH_LIST_CONTEXT
+        };
+        let shown_count = if query.count == Some(true) { total } else { None };
+        let body = raw_list_body(context, rendered.iter(), shown_count, next.as_deref());
+        self.ingest.spread(complete, sent_at, ticket).await;
+        let entry = self.list_entry(Bodies::one(view, body), sent_at);
+        self.store_entry(fk, entry, ticket, budget, sent.queued).await
     }
 
     /// Any upstream answer other than 200/404 for a read or a write: throttling (the route is
     /// frozen already), errors, pass-through.
-    pub(super) fn non_success(&self, route: RouteKind, sent: Sent, stale: Option<&Entry>) -> Outcome {
+    pub(super) fn non_success(&self, route: RouteKind, sent: Sent, stale: Option<&Entry>, request_id: &str) -> Outcome {
         let resp = sent.response;
         let status = resp.status.as_u16();
         let budget = Some((route, sent.windows));
@@ -268,7 +465,7 @@ impl Proxy {
                     None => Err(failure(ApiError::Throttled {
                         retry_after: pause,
                         message: format!(
-                            "Defender throttled this app registration; try again in {} seconds",
+                            "the upstream throttled this app registration; try again in {} seconds",
                             crate::error::retry_after_secs(pause)
                         )
                         .into(),
@@ -288,25 +485,68 @@ impl Proxy {
                     .into(),
                 ))),
             },
-            // Other client errors (400, 403, ...) are the upstream's word on the request: pass them on.
-            _ => Ok(Answer::forwarded(
-                resp.status,
-                resp.body,
-                resp.content_type.unwrap_or_else(json_content_type),
-                "miss",
-                false,
-                budget,
-                sent.queued,
-            )),
+            // Other client errors (400, 403, ...) are the upstream's word on the request: pass them
+            // on, in the envelope of each caller's dialect.
+            _ => {
+                let bodies = render_error(self.upstream_api(), resp.status, &resp.body, request_id);
+                let mut answer = Answer::forwarded(
+                    resp.status,
+                    Bytes::new(),
+                    json_content_type(),
+                    "miss",
+                    false,
+                    budget,
+                    sent.queued,
+                );
+                answer.bodies = Some(bodies);
+                Ok(answer)
+            }
         }
     }
 }
 
-/// The upstream sees the canonical form of what the key stands for.
-fn upstream_path(key: &Key) -> String {
-    match key {
-        Key::Incident(id) => format!("/api/incidents/{id}"),
-        Key::List(q) if q.is_empty() => "/api/incidents".to_string(),
-        Key::List(q) => format!("/api/incidents?{q}"),
-    }
+/// The budget note an answer carries: the route and its windows after the call.
+type BudgetNote = Option<(RouteKind, Vec<WindowStatus>)>;
+
+/// What every upstream call of one flight shares.
+struct Call<'a> {
+    route: RouteKind,
+    caller: &'a Caller,
+    slot: &'a watch::Sender<SlotState>,
+    request_id: &'a str,
+    /// An expired entry that may stand in for a failed call.
+    stale: Option<&'a Entry>,
+    forced: bool,
 }
+
+/// A list page's body from its items' JSON, as they are (no re-serialisation).
+fn raw_list_body<'a>(
+    context: &str,
+    items: impl Iterator<Item = &'a Bytes>,
+    count: Option<u64>,
+    next_link: Option<&str>,
+) -> Bytes {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"@odata.context\":");
+    out.extend_from_slice(serde_json::Value::from(context).to_string().as_bytes());
+    if let Some(n) = count {
+        out.extend_from_slice(format!(",\"@odata.count\":{n}").as_bytes());
+    }
+    out.extend_from_slice(b",\"value\":[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    if let Some(link) = next_link {
+        out.extend_from_slice(b",\"@odata.nextLink\":");
+        out.extend_from_slice(serde_json::Value::from(link).to_string().as_bytes());
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+const GRAPH_LIST_CONTEXT: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents";
+const GRAPH_LIST_CONTEXT_ALERTS: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents(alerts())";

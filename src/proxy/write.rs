@@ -1,31 +1,60 @@
-//! The write path: `PATCH /api/incidents/{id}`.
+//! The write path: a PATCH of either facade, or a Graph comment POST.
 //!
 //! Never retried blindly (a comment would be added twice), except after a 401, which means the
-//! upstream applied nothing. The caller waits for its slot; once the slot is granted, the write,
+//! upstream applied nothing. The caller waits for its first slot; once it is granted, the write,
 //! its cache update and the list invalidation run as a task of their own, so a caller that
 //! disconnects cannot leave the cache holding the pre-write incident. The write is ordered after
 //! every read that started before it: those reads cannot store their older answers, and readers
 //! who arrive afterwards never join them.
+//!
+//! Against a Graph upstream a Defender PATCH with a `comment` is two calls: the PATCH (on
+//! `update_incident`) and then the comment POST (on `create_comment`), each with its own slot.
+//! If the second fails after the first succeeded, the caller is told exactly what was applied
+//! ([`ApiError::PartiallyApplied`]), and nothing is retried on its behalf.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{read::FlightKey, Answer, CacheResult, Failure, Outcome, Proxy};
 use crate::{
+    body::View,
+    budget::Caller,
     cache::{Entry, Key},
+    dialect::{
+        incident::graph_to_defender,
+        update::{graph_comment_body, Reply, WritePlan},
+        Dialect,
+    },
     error::ApiError,
-    exchange::{Admitted, CallError, Retry},
+    exchange::{Admitted, CallError, Retry, Sent},
+    ingest::render_incident,
     outcome::json_content_type,
     route::RouteKind,
     upstream::{Request, UpstreamError},
 };
 
+/// One write, as it runs detached from its caller.
+struct Job {
+    id: i64,
+    plan: WritePlan,
+    view: View,
+    request_id: String,
+    caller: Caller,
+    /// How long later calls of the write (the comment after the PATCH) may wait for a slot.
+    wait: Duration,
+}
+
 impl Proxy {
-    pub(super) async fn update(self: &Arc<Self>, id: i64, body: Bytes, ctx: super::Ctx) -> Outcome {
-        let route = RouteKind::UpdateIncident;
+    pub(super) async fn update(self: &Arc<Self>, id: i64, plan: WritePlan, view: View, ctx: super::Ctx) -> Outcome {
+        let route = if plan.patch.is_some() {
+            RouteKind::UpdateIncident
+        } else {
+            RouteKind::CreateComment
+        };
         ctx.work.release(); // waiting for a slot is not work
         let admitted = self
             .exchange
@@ -33,8 +62,15 @@ impl Proxy {
             .await
             .map_err(|e| self.call_failure(route, e))?;
         let this = self.clone();
-        let request_id = ctx.request_id;
-        let task = tokio::spawn(async move { this.finish_update(id, body, request_id, admitted).await });
+        let job = Job {
+            id,
+            plan,
+            view,
+            request_id: ctx.request_id,
+            caller: ctx.caller,
+            wait: ctx.wait,
+        };
+        let task = tokio::spawn(async move { this.finish_update(job, route, admitted).await });
         task.await.unwrap_or_else(|_| {
             Err(ApiError::OutcomeUnknown(
                 "the update task ended unexpectedly: it may or may not have been applied; read the incident before retrying"
@@ -44,22 +80,128 @@ impl Proxy {
         })
     }
 
-    async fn finish_update(self: Arc<Self>, id: i64, body: Bytes, request_id: String, admitted: Admitted) -> Outcome {
-        let route = RouteKind::UpdateIncident;
-        let key = Key::Incident(id);
+    async fn finish_update(self: Arc<Self>, job: Job, route: RouteKind, admitted: Admitted) -> Outcome {
+        let key = Key::Incident(job.id);
         let queued = admitted.queued();
-        let req = Request {
-            method: Method::PATCH,
-            path_and_query: format!("/api/incidents/{id}"),
-            body: Some(body),
-            request_id,
+        let upstream = self.upstream_api();
+        let (method, path, body) = match (&job.plan.patch, upstream) {
+            (Some(patch), Dialect::Defender) => (Method::PATCH, format!("/api/incidents/{}", job.id), patch.clone()),
+            (Some(patch), Dialect::Graph) => (
+                Method::PATCH,
+                format!("/v1.0/security/incidents/{}", job.id),
+                patch.clone(),
+            ),
+            (None, _) => (
+                Method::POST,
+                format!("/v1.0/security/incidents/{}/comments", job.id),
+                comment_body(job.plan.comment.as_deref().unwrap_or_default()),
+            ),
         };
         let sent_at = Instant::now();
-        let result = self.exchange.send(route, &req, admitted, Retry::Write).await;
-        let sent = match result {
+        let first = match self.send_write(route, method, path, body, &job, admitted).await {
             Ok(sent) => sent,
-            Err(e) => {
+            Err(failure) => {
                 self.written(key, None).await;
+                return Err(failure);
+            }
+        };
+        if first.response.status != StatusCode::OK {
+            self.written(key, None).await;
+            return self.write_refused(route, first, queued, &job);
+        }
+        let windows = first.windows.clone();
+        match (upstream, job.plan.patch.is_some(), job.plan.comment.clone()) {
+            // One Defender PATCH did everything: its answer is the incident.
+            (Dialect::Defender, _, _) => {
+                let incident = render_incident(Dialect::Defender, &first.response.body, None).filter(|i| i.id == job.id);
+                let entry = incident.clone().map(|i| self.ingest.incident_entry(i, sent_at));
+                self.written(key, entry).await;
+                let body = match (job.plan.reply, incident) {
+                    (Reply::Incident, Some(i)) => i.bodies.get(job.view).cloned(),
+                    (Reply::Comments, Some(i)) => i.bodies.get(View::Graph).and_then(|g| comments_page(g, job.id)),
+                    (_, None) => None,
+                };
+                self.write_answer(body, route, windows, queued)
+            }
+            // A Graph PATCH, then the comment if there is one.
+            (Dialect::Graph, true, comment) => {
+                let patched = first.response.body;
+                let comments = match comment {
+                    None => None,
+                    Some(text) => match self.post_comment(&job, &text).await {
+                        Ok(page) => Some(page),
+                        Err(cause) => {
+                            self.written(key, None).await;
+                            return Err(Failure {
+                                error: ApiError::PartiallyApplied {
+                                    applied: format!(
+                                        "the update of {} was applied, the comment was not added",
+                                        job.plan.fields.join(", ")
+                                    )
+                                    .into(),
+                                    cause: Box::new(cause),
+                                },
+                                budget: Some((route, windows)),
+                                upstream_status: Some(200),
+                            });
+                        }
+                    },
+                };
+                // Graph's PATCH answer has no alerts: the entry is forgotten, not replaced, and
+                // the next read fetches the whole incident.
+                self.written(key, None).await;
+                let body = match job.view {
+                    View::Defender => self.defender_after_graph_write(job.id, &patched, comments.as_ref()),
+                    _ => Some(patched),
+                };
+                self.write_answer(body, route, windows, queued)
+            }
+            // A comment alone on Graph: the POST's answer is the comment list.
+            (Dialect::Graph, false, _) => {
+                self.written(key.clone(), None).await;
+                let comments = first.response.body;
+                let body = match job.plan.reply {
+                    Reply::Comments => Some(comments),
+                    // A Defender caller expects the incident: read it back (a Get slot).
+                    Reply::Incident => match self.read_back(&job).await {
+                        Ok(body) => Some(body),
+                        Err(cause) => {
+                            return Err(Failure {
+                                error: ApiError::PartiallyApplied {
+                                    applied: "the comment was added (do not send it again); reading the incident back failed".into(),
+                                    cause: Box::new(cause),
+                                },
+                                budget: Some((route, windows)),
+                                upstream_status: Some(200),
+                            })
+                        }
+                    },
+                };
+                self.write_answer(body, route, windows, queued)
+            }
+        }
+    }
+
+    /// Sends one write call with its slot already granted; a failure to get an answer is the
+    /// caller's error (an unknown outcome once the request may have left).
+    async fn send_write(
+        &self,
+        route: RouteKind,
+        method: Method,
+        path_and_query: String,
+        body: Bytes,
+        job: &Job,
+        admitted: Admitted,
+    ) -> Result<Sent, Failure> {
+        let req = Request {
+            method,
+            path_and_query,
+            body: Some(body),
+            request_id: job.request_id.clone(),
+        };
+        match self.exchange.send(route, &req, admitted, Retry::Write).await {
+            Ok(sent) => Ok(sent),
+            Err(e) => {
                 let budget = Some((route, self.exchange.budget().status(route).windows));
                 let error = match e {
                     CallError::Upstream(UpstreamError::Connect(_)) | CallError::NoToken(_) | CallError::Refused(_) => {
@@ -69,44 +211,24 @@ impl Proxy {
                         })
                     }
                     CallError::Upstream(e) => {
-                        tracing::warn!(incident.id = id, error = %e, "update outcome unknown");
+                        tracing::warn!(incident.id = job.id, error = %e, "update outcome unknown");
                         ApiError::OutcomeUnknown(
                             "the connection to the upstream failed after the update was sent: it may or may not have been applied; read the incident before retrying".into(),
                         )
                     }
                 };
-                return Err(Failure {
+                Err(Failure {
                     error,
                     budget,
                     upstream_status: None,
-                });
+                })
             }
-        };
-        let status = sent.response.status.as_u16();
-        if sent.response.status == StatusCode::OK {
-            let resp = &sent.response;
-            let content_type = resp.content_type.clone().unwrap_or_else(json_content_type);
-            let entry = self.ingest.check_incident(id, &resp.body).map(|last_update| Entry {
-                status: StatusCode::OK,
-                body: resp.body.clone(),
-                content_type: content_type.clone(),
-                stored_at: sent_at,
-                ttl: self.policy.cache.ttl,
-                last_update,
-            });
-            self.written(key, entry).await;
-            return Ok(Answer {
-                status: sent.response.status,
-                content_type,
-                body: sent.response.body,
-                cache: CacheResult::Bypass { status: Some(status) },
-                age: None,
-                budget: Some((route, sent.windows)),
-                queued,
-                upstream_status: Some(status),
-            });
         }
-        self.written(key, None).await;
+    }
+
+    /// A write the upstream did not accept (anything but 200).
+    fn write_refused(&self, route: RouteKind, sent: Sent, queued: Duration, job: &Job) -> Outcome {
+        let status = sent.response.status.as_u16();
         if sent.response.status.is_server_error() {
             return Err(Failure {
                 error: ApiError::OutcomeUnknown(
@@ -116,10 +238,125 @@ impl Proxy {
                 upstream_status: Some(status),
             });
         }
-        let mut answer = self.non_success(route, sent, None)?;
+        let mut answer = self
+            .non_success(route, sent, None, &job.request_id)?
+            .in_view(job.view)?;
         answer.cache = CacheResult::Bypass { status: Some(status) };
         answer.queued = queued;
         Ok(answer)
+    }
+
+    /// The Graph comment POST after a PATCH: its own `create_comment` slot, within the caller's
+    /// wait. `Ok` is Graph's answer (every comment of the incident).
+    async fn post_comment(&self, job: &Job, text: &str) -> Result<Bytes, ApiError> {
+        let route = RouteKind::CreateComment;
+        let admitted = self
+            .exchange
+            .admit(route, &job.caller, job.wait, None)
+            .await
+            .map_err(|e| self.call_failure(route, e).error)?;
+        let sent = self
+            .send_write(
+                route,
+                Method::POST,
+                format!("/v1.0/security/incidents/{}/comments", job.id),
+                comment_body(text),
+                job,
+                admitted,
+            )
+            .await
+            .map_err(|f| f.error)?;
+        match sent.response.status {
+            StatusCode::OK | StatusCode::CREATED => Ok(sent.response.body),
+            StatusCode::TOO_MANY_REQUESTS => Err(ApiError::Throttled {
+                retry_after: sent.freeze.map_or(Duration::from_secs(1), |f| f.pause),
+                message: "the upstream throttled the comment".into(),
+            }),
+            s => Err(ApiError::BadGateway(format!("the upstream refused the comment ({s})").into())),
+        }
+    }
+
+    /// Reads an incident back after a comment (a Defender caller expects the incident).
+    async fn read_back(&self, job: &Job) -> Result<Bytes, ApiError> {
+        let route = RouteKind::GetIncident;
+        let req = Request {
+            method: Method::GET,
+            path_and_query: format!("/v1.0/security/incidents/{}?$expand=alerts", job.id),
+            body: None,
+            request_id: job.request_id.clone(),
+        };
+        let sent_at = Instant::now();
+        let sent = self
+            .exchange
+            .call(route, &job.caller, &req, job.wait, None, Retry::Read)
+            .await
+            .map_err(|e| self.call_failure(route, e).error)?;
+        if sent.response.status != StatusCode::OK {
+            return Err(ApiError::BadGateway(
+                format!("the upstream answered {}", sent.response.status.as_u16()).into(),
+            ));
+        }
+        let incident = render_incident(Dialect::Graph, &sent.response.body, None)
+            .filter(|i| i.id == job.id)
+            .ok_or_else(|| ApiError::BadGateway("the upstream answered with an invalid body".into()))?;
+        let body = incident.bodies.get(View::Defender).cloned();
+        self.written(Key::Incident(job.id), Some(self.ingest.incident_entry(incident, sent_at)))
+            .await;
+        body.ok_or_else(|| ApiError::BadGateway("the incident has no Defender rendering".into()))
+    }
+
+    /// The Defender incident after a Graph PATCH (and comment): Graph's answer, with the
+    /// comment list the POST returned and the alerts of the cached incident (Graph's PATCH
+    /// answer carries none; Defender's always does).
+    fn defender_after_graph_write(&self, id: i64, patched: &Bytes, comments: Option<&Bytes>) -> Option<Bytes> {
+        let mut incident: Value = serde_json::from_slice(patched).ok()?;
+        let object = incident.as_object_mut()?;
+        if let Some(page) = comments.and_then(|c| serde_json::from_slice::<Value>(c).ok()) {
+            if let Some(list) = page.get("value") {
+                object.insert("comments".into(), list.clone());
+            }
+        }
+        let cached_alerts = self
+            .store
+            .get(&Key::Incident(id))
+            .and_then(|e| e.bodies.get(View::GraphAlerts).cloned())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("alerts").cloned());
+        if let Some(alerts) = cached_alerts {
+            object.insert("alerts".into(), alerts);
+        }
+        let defender = graph_to_defender(&incident).ok()?;
+        serde_json::to_vec(&defender).ok().map(Bytes::from)
+    }
+
+    fn write_answer(
+        &self,
+        body: Option<Bytes>,
+        route: RouteKind,
+        windows: Vec<crate::budget::WindowStatus>,
+        queued: Duration,
+    ) -> Outcome {
+        let Some(body) = body else {
+            return Err(Failure {
+                error: ApiError::BadGateway(
+                    "the update was applied, but the upstream's answer cannot be shown in this API's dialect; read the incident"
+                        .into(),
+                ),
+                budget: Some((route, windows)),
+                upstream_status: Some(200),
+            });
+        };
+        Ok(Answer {
+            status: StatusCode::OK,
+            content_type: json_content_type(),
+            body,
+            bodies: None,
+            cache: CacheResult::Bypass { status: Some(200) },
+            age: None,
+            budget: Some((route, windows)),
+            queued,
+            upstream_status: Some(200),
+        })
     }
 
     /// After a write (whatever its outcome): the incident's entry becomes the write's answer or
@@ -128,6 +365,21 @@ impl Proxy {
         self.store.write(key.clone(), entry.map(Arc::new)).await;
         self.store.invalidate_lists().await;
         self.flights
-            .forget_if(|fk: &FlightKey| fk.key == key || matches!(fk.key, Key::List(_)));
+            .forget_if(|fk: &FlightKey| fk.key == key || fk.key.is_list());
     }
+}
+
+fn comment_body(text: &str) -> Bytes {
+    Bytes::from(serde_json::to_vec(&graph_comment_body(text)).unwrap_or_default())
+}
+
+/// Graph's comment POST answer (every comment of the incident) from a Graph rendering of it.
+fn comments_page(graph_incident: &Bytes, id: i64) -> Option<Bytes> {
+    let v: Value = serde_json::from_slice(graph_incident).ok()?;
+    let comments = v.get("comments").cloned().unwrap_or(Value::Array(Vec::new()));
+    let page = serde_json::json!({
+        "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#security/incidents('{id}')/comments"),
+        "value": comments,
+    });
+    serde_json::to_vec(&page).ok().map(Bytes::from)
 }

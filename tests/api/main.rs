@@ -17,6 +17,7 @@ mod budget_property;
 mod concurrency;
 mod e2e_quota;
 mod get_path;
+mod graph;
 mod list_update;
 mod odata_corpus;
 mod operations;
