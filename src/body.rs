@@ -1,11 +1,15 @@
 //! An answer's body in each shape a caller may ask for it: the Defender dialect, the Graph
 //! dialect without alerts, and the Graph dialect with `$expand=alerts`.
 //!
-//! An upstream answer is translated once, when it arrives, into every view a caller of either
-//! facade may want, and the cache keeps all of them: a hit in the other dialect then costs what a
-//! native hit costs (a reference-counted clone), never a translation. A view is absent when the
-//! answer cannot be rendered that way (a list is cached per dialect; an incident whose values
-//! have no counterpart in the other dialect).
+//! An upstream answer is kept as it came (its *native* view) and translated into another view
+//! the first time a caller of that view asks, then kept: translation happens at most once per
+//! upstream answer and view, never once per hit, so a hit in the other dialect costs what a
+//! native hit costs (a reference-counted clone). Answers nobody reads in the other dialect (most
+//! of what the sync writes, for a site whose tools all speak one dialect) are never translated.
+//! A view is absent when the answer cannot be rendered that way (a list is cached per dialect;
+//! an incident whose values have no counterpart in the other dialect).
+
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 
@@ -21,6 +25,8 @@ pub enum View {
 }
 
 impl View {
+    const ALL: [View; 3] = [View::Defender, View::Graph, View::GraphAlerts];
+
     fn index(self) -> usize {
         match self {
             View::Defender => 0,
@@ -35,39 +41,76 @@ impl View {
     }
 }
 
-/// The renderings of one answer, by [`View`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Bodies([Option<Bytes>; 3]);
+/// Renders the native body in another view (`None`: it has no such rendering).
+pub type Render = fn(View, &Bytes) -> Option<Bytes>;
+
+/// The renderings of one answer, by [`View`]: those given, plus those `render` makes on first
+/// use from the native body.
+#[derive(Debug, Default)]
+pub struct Bodies {
+    slots: [OnceLock<Option<Bytes>>; 3],
+    /// The native body and how to translate it, for the views not given.
+    lazy: Option<(Bytes, Render)>,
+}
 
 impl Bodies {
     /// An answer readable in one view only.
     pub fn one(view: View, body: Bytes) -> Bodies {
-        let mut b = Bodies::default();
-        b.set(view, body);
+        let b = Bodies::default();
+        let _ = b.slots[view.index()].set(Some(body));
         b
     }
 
     /// The same bytes for every view (an answer whose shape does not depend on the dialect).
     pub fn same(body: Bytes) -> Bodies {
-        Bodies([Some(body.clone()), Some(body.clone()), Some(body)])
+        let b = Bodies::default();
+        for slot in &b.slots {
+            let _ = slot.set(Some(body.clone()));
+        }
+        b
     }
 
-    pub fn set(&mut self, view: View, body: Bytes) {
-        self.0[view.index()] = Some(body);
+    /// The native body in `native`'s view; the other views made by `render` when first read.
+    pub fn translated(native: View, body: Bytes, render: Render) -> Bodies {
+        let b = Bodies::one(native, body.clone());
+        Bodies {
+            lazy: Some((body, render)),
+            ..b
+        }
     }
 
+    /// Adds a rendering made elsewhere (e.g. an error envelope in the other dialect).
+    pub fn with(self, view: View, body: Bytes) -> Bodies {
+        let _ = self.slots[view.index()].set(Some(body));
+        self
+    }
+
+    /// The body in `view`, translating it now if this is the first time.
     pub fn get(&self, view: View) -> Option<&Bytes> {
-        self.0[view.index()].as_ref()
+        let slot = &self.slots[view.index()];
+        if let Some(done) = slot.get() {
+            return done.as_ref();
+        }
+        let (native, render) = self.lazy.as_ref()?;
+        slot.get_or_init(|| render(view, native)).as_ref()
     }
 
-    /// Bytes held, counting shared buffers once (for the cache's weigher).
+    /// Bytes held, counting shared buffers once, plus the native body's size for each view
+    /// not yet rendered (a translation is about as large): the cache's weigher counts an entry
+    /// once, when it is stored, so it counts what the entry may grow to.
     pub fn byte_len(&self) -> usize {
+        let mut seen: Vec<*const u8> = Vec::with_capacity(3);
         let mut total = 0;
-        for (i, b) in self.0.iter().enumerate() {
-            let Some(b) = b else { continue };
-            let shared = self.0[..i].iter().flatten().any(|o| o.as_ptr() == b.as_ptr());
-            if !shared {
-                total += b.len();
+        for view in View::ALL {
+            match self.slots[view.index()].get() {
+                Some(Some(b)) => {
+                    if !seen.contains(&b.as_ptr()) {
+                        seen.push(b.as_ptr());
+                        total += b.len();
+                    }
+                }
+                Some(None) => {}
+                None => total += self.lazy.as_ref().map_or(0, |(native, _)| native.len()),
             }
         }
         total
@@ -83,10 +126,34 @@ mod tests {
         let b = Bodies::same(Bytes::from_static(b"abcd"));
         assert_eq!(b.byte_len(), 4);
         assert_eq!(b.get(View::GraphAlerts).unwrap().as_ref(), b"abcd");
-        let mut two = Bodies::one(View::Defender, Bytes::from_static(b"12"));
-        assert!(two.get(View::Graph).is_none());
-        two.set(View::Graph, Bytes::from(vec![b'x'; 3]));
+        let two = Bodies::one(View::Defender, Bytes::from_static(b"12")).with(View::Graph, Bytes::from(vec![b'x'; 3]));
+        assert!(two.get(View::GraphAlerts).is_none());
         assert_eq!(two.byte_len(), 5);
         assert!(View::Graph.is_graph() && !View::Defender.is_graph());
+    }
+
+    #[test]
+    fn other_views_are_rendered_once_on_first_read() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        fn upper(view: View, b: &Bytes) -> Option<Bytes> {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            (view != View::GraphAlerts).then(|| Bytes::from(b.to_ascii_uppercase()))
+        }
+        let b = Bodies::translated(View::Defender, Bytes::from_static(b"abc"), upper);
+        assert_eq!(b.byte_len(), 9, "two views not yet rendered are reserved for");
+        assert_eq!(b.get(View::Defender).unwrap().as_ref(), b"abc");
+        assert_eq!(CALLS.load(Ordering::SeqCst), 0, "the native view needs no translation");
+        assert_eq!(b.get(View::Graph).unwrap().as_ref(), b"ABC");
+        assert_eq!(b.get(View::Graph).unwrap().as_ref(), b"ABC");
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1, "translated once, then kept");
+        assert!(b.get(View::GraphAlerts).is_none());
+        assert!(b.get(View::GraphAlerts).is_none());
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            2,
+            "a view without rendering is tried once"
+        );
+        assert_eq!(b.byte_len(), 6);
     }
 }

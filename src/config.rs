@@ -529,7 +529,10 @@ impl Config {
         }
         if let Some(public) = &self.server.public_url {
             let ok = reqwest::Url::parse(public).is_ok_and(|u| {
-                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() && u.fragment().is_none()
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
             });
             if !ok {
                 return Err(invalid(

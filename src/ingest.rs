@@ -46,77 +46,84 @@ pub struct Page {
     pub newest: Option<i128>,
 }
 
-/// One incident, checked and rendered in every view it can be served in.
+/// One incident, checked, with its renderings (the native one, the others on first read).
 #[derive(Debug, Clone)]
 pub struct Incident {
     pub id: i64,
     /// `lastUpdateTime` (Graph: `lastUpdateDateTime`) as unix nanoseconds.
     pub last_update: Option<i128>,
-    pub bodies: Bodies,
+    pub bodies: Arc<Bodies>,
 }
 
-/// Renders one incident as the upstream sent it (`raw` is its JSON text, `native` the same
-/// parsed, when the caller has parsed it already). A Graph incident must carry its alerts
-/// (`$expand=alerts`), or its Defender view would wrongly say it has none. `None` when the
-/// text is no incident of that dialect; a view that cannot be translated is left out (and
-/// logged), the others are kept.
-pub fn render_incident(upstream: Dialect, raw: &[u8], native: Option<&Value>) -> Option<Incident> {
+/// The fields of a Graph incident the proxy checks before storing it.
+#[derive(Deserialize)]
+struct GraphProbe {
+    id: String,
+    #[serde(rename = "lastUpdateDateTime")]
+    last_update: Option<String>,
+}
+
+/// Checks one incident as the upstream sent it (`raw` is its JSON text). A Graph incident must
+/// carry its alerts (`$expand=alerts`), or its Defender view would wrongly say it has none.
+/// `None` when the text is no incident of that dialect. The other dialect's views are
+/// translated when first read ([`Bodies::translated`]).
+pub fn render_incident(upstream: Dialect, raw: &[u8]) -> Option<Incident> {
+    let body = Bytes::copy_from_slice(raw);
     match upstream {
         Dialect::Defender => {
             let probe: IncidentProbe = serde_json::from_slice(raw).ok()?;
-            let mut bodies = Bodies::one(View::Defender, Bytes::copy_from_slice(raw));
-            let parsed;
-            let value = match native {
-                Some(v) => v,
-                None => {
-                    parsed = serde_json::from_slice::<Value>(raw).ok()?;
-                    &parsed
-                }
-            };
-            for (view, expand) in [(View::Graph, false), (View::GraphAlerts, true)] {
-                match incident::defender_to_graph_with(value, expand) {
-                    Ok(g) => bodies.set(view, to_bytes(&g)),
-                    Err(e) => {
-                        tracing::warn!(incident.id = probe.incident_id, error = %e, "incident has no Graph rendering")
-                    }
-                }
-            }
             Some(Incident {
                 id: probe.incident_id,
                 last_update: probe.last_update_time.as_deref().and_then(parse_time),
-                bodies,
+                bodies: Arc::new(Bodies::translated(View::Defender, body, from_defender)),
             })
         }
         Dialect::Graph => {
-            let parsed;
-            let value = match native {
-                Some(v) => v,
-                None => {
-                    parsed = serde_json::from_slice::<Value>(raw).ok()?;
-                    &parsed
-                }
-            };
-            let object = value.as_object()?;
-            let id = graph_id(object.get("id")?.as_str()?)?;
-            let last_update = object
-                .get("lastUpdateDateTime")
-                .and_then(Value::as_str)
-                .and_then(parse_time);
-            let mut bodies = Bodies::one(View::GraphAlerts, Bytes::copy_from_slice(raw));
-            let mut bare = object.clone();
-            bare.remove("alerts");
-            bare.remove("alerts@odata.context");
-            bodies.set(View::Graph, to_bytes(&Value::Object(bare)));
-            match incident::graph_to_defender(value) {
-                Ok(d) => bodies.set(View::Defender, to_bytes(&d)),
-                Err(e) => tracing::warn!(incident.id = id, error = %e, "incident has no Defender rendering"),
-            }
+            let probe: GraphProbe = serde_json::from_slice(raw).ok()?;
             Some(Incident {
-                id,
-                last_update,
-                bodies,
+                id: graph_id(&probe.id)?,
+                last_update: probe.last_update.as_deref().and_then(parse_time),
+                bodies: Arc::new(Bodies::translated(View::GraphAlerts, body, from_graph)),
             })
         }
+    }
+}
+
+/// A Defender incident in a Graph view.
+fn from_defender(view: View, native: &Bytes) -> Option<Bytes> {
+    let expand = match view {
+        View::Defender => return Some(native.clone()),
+        View::Graph => false,
+        View::GraphAlerts => true,
+    };
+    let value: Value = serde_json::from_slice(native).ok()?;
+    match incident::defender_to_graph_with(&value, expand) {
+        Ok(g) => Some(to_bytes(&g)),
+        Err(e) => {
+            tracing::warn!(error = %e, "incident has no Graph rendering");
+            None
+        }
+    }
+}
+
+/// A Graph incident (alerts expanded) in the Defender view or without its alerts.
+fn from_graph(view: View, native: &Bytes) -> Option<Bytes> {
+    let value: Value = serde_json::from_slice(native).ok()?;
+    match view {
+        View::GraphAlerts => Some(native.clone()),
+        View::Graph => {
+            let mut bare = value.as_object()?.clone();
+            bare.remove("alerts");
+            bare.remove("alerts@odata.context");
+            Some(to_bytes(&Value::Object(bare)))
+        }
+        View::Defender => match incident::graph_to_defender(&value) {
+            Ok(d) => Some(to_bytes(&d)),
+            Err(e) => {
+                tracing::warn!(error = %e, "incident has no Defender rendering");
+                None
+            }
+        },
     }
 }
 
@@ -129,20 +136,16 @@ pub fn render_error(upstream: Dialect, status: StatusCode, body: &Bytes, request
         Dialect::Defender => {
             let date = dialect::error::graph_error_date(time::OffsetDateTime::now_utc());
             let graph = dialect::error::defender_error_to_graph(body, code, request_id, &date);
-            let mut b = Bodies::one(View::Defender, body.clone());
-            b.set(View::Graph, graph.clone());
-            b.set(View::GraphAlerts, graph);
-            b
+            Bodies::one(View::Defender, body.clone())
+                .with(View::Graph, graph.clone())
+                .with(View::GraphAlerts, graph)
         }
-        Dialect::Graph => {
-            let mut b = Bodies::one(View::Graph, body.clone());
-            b.set(View::GraphAlerts, body.clone());
-            b.set(
+        Dialect::Graph => Bodies::one(View::Graph, body.clone())
+            .with(View::GraphAlerts, body.clone())
+            .with(
                 View::Defender,
                 dialect::error::graph_error_to_defender(body, code, request_id),
-            );
-            b
-        }
+            ),
     }
 }
 
@@ -199,7 +202,7 @@ impl Ingest {
     /// A Get answer is stored only if it is the incident asked for: it comes back rendered in
     /// every view, or `None` when the body is not that incident.
     pub fn check_incident(&self, id: i64, body: &[u8]) -> Option<Incident> {
-        match render_incident(self.upstream, body, None) {
+        match render_incident(self.upstream, body) {
             Some(i) if i.id == id => Some(i),
             _ => {
                 tracing::warn!(
@@ -248,7 +251,7 @@ impl Ingest {
         let total = items.len();
         let incidents: Vec<Incident> = items
             .iter()
-            .filter_map(|raw| render_incident(self.upstream, raw.get().as_bytes(), None))
+            .filter_map(|raw| render_incident(self.upstream, raw.get().as_bytes()))
             .collect();
         let mut page = self.spread(incidents, sent_at, ticket).await;
         page.items = total;

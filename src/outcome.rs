@@ -100,7 +100,7 @@ pub struct Answer {
     pub body: Bytes,
     /// Every view of the body, while the answer is shared by callers of several views (a
     /// collapsed read); resolved into `body` before it reaches a caller.
-    pub bodies: Option<Bodies>,
+    pub bodies: Option<std::sync::Arc<Bodies>>,
     pub content_type: HeaderValue,
     pub cache: CacheResult,
     /// `Age`, for answers from the cache.

@@ -31,8 +31,8 @@ use crate::{
     budget::{Caller, Ledger, Priority, Quota},
     cache::{Confirmations, Store},
     config::SyncConfig,
-    exchange::{CallError, Exchange, Retry},
     dialect::Dialect,
+    exchange::{CallError, Exchange, Retry},
     ingest::{page_items, render_incident, Ingest},
     odata::{CompareOp, Field, Filter, GraphField, GraphListQuery, GraphOrderBy, GraphOrderField, ListQuery, Literal},
     route::RouteKind,
@@ -372,7 +372,7 @@ impl Syncer {
         let returned = items.len();
         let incidents: Vec<_> = items
             .iter()
-            .filter_map(|raw| render_incident(upstream, raw.get().as_bytes(), None))
+            .filter_map(|raw| render_incident(upstream, raw.get().as_bytes()))
             .collect();
         let seconds: Vec<Option<i64>> = incidents
             .iter()

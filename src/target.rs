@@ -27,10 +27,16 @@ pub enum Target {
     ListIncidents(ListQuery),
     UpdateIncident(i64),
     /// `GET /v1.0/security/incidents/{id}` (Graph facade), alerts expanded or not.
-    GraphGet { id: i64, expand_alerts: bool },
+    GraphGet {
+        id: i64,
+        expand_alerts: bool,
+    },
     /// `GET /v1.0/security/incidents?...` (Graph facade); `base` is the proxy's own URL for
     /// the collection, which `@odata.nextLink` points at.
-    GraphList { query: GraphListQuery, base: std::sync::Arc<str> },
+    GraphList {
+        query: GraphListQuery,
+        base: std::sync::Arc<str>,
+    },
     /// `PATCH /v1.0/security/incidents/{id}` (Graph facade).
     GraphUpdate(i64),
     /// `POST /v1.0/security/incidents/{id}/comments` (Graph facade).
@@ -67,7 +73,9 @@ impl Target {
     pub fn view(&self) -> View {
         match self {
             Target::GetIncident(_) | Target::ListIncidents(_) | Target::UpdateIncident(_) => View::Defender,
-            Target::GraphGet { expand_alerts: true, .. } => View::GraphAlerts,
+            Target::GraphGet {
+                expand_alerts: true, ..
+            } => View::GraphAlerts,
             Target::GraphList { query, .. } if query.expand_alerts => View::GraphAlerts,
             _ => View::Graph,
         }

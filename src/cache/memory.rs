@@ -221,7 +221,7 @@ mod tests {
     fn entry(len: usize, ttl: u64) -> Arc<Entry> {
         Arc::new(Entry {
             status: StatusCode::OK,
-            bodies: crate::body::Bodies::same(Bytes::from(vec![b'x'; len])),
+            bodies: Arc::new(crate::body::Bodies::same(Bytes::from(vec![b'x'; len]))),
             content_type: HeaderValue::from_static("application/json"),
             stored_at: Instant::now(),
             ttl: Duration::from_secs(ttl),

@@ -53,7 +53,7 @@ impl Key {
 pub struct Entry {
     pub status: StatusCode,
     /// The answer as each facade serves it, translated once when it arrived.
-    pub bodies: Bodies,
+    pub bodies: Arc<Bodies>,
     pub content_type: HeaderValue,
     /// When the upstream request that produced this answer was sent: the answer describes the
     /// incident as of this moment or later, never earlier.

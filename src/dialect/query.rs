@@ -215,6 +215,77 @@ pub fn operator_allowed(field: GraphField, op: CompareOp) -> bool {
     field.kind() == FieldKind::DateTime || matches!(op, CompareOp::Eq | CompareOp::Ne)
 }
 
+/// Whether a Graph incident satisfies a Graph filter: the [`GraphOverDefender::Local`] plan
+/// applies the part of a query Defender cannot to the translated incidents. Enum and text
+/// fields compare as strings (`null` when absent), timestamps as instants.
+pub fn graph_matches(filter: &Filter<GraphField>, incident: &serde_json::Value) -> bool {
+    match filter {
+        Filter::And(items) => items.iter().all(|f| graph_matches(f, incident)),
+        Filter::Or(items) => items.iter().any(|f| graph_matches(f, incident)),
+        Filter::Not(inner) => !graph_matches(inner, incident),
+        Filter::Compare { field, op, value } => {
+            use crate::odata::FilterField;
+            let actual = incident.get(field.name()).filter(|v| !v.is_null());
+            match value {
+                Literal::Null => match op {
+                    CompareOp::Eq => actual.is_none(),
+                    CompareOp::Ne => actual.is_some(),
+                    _ => false,
+                },
+                Literal::String(s) => {
+                    let a = actual.and_then(|v| v.as_str());
+                    match op {
+                        CompareOp::Eq => a == Some(s.as_str()),
+                        CompareOp::Ne => a != Some(s.as_str()),
+                        _ => false,
+                    }
+                }
+                Literal::DateTime(t) => {
+                    let Some(a) = actual.and_then(|v| v.as_str()).and_then(parse_instant) else {
+                        return matches!(op, CompareOp::Ne);
+                    };
+                    match op {
+                        CompareOp::Eq => a == *t,
+                        CompareOp::Ne => a != *t,
+                        CompareOp::Gt => a > *t,
+                        CompareOp::Ge => a >= *t,
+                        CompareOp::Lt => a < *t,
+                        CompareOp::Le => a <= *t,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_instant(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The Graph query's order over Graph incidents (default: Defender's and Graph's "most recent
+/// first", `createdDateTime desc`), ties broken by id so pages never overlap.
+pub fn graph_order(query: &GraphListQuery, a: &serde_json::Value, b: &serde_json::Value) -> std::cmp::Ordering {
+    let order = query.orderby.unwrap_or(DEFENDER_ORDER);
+    let key = |v: &serde_json::Value| {
+        let t = v
+            .get(order.field.name())
+            .and_then(|t| t.as_str())
+            .and_then(parse_instant);
+        let id = v
+            .get("id")
+            .and_then(|i| i.as_str())
+            .and_then(|i| i.parse::<i64>().ok())
+            .unwrap_or(0);
+        (t, id)
+    };
+    let ord = key(a).cmp(&key(b));
+    if order.descending {
+        ord.reverse()
+    } else {
+        ord
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

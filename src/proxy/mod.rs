@@ -19,15 +19,11 @@ use crate::{
     budget::{Caller, Refusal, RefuseReason, WindowStatus},
     cache::{Confirmations, Entry, Key, Store},
     config::CacheConfig,
+    dialect::{update::WritePlan, Dialect},
     error::{retry_after_secs, ApiError},
     exchange::{CallError, Exchange},
     flight::Flights,
     ingest::Ingest,
-    dialect::{
-        query::{graph_list_over_defender, GraphOverDefender},
-        update::WritePlan,
-        Dialect,
-    },
     metrics::RejectLabels,
     odata::{GraphListQuery, ListQuery},
     route::RouteKind,
@@ -147,18 +143,13 @@ impl Proxy {
     }
 
     /// `GET /v1.0/security/incidents?...`; `base` is the proxy's own collection URL, which
-    /// `@odata.nextLink` points at. Over a Defender upstream, only queries one Defender List
-    /// call can answer exactly are served; the others are refused before anything is spent.
+    /// `@odata.nextLink` points at.
     pub async fn list_graph(self: &Arc<Self>, query: &GraphListQuery, base: &str, ctx: Ctx) -> Outcome {
-        if self.upstream_api() == Dialect::Defender {
-            if let GraphOverDefender::Local { .. } = graph_list_over_defender(query) {
-                return Err(ApiError::bad_request(
-                    "this query needs a Graph upstream: over the Defender API only the default order (createdDateTime desc), no $count and filters on fields Defender knows can be answered",
-                )
-                .into());
-            }
-        }
-        let view = if query.expand_alerts { View::GraphAlerts } else { View::Graph };
+        let view = if query.expand_alerts {
+            View::GraphAlerts
+        } else {
+            View::Graph
+        };
         let key = Key::GraphList(graph_list_key(base, query).into());
         self.read(RouteKind::ListIncidents, key, view, ctx).await
     }
@@ -377,7 +368,7 @@ mod tests {
     fn entry(status: StatusCode, ttl: u64, stored_at: Instant) -> Entry {
         Entry {
             status,
-            bodies: crate::body::Bodies::same(Bytes::from_static(b"{}")),
+            bodies: Arc::new(crate::body::Bodies::same(Bytes::from_static(b"{}"))),
             content_type: HeaderValue::from_static("application/json"),
             stored_at,
             ttl: Duration::from_secs(ttl),
@@ -457,7 +448,10 @@ mod tests {
             max_age: Some(10),
             ..Directives::default()
         };
-        assert!(p.lookup(&Key::Incident(7), View::Defender, &young, now).is_none(), "older than max-age");
+        assert!(
+            p.lookup(&Key::Incident(7), View::Defender, &young, now).is_none(),
+            "older than max-age"
+        );
         let old_enough = Directives {
             max_age: Some(30),
             ..Directives::default()

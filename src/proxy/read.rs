@@ -20,7 +20,10 @@ use crate::{
     cache::{Entry, Filled, Key, Ticket},
     dialect::{
         incident::DEFENDER_LIST_CONTEXT,
-        query::{defender_list_plan, graph_list_over_defender, graph_next_link, needs_next_page, GraphOverDefender},
+        query::{
+            defender_list_plan, graph_list_over_defender, graph_matches, graph_next_link, graph_order, needs_next_page,
+            GraphOverDefender,
+        },
         Dialect,
     },
     error::ApiError,
@@ -280,7 +283,12 @@ impl Proxy {
             },
             StatusCode::NOT_FOUND => Entry {
                 status,
-                bodies: render_error(self.upstream_api(), status, &sent.response.body, call.request_id),
+                bodies: Arc::new(render_error(
+                    self.upstream_api(),
+                    status,
+                    &sent.response.body,
+                    call.request_id,
+                )),
                 content_type: json_content_type(),
                 stored_at: sent_at,
                 ttl: self.policy.cache.negative_ttl,
@@ -292,7 +300,14 @@ impl Proxy {
     }
 
     /// Stores a read's entry and answers every caller of the flight from it.
-    async fn store_entry(&self, fk: FlightKey, entry: Entry, ticket: Ticket, budget: BudgetNote, queued: Duration) -> Outcome {
+    async fn store_entry(
+        &self,
+        fk: FlightKey,
+        entry: Entry,
+        ticket: Ticket,
+        budget: BudgetNote,
+        queued: Duration,
+    ) -> Outcome {
         let (status, bodies, content_type) = (entry.status, entry.bodies.clone(), entry.content_type.clone());
         let fwd = if fk.forced { "request" } else { "miss" };
         let stored = self.ingest.fill(fk.key, entry, ticket).await == Filled::Stored;
@@ -304,7 +319,7 @@ impl Proxy {
     fn list_entry(&self, bodies: Bodies, sent_at: Instant) -> Entry {
         Entry {
             status: StatusCode::OK,
-            bodies,
+            bodies: Arc::new(bodies),
             content_type: json_content_type(),
             stored_at: sent_at,
             ttl: self.policy.cache.list_ttl,
@@ -337,7 +352,13 @@ impl Proxy {
     /// A Defender List over a Graph upstream: up to two Graph pages (Graph pages hold 50, a
     /// Defender page up to 100) at the caller's `$skip`, in Defender's order, translated. Each
     /// page spends its own List slot.
-    async fn defender_list_over_graph(&self, call: &Call<'_>, fk: FlightKey, query: &ListQuery, ticket: Ticket) -> Outcome {
+    async fn defender_list_over_graph(
+        &self,
+        call: &Call<'_>,
+        fk: FlightKey,
+        query: &ListQuery,
+        ticket: Ticket,
+    ) -> Outcome {
         let mut incidents = Vec::new();
         let mut first_sent = None;
         let mut queued = Duration::ZERO;
@@ -359,7 +380,7 @@ impl Proxy {
             };
             let returned = items.len();
             for raw in &items {
-                match render_incident(Dialect::Graph, raw.get().as_bytes(), None) {
+                match render_incident(Dialect::Graph, raw.get().as_bytes()) {
                     Some(i) if i.bodies.get(View::Defender).is_some() => incidents.push(i),
                     _ => return self.invalid_body(call, budget, 200),
                 }
@@ -382,15 +403,26 @@ impl Proxy {
 
     /// A Graph List page for the Graph facade, from either upstream; `@odata.nextLink` points
     /// at the proxy (`base`).
-    async fn graph_list(&self, call: &Call<'_>, fk: FlightKey, base: &str, query: &GraphListQuery, ticket: Ticket) -> Outcome {
-        let view = if query.expand_alerts { View::GraphAlerts } else { View::Graph };
+    async fn graph_list(
+        &self,
+        call: &Call<'_>,
+        fk: FlightKey,
+        base: &str,
+        query: &GraphListQuery,
+        ticket: Ticket,
+    ) -> Outcome {
+        let view = if query.expand_alerts {
+            View::GraphAlerts
+        } else {
+            View::Graph
+        };
         let upstream = self.upstream_api();
         let path = match upstream {
             Dialect::Graph => format!("/v1.0/security/incidents?{}", query.canonical()),
             Dialect::Defender => match graph_list_over_defender(query) {
                 GraphOverDefender::Direct(q) => format!("/api/incidents?{}", q.canonical()),
-                GraphOverDefender::Local { .. } => {
-                    return Err(ApiError::bad_request("this query needs a Graph upstream").into())
+                GraphOverDefender::Local { upstream } => {
+                    return self.graph_list_local(call, fk, base, query, upstream, ticket).await
                 }
             },
         };
@@ -416,11 +448,11 @@ impl Proxy {
                 Dialect::Graph => {
                     rendered.push(Bytes::copy_from_slice(text));
                     if query.expand_alerts {
-                        complete.extend(render_incident(Dialect::Graph, text, None));
+                        complete.extend(render_incident(Dialect::Graph, text));
                     }
                 }
                 Dialect::Defender => {
-                    let Some(i) = render_incident(Dialect::Defender, text, None) else {
+                    let Some(i) = render_incident(Dialect::Defender, text) else {
                         return self.invalid_body(call, budget, 200);
                     };
                     let Some(b) = i.bodies.get(view) else {
@@ -443,6 +475,93 @@ impl Proxy {
         self.ingest.spread(complete, sent_at, ticket).await;
         let entry = self.list_entry(Bodies::one(view, body), sent_at);
         self.store_entry(fk, entry, ticket, budget, sent.queued).await
+    }
+
+    /// A Graph query one Defender call cannot answer (another order, `$count`, a Graph-only
+    /// filter field) over a Defender upstream: every page of the part of the filter Defender can
+    /// apply (at most [`LOCAL_MAX_PAGES`] List calls), then the rest of the query applied here.
+    /// Beyond the cap the caller gets a 400 asking for a narrower filter, never a wrong page.
+    async fn graph_list_local(
+        &self,
+        call: &Call<'_>,
+        fk: FlightKey,
+        base: &str,
+        query: &GraphListQuery,
+        mut upstream: ListQuery,
+        ticket: Ticket,
+    ) -> Outcome {
+        let view = if query.expand_alerts {
+            View::GraphAlerts
+        } else {
+            View::Graph
+        };
+        let mut incidents = Vec::new();
+        let mut first_sent = None;
+        let mut queued = Duration::ZERO;
+        let mut budget = None;
+        let page_size = crate::dialect::query::DEFENDER_DEFAULT_TOP;
+        for page in 0..LOCAL_MAX_PAGES {
+            upstream.top = Some(page_size);
+            upstream.skip = Some(u64::from(page) * u64::from(page_size));
+            let (sent, sent_at) = match self.get(call, format!("/api/incidents?{}", upstream.canonical())).await {
+                Ok(s) => s,
+                Err(outcome) => return outcome,
+            };
+            first_sent.get_or_insert(sent_at);
+            queued += sent.queued;
+            budget = Some((call.route, sent.windows.clone()));
+            if sent.response.status != StatusCode::OK {
+                return self.non_success(call.route, sent, call.stale, call.request_id);
+            }
+            let Some((items, _)) = page_items(&sent.response.body) else {
+                return self.invalid_body(call, budget, 200);
+            };
+            let returned = items.len();
+            for raw in &items {
+                match render_incident(Dialect::Defender, raw.get().as_bytes()) {
+                    Some(i) if i.bodies.get(View::GraphAlerts).is_some() => incidents.push(i),
+                    _ => return self.invalid_body(call, budget, 200),
+                }
+            }
+            if returned < page_size as usize {
+                break;
+            }
+            if page + 1 == LOCAL_MAX_PAGES {
+                return Err(Failure {
+                    error: ApiError::bad_request(format!(
+                        "over the Defender API this query is answered by listing every match of its Defender part, and more than {} incidents match; narrow $filter (e.g. lastUpdateDateTime ge ...) or use the default order without $count",
+                        LOCAL_MAX_PAGES * page_size
+                    )),
+                    budget,
+                    upstream_status: Some(200),
+                });
+            }
+        }
+        let mut matching: Vec<(serde_json::Value, Bytes)> = incidents
+            .iter()
+            .filter_map(|i| {
+                let full: serde_json::Value = serde_json::from_slice(i.bodies.get(View::GraphAlerts)?).ok()?;
+                let keep = query.filter.as_ref().map_or(true, |f| graph_matches(f, &full));
+                keep.then(|| Some((full, i.bodies.get(view)?.clone())))?
+            })
+            .collect();
+        matching.sort_by(|a, b| graph_order(query, &a.0, &b.0));
+        let total = matching.len() as u64;
+        let skip = usize::try_from(query.skip.unwrap_or(0)).unwrap_or(usize::MAX);
+        let top = query.top.unwrap_or(crate::dialect::query::GRAPH_DEFAULT_TOP) as usize;
+        let shown: Vec<Bytes> = matching.into_iter().skip(skip).take(top).map(|(_, b)| b).collect();
+        let next = graph_next_link(base, query, shown.len(), Some(total));
+        let context = if query.expand_alerts {
+            GRAPH_LIST_CONTEXT_ALERTS
+        } else {
+            GRAPH_LIST_CONTEXT
+        };
+        let count = (query.count == Some(true)).then_some(total);
+        let body = raw_list_body(context, shown.iter(), count, next.as_deref());
+        let sent_at = first_sent.unwrap_or_else(Instant::now);
+        self.ingest.spread(incidents, sent_at, ticket).await;
+        let entry = self.list_entry(Bodies::one(view, body), sent_at);
+        self.store_entry(fk, entry, ticket, budget, queued).await
     }
 
     /// Any upstream answer other than 200/404 for a read or a write: throttling (the route is
@@ -498,7 +617,7 @@ impl Proxy {
                     budget,
                     sent.queued,
                 );
-                answer.bodies = Some(bodies);
+                answer.bodies = Some(Arc::new(bodies));
                 Ok(answer)
             }
         }
@@ -547,6 +666,10 @@ fn raw_list_body<'a>(
     out.push(b'}');
     Bytes::from(out)
 }
+
+/// The most Defender List calls one Graph query over a Defender upstream may take (the
+/// [`GraphOverDefender::Local`] plan): 10 pages of 100.
+const LOCAL_MAX_PAGES: u32 = 10;
 
 const GRAPH_LIST_CONTEXT: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents";
 const GRAPH_LIST_CONTEXT_ALERTS: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents(alerts())";

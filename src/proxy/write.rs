@@ -113,7 +113,7 @@ impl Proxy {
         match (upstream, job.plan.patch.is_some(), job.plan.comment.clone()) {
             // One Defender PATCH did everything: its answer is the incident.
             (Dialect::Defender, _, _) => {
-                let incident = render_incident(Dialect::Defender, &first.response.body, None).filter(|i| i.id == job.id);
+                let incident = render_incident(Dialect::Defender, &first.response.body).filter(|i| i.id == job.id);
                 let entry = incident.clone().map(|i| self.ingest.incident_entry(i, sent_at));
                 self.written(key, entry).await;
                 let body = match (job.plan.reply, incident) {
@@ -160,23 +160,24 @@ impl Proxy {
             (Dialect::Graph, false, _) => {
                 self.written(key.clone(), None).await;
                 let comments = first.response.body;
-                let body = match job.plan.reply {
-                    Reply::Comments => Some(comments),
-                    // A Defender caller expects the incident: read it back (a Get slot).
-                    Reply::Incident => match self.read_back(&job).await {
-                        Ok(body) => Some(body),
-                        Err(cause) => {
-                            return Err(Failure {
+                let body =
+                    match job.plan.reply {
+                        Reply::Comments => Some(comments),
+                        // A Defender caller expects the incident: read it back (a Get slot).
+                        Reply::Incident => match self.read_back(&job).await {
+                            Ok(body) => Some(body),
+                            Err(cause) => return Err(Failure {
                                 error: ApiError::PartiallyApplied {
-                                    applied: "the comment was added (do not send it again); reading the incident back failed".into(),
+                                    applied:
+                                        "the comment was added (do not send it again); reading the incident back failed"
+                                            .into(),
                                     cause: Box::new(cause),
                                 },
                                 budget: Some((route, windows)),
                                 upstream_status: Some(200),
-                            })
-                        }
-                    },
-                };
+                            }),
+                        },
+                    };
                 self.write_answer(body, route, windows, queued)
             }
         }
@@ -272,7 +273,9 @@ impl Proxy {
                 retry_after: sent.freeze.map_or(Duration::from_secs(1), |f| f.pause),
                 message: "the upstream throttled the comment".into(),
             }),
-            s => Err(ApiError::BadGateway(format!("the upstream refused the comment ({s})").into())),
+            s => Err(ApiError::BadGateway(
+                format!("the upstream refused the comment ({s})").into(),
+            )),
         }
     }
 
@@ -296,12 +299,15 @@ impl Proxy {
                 format!("the upstream answered {}", sent.response.status.as_u16()).into(),
             ));
         }
-        let incident = render_incident(Dialect::Graph, &sent.response.body, None)
+        let incident = render_incident(Dialect::Graph, &sent.response.body)
             .filter(|i| i.id == job.id)
             .ok_or_else(|| ApiError::BadGateway("the upstream answered with an invalid body".into()))?;
         let body = incident.bodies.get(View::Defender).cloned();
-        self.written(Key::Incident(job.id), Some(self.ingest.incident_entry(incident, sent_at)))
-            .await;
+        self.written(
+            Key::Incident(job.id),
+            Some(self.ingest.incident_entry(incident, sent_at)),
+        )
+        .await;
         body.ok_or_else(|| ApiError::BadGateway("the incident has no Defender rendering".into()))
     }
 

@@ -62,7 +62,12 @@ fn graph_ids(page: &Value) -> Vec<String> {
 /// Upstream calls the simulator counted, all routes of both dialects.
 fn upstream_calls(app: &TestApp) -> u64 {
     let stats = app.stats();
-    stats.calls.values().chain(stats.graph_calls.values()).map(|r| r.total).sum()
+    stats
+        .calls
+        .values()
+        .chain(stats.graph_calls.values())
+        .map(|r| r.total)
+        .sum()
 }
 
 /// Calls of one simulator route of either dialect ("get", "graph_list", ...).
@@ -97,14 +102,24 @@ async fn defender_session(app: &TestApp) -> Vec<(String, u16, Value)> {
         step(&format!("list {filter}"), s, v);
     }
     // Paging past 100: a full Defender page is two Graph pages, and $skip keeps its meaning.
-    for path in ["/api/incidents?$top=100", "/api/incidents?$top=100&$skip=100", "/api/incidents?$top=7&$skip=195"] {
+    for path in [
+        "/api/incidents?$top=100",
+        "/api/incidents?$top=100&$skip=100",
+        "/api/incidents?$top=7&$skip=195",
+    ] {
         let (s, v) = json(app.get(path).send().await.unwrap()).await;
         step(path, s, v);
     }
     let (s, v) = json(app.get("/api/incidents?$top=abc").send().await.unwrap()).await;
     step("bad query", s, v["error"]["code"].clone());
     let body = json!({"status": "InProgress", "assignedTo": "analyst@contoso.com", "classification": "TruePositive", "determination": "Malware", "tags": ["proxy-test"], "comment": "looked at it"});
-    let (s, v) = json(app.patch(&format!("/api/incidents/{id}"), &body.to_string()).send().await.unwrap()).await;
+    let (s, v) = json(
+        app.patch(&format!("/api/incidents/{id}"), &body.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     step("patch with comment", s, v);
     let (s, v) = json(app.get(&format!("/api/incidents/{id}")).send().await.unwrap()).await;
     step("get after patch", s, v);
@@ -130,7 +145,12 @@ async fn a_defender_session_gets_the_same_answers_over_a_graph_upstream() {
             }
             n if n.starts_with("list") || n.starts_with("/api/incidents?") => {
                 assert_eq!(ids(v1), ids(v2), "{name}: same incidents in the same order");
-                for (x, y) in v1["value"].as_array().unwrap().iter().zip(v2["value"].as_array().unwrap()) {
+                for (x, y) in v1["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .zip(v2["value"].as_array().unwrap())
+                {
                     let d = field_differences(x, y, DEFENDER_FIELDS_LOST);
                     assert!(d.is_empty(), "{name}: incident {}: {d:?}", x["incidentId"]);
                 }
@@ -141,8 +161,15 @@ async fn a_defender_session_gets_the_same_answers_over_a_graph_upstream() {
                 }
                 let last = |v: &Value| v["comments"].as_array().and_then(|c| c.last().cloned()).unwrap();
                 assert_eq!(last(v1)["comment"], "looked at it", "{name}");
-                assert_eq!(last(v2)["comment"], "looked at it", "{name}: the comment POST followed the PATCH");
-                assert!(v2["alerts"].as_array().is_some(), "{name}: Defender incidents carry alerts");
+                assert_eq!(
+                    last(v2)["comment"],
+                    "looked at it",
+                    "{name}: the comment POST followed the PATCH"
+                );
+                assert!(
+                    v2["alerts"].as_array().is_some(),
+                    "{name}: Defender incidents carry alerts"
+                );
             }
             _ => assert_eq!(v1, v2, "{name}"),
         }
@@ -158,7 +185,11 @@ async fn a_defender_session_gets_the_same_answers_over_a_graph_upstream() {
     assert_eq!(calls(&b, "graph_comment"), 1);
     assert_eq!(calls(&b, "update"), 0, "nothing reached the Defender routes");
     // The budget counted them apart.
-    assert_eq!(b.metric("defender_proxy_upstream_requests_total{route=\"create_comment\",status=\"200\"}").await, 1.0);
+    assert_eq!(
+        b.metric("defender_proxy_upstream_requests_total{route=\"create_comment\",status=\"200\"}")
+            .await,
+        1.0
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -167,7 +198,13 @@ async fn a_defender_session_gets_the_same_answers_over_a_graph_upstream() {
 async fn graph_session(app: &TestApp) {
     let id = app.existing_id(1);
     // Get, with and without alerts, against the simulator's own Graph rendering.
-    let (s, with) = json(app.get(&format!("/v1.0/security/incidents/{id}?$expand=alerts")).send().await.unwrap()).await;
+    let (s, with) = json(
+        app.get(&format!("/v1.0/security/incidents/{id}?$expand=alerts"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 200);
     let native = app.sim.graph_incident_json(id, true).unwrap();
     let lossy: &[(&str, &str)] = if app.state.proxy.upstream_api() == Dialect::Graph {
@@ -196,8 +233,35 @@ async fn graph_session(app: &TestApp) {
     let (s, page2) = json(app.client.get(next).bearer_auth(&app.key).send().await.unwrap()).await;
     assert_eq!(s, 200);
     let (a, b) = (graph_ids(&page), graph_ids(&page2));
-    assert!(!b.is_empty() && a.iter().all(|i| !b.contains(i)), "pages join without overlap");
+    assert!(
+        !b.is_empty() && a.iter().all(|i| !b.contains(i)),
+        "pages join without overlap"
+    );
     assert!(page2["value"][0]["status"] == "active");
+    // What Graph-native sync tools send: ascending by change time, with a count. Over a Defender
+    // upstream the proxy lists the Defender part and applies the rest itself.
+    let (s, asc) = json(
+        app.get("/v1.0/security/incidents?$filter=lastUpdateDateTime%20ge%202000-01-01T00:00:00Z%20and%20severity%20ne%20'low'&$orderby=lastUpdateDateTime%20asc&$top=10&$count=true&$expand=alerts")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{asc}");
+    let items = asc["value"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    let times: Vec<&str> = items
+        .iter()
+        .map(|i| i["lastUpdateDateTime"].as_str().unwrap())
+        .collect();
+    let parse = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
+    assert!(
+        times.windows(2).all(|w| parse(w[0]) <= parse(w[1])),
+        "ascending: {times:?}"
+    );
+    assert!(items.iter().all(|i| i["severity"] != "low" && i["alerts"].is_array()));
+    let count = asc["@odata.count"].as_u64().expect("@odata.count");
+    assert!(count >= 10, "{count}");
     // Update and comment.
     let resp = app
         .client
@@ -226,19 +290,36 @@ async fn graph_session(app: &TestApp) {
     // Reading it back (the write evicted the entry) shows both.
     let (_, after) = json(app.get(&format!("/v1.0/security/incidents/{id}")).send().await.unwrap()).await;
     assert_eq!(after["status"], "resolved");
-    assert!(after["comments"].as_array().unwrap().iter().any(|c| c["comment"] == "from graph"));
+    assert!(after["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["comment"] == "from graph"));
     // A 404 in Graph's envelope.
     let missing = app.missing_id(1);
-    let (s, err) = json(app.get(&format!("/v1.0/security/incidents/{missing}")).send().await.unwrap()).await;
+    let (s, err) = json(
+        app.get(&format!("/v1.0/security/incidents/{missing}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 404);
-    assert!(err["error"]["code"].is_string() && err["error"]["innerError"]["request-id"].is_string(), "{err}");
+    assert!(
+        err["error"]["code"].is_string() && err["error"]["innerError"]["request-id"].is_string(),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn the_graph_facade_serves_a_session_from_a_graph_upstream() {
     let app = graph_app().await;
     graph_session(&app).await;
-    assert_eq!(calls(&app, "get") + calls(&app, "list") + calls(&app, "update"), 0, "Graph routes only");
+    assert_eq!(
+        calls(&app, "get") + calls(&app, "list") + calls(&app, "update"),
+        0,
+        "Graph routes only"
+    );
     app.stop().await;
 }
 
@@ -280,17 +361,36 @@ async fn bad_graph_requests_get_graphs_error_shape_and_spend_nothing() {
             assert!(status == 400 || status == 404, "{path}: {status}");
             let (_, v) = json(resp).await;
             assert!(v["error"]["code"].is_string(), "{path}: {v}");
-            assert!(v["error"]["innerError"]["request-id"].is_string(), "{path}: Graph's envelope: {v}");
+            assert!(
+                v["error"]["innerError"]["request-id"].is_string(),
+                "{path}: Graph's envelope: {v}"
+            );
             assert!(v["error"].get("target").is_none(), "{path}: not Defender's envelope");
         }
         let id = app.existing_id(1);
         for (method, path, body) in [
-            ("PATCH", format!("/v1.0/security/incidents/{id}"), json!({"status": "nonsense"})),
+            (
+                "PATCH",
+                format!("/v1.0/security/incidents/{id}"),
+                json!({"status": "nonsense"}),
+            ),
             ("PATCH", format!("/v1.0/security/incidents/{id}"), json!({"id": "5"})),
             ("PATCH", format!("/v1.0/security/incidents/{id}"), json!({})),
-            ("POST", format!("/v1.0/security/incidents/{id}/comments"), json!({"text": "x"})),
-            ("POST", format!("/v1.0/security/incidents/{id}/comments"), json!({"comment": 5})),
-            ("POST", format!("/v1.0/security/incidents/{id}"), json!({"comment": "x"})),
+            (
+                "POST",
+                format!("/v1.0/security/incidents/{id}/comments"),
+                json!({"text": "x"}),
+            ),
+            (
+                "POST",
+                format!("/v1.0/security/incidents/{id}/comments"),
+                json!({"comment": 5}),
+            ),
+            (
+                "POST",
+                format!("/v1.0/security/incidents/{id}"),
+                json!({"comment": "x"}),
+            ),
         ] {
             let resp = app
                 .client
@@ -306,7 +406,12 @@ async fn bad_graph_requests_get_graphs_error_shape_and_spend_nothing() {
             assert!(v["error"]["innerError"]["request-id"].is_string(), "{v}");
         }
         // Unauthenticated callers of the Graph facade get Graph's envelope too.
-        let resp = app.client.get(app.url("/v1.0/security/incidents/1")).send().await.unwrap();
+        let resp = app
+            .client
+            .get(app.url("/v1.0/security/incidents/1"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 401);
         let (_, v) = json(resp).await;
         assert!(v["error"]["innerError"].is_object(), "{v}");
