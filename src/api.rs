@@ -393,6 +393,16 @@ fn parse_target(state: &AppState, parts: &http::request::Parts) -> Result<Target
     if !path.starts_with(GRAPH_VERSION_PREFIX) {
         return target::parse(method, path, query);
     }
+    // Microsoft's Graph SDKs, given a base URL the usual way, send `/v1.0//security/...` (Graph
+    // accepts it); that one doubled slash after the version is read as one.
+    let single;
+    let path = match path.strip_prefix("/v1.0//") {
+        Some(rest) if !rest.starts_with('/') => {
+            single = format!("/v1.0/{rest}");
+            single.as_str()
+        }
+        _ => path,
+    };
     Ok(match graph_target::parse(method, path, query)? {
         GraphTarget::GetIncident { id, expand_alerts } => Target::GraphGet { id, expand_alerts },
         GraphTarget::ListIncidents(raw) => {

@@ -126,6 +126,9 @@ impl Proxy {
             // A Graph PATCH, then the comment if there is one.
             (Dialect::Graph, true, comment) => {
                 let patched = first.response.body;
+                // Graph's PATCH answer has no alerts; a Defender caller's answer takes them from
+                // the cached incident, read before the write forgets it.
+                let alerts = self.cached_alerts(job.id);
                 let comments = match comment {
                     None => None,
                     Some(text) => match self.post_comment(&job, &text).await {
@@ -151,7 +154,7 @@ impl Proxy {
                 // the next read fetches the whole incident.
                 self.written(key, None).await;
                 let body = match job.view {
-                    View::Defender => self.defender_after_graph_write(job.id, &patched, comments.as_ref()),
+                    View::Defender => defender_after_graph_write(&patched, comments.as_ref(), alerts),
                     _ => Some(patched),
                 };
                 self.write_answer(body, route, windows, queued)
@@ -311,28 +314,11 @@ impl Proxy {
         body.ok_or_else(|| ApiError::BadGateway("the incident has no Defender rendering".into()))
     }
 
-    /// The Defender incident after a Graph PATCH (and comment): Graph's answer, with the
-    /// comment list the POST returned and the alerts of the cached incident (Graph's PATCH
-    /// answer carries none; Defender's always does).
-    fn defender_after_graph_write(&self, id: i64, patched: &Bytes, comments: Option<&Bytes>) -> Option<Bytes> {
-        let mut incident: Value = serde_json::from_slice(patched).ok()?;
-        let object = incident.as_object_mut()?;
-        if let Some(page) = comments.and_then(|c| serde_json::from_slice::<Value>(c).ok()) {
-            if let Some(list) = page.get("value") {
-                object.insert("comments".into(), list.clone());
-            }
-        }
-        let cached_alerts = self
-            .store
-            .get(&Key::Incident(id))
-            .and_then(|e| e.bodies.get(View::GraphAlerts).cloned())
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v.get("alerts").cloned());
-        if let Some(alerts) = cached_alerts {
-            object.insert("alerts".into(), alerts);
-        }
-        let defender = graph_to_defender(&incident).ok()?;
-        serde_json::to_vec(&defender).ok().map(Bytes::from)
+    /// The alerts of the cached incident (any age), in Graph's shape.
+    fn cached_alerts(&self, id: i64) -> Option<Value> {
+        let entry = self.store.get(&Key::Incident(id))?;
+        let graph: Value = serde_json::from_slice(entry.bodies.get(View::GraphAlerts)?).ok()?;
+        graph.get("alerts").cloned()
     }
 
     fn write_answer(
@@ -373,6 +359,24 @@ impl Proxy {
         self.flights
             .forget_if(|fk: &FlightKey| fk.key == key || fk.key.is_list());
     }
+}
+
+/// The Defender incident after a Graph PATCH (and comment): Graph's answer, with the comment
+/// list the POST returned and the cached incident's alerts (Graph's PATCH answer carries none;
+/// Defender's always does; without a cached incident they are empty).
+fn defender_after_graph_write(patched: &Bytes, comments: Option<&Bytes>, alerts: Option<Value>) -> Option<Bytes> {
+    let mut incident: Value = serde_json::from_slice(patched).ok()?;
+    let object = incident.as_object_mut()?;
+    if let Some(page) = comments.and_then(|c| serde_json::from_slice::<Value>(c).ok()) {
+        if let Some(list) = page.get("value") {
+            object.insert("comments".into(), list.clone());
+        }
+    }
+    if let Some(alerts) = alerts {
+        object.insert("alerts".into(), alerts);
+    }
+    let defender = graph_to_defender(&incident).ok()?;
+    serde_json::to_vec(&defender).ok().map(Bytes::from)
 }
 
 fn comment_body(text: &str) -> Bytes {
