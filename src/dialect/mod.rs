@@ -17,6 +17,8 @@
 pub use crate::enums;
 pub mod error;
 pub mod incident;
+#[cfg(test)]
+mod mapping;
 pub mod query;
 #[cfg(test)]
 mod sim_props;
