@@ -37,7 +37,7 @@ RESULTS="$BENCH/RESULTS.md"
 
 DURATION="${BENCH_DURATION:-10}"
 CONNECTIONS="${BENCH_CONNECTIONS:-1 64}"
-SCENARIOS="${BENCH_SCENARIOS:-hot zipf cold mixed startup freshness flood}"
+SCENARIOS="${BENCH_SCENARIOS:-hot dialects zipf cold mixed startup freshness flood}"
 FRESHNESS_MINUTES="${BENCH_FRESHNESS_MINUTES:-3}"  # per mode (with and without the sync)
 SEED="${BENCH_SEED:-42}"
 PORT_BASE="${BENCH_PORT_BASE:-18400}"
@@ -297,7 +297,8 @@ access_log = false
 log_level = "warn"'
 TELEMETRY_DEFAULT='# [telemetry] left at its defaults: JSON access log on stdout, log_level "info"'
 
-# write_proxy_config FILE GET_QUOTAS_TOML MAX_WAIT [TELEMETRY_TOML [PORT ADMIN_PORT]]
+# write_proxy_config FILE GET_QUOTAS_TOML MAX_WAIT [TELEMETRY_TOML [PORT ADMIN_PORT [API]]]
+# API: the upstream dialect, "defender" (the default) or "graph".
 write_proxy_config() {
     cat >"$1" <<EOF
 [server]
@@ -305,6 +306,7 @@ listen = "127.0.0.1:${5:-$PROXY_PORT}"
 admin_listen = "127.0.0.1:${6:-$ADMIN_PORT}"
 grace_period = "2s"
 [upstream]
+api = "${7:-defender}"
 base_url = "$SIM_URL"
 [token]
 authority = "$SIM_URL"
@@ -670,6 +672,85 @@ hot_ratios() {
 
 median() { sort -g <<<"$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 list_ratios() { awk '{ printf "%s%.2fx", (NR > 1 ? ", " : ""), $1 }' <<<"$1"; }
+
+# Cache hits in both dialects (issue 13): one proxy over a Defender upstream and one over a Graph
+# upstream, each asked for one cached incident through its native facade and through the other
+# (translated once, on the first read, then served from the cache like a native hit).
+dialect_cpu() {
+    jq -r --arg s "$1" --argjson c "$2" --argjson r "$3" \
+        'select(.scenario == "dialects" and .server == $s and .conns == $c and .round == $r) | .cpu_us_per_req' "$RESULTS_JSONL"
+}
+
+scenario_dialects() {
+    local c r u server graph_pid p b row ratio med ratios_d="" ratios_g=""
+    start_sim "$OPEN_QUOTAS"
+    start_proxy "$OPEN_QUOTAS" 30s
+    write_proxy_config "$OUT/proxy-$SCENARIO-graph.toml" "$OPEN_QUOTAS" 30s "$TELEMETRY_OFF" "$PROXY_LOG_PORT" "$ADMIN_LOG_PORT" graph
+    start_bg proxy-graph "${PIN_SERVER[@]}" "$DPX" serve --config "$OUT/proxy-$SCENARIO-graph.toml"
+    graph_pid=$LAST_PID
+    wait_http "http://127.0.0.1:$ADMIN_LOG_PORT/livez"
+    local d_native="http://127.0.0.1:$PROXY_PORT/api/incidents/$HOT_ID"
+    local d_translated="http://127.0.0.1:$PROXY_PORT/v1.0/security/incidents/$HOT_ID"
+    local g_native="http://127.0.0.1:$PROXY_LOG_PORT/v1.0/security/incidents/$HOT_ID?%24expand=alerts"
+    local g_translated="http://127.0.0.1:$PROXY_LOG_PORT/api/incidents/$HOT_ID"
+    for u in "$d_native" "$d_translated" "$g_native" "$g_translated"; do
+        curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "$u" || die "warm-up of $u failed"
+    done
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $CONNECTIONS; do
+            run_wrk dialects defender-upstream-native "$PROXY_PID" "$d_native" hot.lua "$c" "$r"
+            run_wrk dialects defender-upstream-translated "$PROXY_PID" "$d_translated" hot.lua "$c" "$r"
+            run_wrk dialects graph-upstream-native "$graph_pid" "$g_native" hot.lua "$c" "$r"
+            run_wrk dialects graph-upstream-translated "$graph_pid" "$g_translated" hot.lua "$c" "$r"
+        done
+    done
+    stop_pid "$graph_pid"
+    stop_pid "$PROXY_PID"
+    stop_pid "$SIM_PID"
+    begin_section 15-dialects "Cache hits in the other dialect" <<EOF
+One cached incident ($HOT_ID) asked for through both facades, access log off:
+
+- **defender-upstream-native**: \`GET /api/incidents/$HOT_ID\` from a proxy whose upstream is Defender.
+- **defender-upstream-translated**: \`GET /v1.0/security/incidents/$HOT_ID\` from the same proxy
+  (the Graph rendering of the Defender answer, translated on its first read, then cached).
+- **graph-upstream-native**: \`GET /v1.0/security/incidents/$HOT_ID?\$expand=alerts\` from a proxy
+  whose upstream is Graph (\`upstream.api = "graph"\`).
+- **graph-upstream-translated**: \`GET /api/incidents/$HOT_ID\` from that proxy.
+
+Server CPU µs per request (user + system, from /proc); in brackets the ratio translated / native
+of the same round and upstream (the two bodies differ in size, which accounts for some of it):
+
+| round | connections | Defender upstream: native µs | translated µs | Graph upstream: native µs | translated µs |
+|--:|--:|--:|--:|--:|--:|
+EOF
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $CONNECTIONS; do
+            row="| $r | $c"
+            for server in defender-upstream graph-upstream; do
+                b=$(dialect_cpu "$server-native" "$c" "$r")
+                p=$(dialect_cpu "$server-translated" "$c" "$r")
+                ratio=$(awk -v p="$p" -v b="$b" 'BEGIN { print p / b }')
+                row="$row | $(fmt "$b") | $(fmt "$p") ($(fmt "$ratio")x)"
+                if [ "$server" = defender-upstream ]; then
+                    ratios_d="$ratios_d$ratio"$'\n'
+                else
+                    ratios_g="$ratios_g$ratio"$'\n'
+                fi
+            done
+            echo "$row |" >>"$SECTION"
+        done
+    done
+    printf '\nThe full wrk figures:\n' >>"$SECTION"
+    load_table dialects
+    ratios_d=$(sed '/^$/d' <<<"$ratios_d")
+    ratios_g=$(sed '/^$/d' <<<"$ratios_g")
+    med=$(median "$ratios_d")
+    add_target "translated cache hit, Defender upstream: server CPU/request <= 1.2 x the native hit (median over rounds and connections)" \
+        "$(fmt "$med")x ($(list_ratios "$ratios_d"))" "$(awk -v m="$med" 'BEGIN { print (m <= 1.2) ? "true" : "false" }')"
+    med=$(median "$ratios_g")
+    add_target "translated cache hit, Graph upstream: server CPU/request <= 1.2 x the native hit (median over rounds and connections)" \
+        "$(fmt "$med")x ($(list_ratios "$ratios_g"))" "$(awk -v m="$med" 'BEGIN { print (m <= 1.2) ? "true" : "false" }')"
+}
 
 # Hits over 10,000 ids with a Zipf distribution; also the proxy's memory with 10,000 cached.
 scenario_zipf() {
