@@ -14,6 +14,8 @@
 #   bash bench/run.sh --no-build             use the binaries already in target/release
 #   bash bench/run.sh --rounds 3             rounds of the hot-path comparison (default 3)
 #   bash bench/run.sh --no-callgrind         skip the callgrind instruction counts
+#   bash bench/run.sh --keep                 keep the previous RESULTS.md's sections and targets
+#                                            that this run did not measure, marked with their date
 #
 # With 2 or more CPUs, every server runs pinned to CPU 0 and wrk to CPU 1 (BENCH_SERVER_CPU,
 # BENCH_LOAD_CPU), so the server's CPU time is not mixed with the load generator's.
@@ -37,11 +39,12 @@ RESULTS="$BENCH/RESULTS.md"
 
 DURATION="${BENCH_DURATION:-10}"
 CONNECTIONS="${BENCH_CONNECTIONS:-1 64}"
-SCENARIOS="${BENCH_SCENARIOS:-hot dialects zipf cold mixed startup freshness flood}"
+SCENARIOS="${BENCH_SCENARIOS:-hot dialects zipf cold mixed startup freshness freshness_graph flood}"
 FRESHNESS_MINUTES="${BENCH_FRESHNESS_MINUTES:-3}"  # per mode (with and without the sync)
 SEED="${BENCH_SEED:-42}"
 PORT_BASE="${BENCH_PORT_BASE:-18400}"
 RUN_CRITERION=1
+KEEP=0
 RUN_CALLGRIND=1
 BUILD=1
 ROUNDS="${BENCH_ROUNDS:-3}"
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
     --connections) CONNECTIONS="$2"; shift 2 ;;
     --scenarios) SCENARIOS="$2"; shift 2 ;;
     --no-criterion) RUN_CRITERION=0; shift ;;
+    --keep) KEEP=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --no-callgrind) RUN_CALLGRIND=0; shift ;;
@@ -985,6 +989,31 @@ EOF
     fi
 }
 
+# The freshness scenario with the sync over a Graph upstream (issue 13): the same tools on the
+# Defender facade, the proxy speaking Graph; the Get and List calls it spends are Graph's.
+scenario_freshness_graph() {
+    local out row
+    log "freshness over Graph: $FRESHNESS_MINUTES min with the sync"
+    out=$("$FRESH" --minutes "$FRESHNESS_MINUTES" --mode sync --upstream graph 2>"$OUT/freshness-graph.err")
+    echo "$out" >"$OUT/freshness-graph.md"
+    begin_section 62-freshness-graph "Freshness over a Graph upstream" <<EOF
+The freshness scenario (above) with the sync, the proxy's upstream set to Graph
+(\`upstream.api = "graph"\`); the tools still call \`/api/incidents/{id}\` and get Defender's
+schema. The sync lists Graph pages of 50, \`\$orderby=lastUpdateDateTime asc\` with
+\`\$expand=alerts\`; Get and List calls per minute are the calls the simulator's Graph routes saw
+(\`cargo run --release --example freshness -- --mode sync --upstream graph\`).
+
+$out
+EOF
+    row=$(grep '^| with sync' <<<"$out" || true)
+    if [ -n "$row" ]; then
+        local gets lists
+        gets=$(awk -F'|' '{ gsub(/ /, "", $7); print $7 }' <<<"$row")
+        lists=$(awk -F'|' '{ gsub(/ /, "", $8); print $8 }' <<<"$row")
+        add_target "with the sync over Graph: Get and List calls per minute (reported)" "$gets Get/min, $lists List/min" true
+    fi
+}
+
 # Fair sharing (issue 16): the freshness scenario without the sync while a batch tool (another
 # consumer, priority batch, 50 workers) walks the 1,700 other incidents cold, once with fair
 # queuing between consumers and once with one first-come-first-served queue.
@@ -1116,7 +1145,12 @@ main() {
             printf '\n'
         } >"$SECTIONS/90-criterion.md"
     fi
+    local previous="$OUT/RESULTS.previous.md"
+    [ -f "$RESULTS" ] && cp "$RESULTS" "$previous"
     write_results
+    if [ "$KEEP" -eq 1 ] && [ -f "$previous" ]; then
+        python3 "$BENCH/keep-results.py" "$previous" "$RESULTS"
+    fi
 }
 
 main

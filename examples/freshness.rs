@@ -10,8 +10,12 @@
 //! once with fair queuing between consumers and once with one first-come-first-served queue, so
 //! the interactive tools' staleness, waits and refusals can be compared side by side.
 //!
-//! `cargo run --release --example freshness -- [--minutes M] [--mode sync|ttl|both|flood]`
-//! prints a Markdown table (one row per mode) on stdout.
+//! With `--upstream graph` (issue 13) the proxy speaks Microsoft Graph to the simulator (the
+//! tools still call the Defender facade): the sync lists Graph's pages of 50 by ascending change
+//! time, and the Get and List calls counted are Graph's.
+//!
+//! `cargo run --release --example freshness -- [--minutes M] [--mode sync|ttl|both|flood]
+//! [--upstream defender|graph]` prints a Markdown table (one row per mode) on stdout.
 
 use std::{
     collections::HashMap,
@@ -47,7 +51,7 @@ struct Answer {
 }
 
 struct Row {
-    mode: &'static str,
+    mode: String,
     wait_p50: f64,
     wait_p99: f64,
     batch_served: usize,
@@ -73,7 +77,7 @@ fn version_of(body: &[u8]) -> Option<String> {
 }
 
 /// `flood`: a batch tool floods cold ids; `Some(true)` with fair queuing, `Some(false)` without.
-async fn run(sync: bool, minutes: f64, flood: Option<bool>) -> anyhow::Result<Row> {
+async fn run(sync: bool, minutes: f64, flood: Option<bool>, graph: bool) -> anyhow::Result<Row> {
     let sim = SimConfig {
         incidents: 2_000,
         missing_share: 0.0,
@@ -83,6 +87,10 @@ async fn run(sync: bool, minutes: f64, flood: Option<bool>) -> anyhow::Result<Ro
     config.server.listen = "127.0.0.1:0".parse()?;
     config.server.admin_listen = "127.0.0.1:0".parse()?;
     config.sync.enabled = sync;
+    if graph {
+        config.upstream.api = defender_proxy::config::Dialect::Graph;
+        config.token.resource = defender_proxy::config::GRAPH_BASE_URL.into();
+    }
     let batch_key = auth::generate_key();
     if let Some(fair) = flood {
         config.budget.fair_queuing = fair;
@@ -275,15 +283,24 @@ async fn run(sync: bool, minutes: f64, flood: Option<bool>) -> anyhow::Result<Ro
             .copied()
             .unwrap_or(f64::NAN)
     };
-    let calls = |r: &str| stats.calls.get(r).map_or(0, |s| s.total);
+    // The upstream's own routes: Defender's, or Graph's when the proxy speaks Graph.
+    let routes = if graph { &stats.graph_calls } else { &stats.calls };
+    let calls = |r: &str| {
+        let name = if graph { format!("graph_{r}") } else { r.to_string() };
+        routes.get(&name).map_or(0, |s| s.total)
+    };
     let gets = calls("get") as f64;
     Ok(Row {
-        mode: match (sync, flood) {
-            (true, _) => "with sync",
-            (false, None) => "TTL only",
-            (false, Some(true)) => "TTL only + batch flood, fair queuing",
-            (false, Some(false)) => "TTL only + batch flood, one FIFO queue",
-        },
+        mode: format!(
+            "{}{}",
+            match (sync, flood) {
+                (true, _) => "with sync",
+                (false, None) => "TTL only",
+                (false, Some(true)) => "TTL only + batch flood, fair queuing",
+                (false, Some(false)) => "TTL only + batch flood, one FIFO queue",
+            },
+            if graph { ", Graph upstream" } else { "" }
+        ),
         wait_p50: wait_pct(0.5),
         wait_p99: wait_pct(0.99),
         batch_served: batch_served.load(std::sync::atomic::Ordering::Relaxed),
@@ -293,7 +310,7 @@ async fn run(sync: bool, minutes: f64, flood: Option<bool>) -> anyhow::Result<Ro
         other_errors: answers.iter().filter(|a| a.status != 200 && a.status != 429).count(),
         get_per_min: gets / elapsed_min,
         list_per_min: calls("list") as f64 / elapsed_min,
-        upstream_429: stats.calls.values().map(|s| s.throttled).sum(),
+        upstream_429: routes.values().map(|s| s.throttled).sum(),
         p50: pct(0.5),
         p99: pct(0.99),
         within: staleness.iter().filter(|&&s| s <= bound).count() as f64 / staleness.len().max(1) as f64,
@@ -313,6 +330,11 @@ async fn main() -> anyhow::Result<()> {
             .cloned()
     };
     let minutes: f64 = arg("--minutes").map_or(Ok(3.0), |m| m.parse())?;
+    let graph = match arg("--upstream").as_deref().unwrap_or("defender") {
+        "defender" => false,
+        "graph" => true,
+        other => anyhow::bail!("--upstream must be defender or graph, not {other}"),
+    };
     let modes: Vec<(bool, Option<bool>)> = match arg("--mode").as_deref().unwrap_or("both") {
         "sync" => vec![(true, None)],
         "ttl" => vec![(false, None)],
@@ -322,7 +344,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| mode | minutes | answers | 429 to callers | other errors | Get calls/min | List calls/min | 429 from upstream | staleness p50 (s) | staleness p99 (s) | answers ≤ interval+5 s | Get quota used | interactive wait p50 / p99 (s) | batch answers |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (sync, flood) in modes {
-        let r = run(sync, minutes, flood).await?;
+        let r = run(sync, minutes, flood, graph).await?;
         println!(
             "| {} | {:.1} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.2}% (≤ {:.0} s) | {:.1}% | {:.3} / {:.3} | {} |",
             r.mode,
