@@ -15,9 +15,10 @@ use crate::http::{close_connection, ok_json, parse_incident_id, CloseConnection}
 use crate::quota::{throttle_message, Admission};
 use crate::stats::CallOutcome;
 use crate::store::parse_update;
+use crate::tenant::{Caller, Tenancy};
 use crate::token::Audience;
 use crate::token::AuthError;
-use crate::{Shared, SimRoute};
+use crate::{Shared, SimRoute, HOME};
 use defender_odata::ListQuery;
 
 const ERROR_JSON: &str = "application/json; charset=utf-8";
@@ -75,24 +76,37 @@ pub(crate) async fn no_such_route() -> Response {
 /// The order matters and follows the upstream: a call without a valid token is refused before
 /// it reaches the quota; every authenticated call is logged against the quota (even one that
 /// is then throttled, and even one a fault spoils), except a simulated token revocation.
+///
+/// The token decides the tenant: its data, quota, faults and stats serve the call. A refused
+/// call is counted by the tenant its token names if the simulator issued it, else by the
+/// default tenant.
 async fn handle(sim: Arc<Shared>, route: SimRoute, headers: &HeaderMap, call: Call) -> Response {
     let arrived = Instant::now();
-    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Audience::Defender) {
-        sim.stats.arrive(route, false);
-        let resp = unauthorized(e);
-        sim.stats.finish(route, CallOutcome::Answered(resp.status()), false);
-        return resp;
-    }
-    sim.stats.arrive(route, true);
-    let fault = sim.faults.lock().pick(route);
+    let bearer = match sim.tokens.check(headers.get(header::AUTHORIZATION), Audience::Defender) {
+        Ok(bearer) => bearer,
+        Err(refusal) => {
+            let tenant = sim.tenancy(refusal.tenant.unwrap_or(HOME));
+            tenant.stats.arrive(route, false);
+            let resp = unauthorized(refusal.error);
+            tenant.stats.finish(route, CallOutcome::Answered(resp.status()), false);
+            return resp;
+        }
+    };
+    let tenant = sim.tenancy(bearer.tenant);
+    let caller = Caller {
+        tenant,
+        app: &bearer.app,
+    };
+    tenant.stats.arrive(route, true);
+    let fault = tenant.faults.lock().pick(route);
     let faulted = fault.is_some();
     let resp = match fault {
         Some(FaultKind::Unauthorized) => unauthorized(AuthError::Revoked),
         fault => {
-            let admission = sim.quota(route).admit(arrived);
+            let admission = tenant.quota(route).admit(arrived);
             match fault {
-                None => answer(&sim, &admission, &call, false),
-                Some(kind) => apply_fault(&sim, kind, route, &admission, &call).await,
+                None => answer(caller, &admission, &call, false),
+                Some(kind) => apply_fault(&sim, caller, kind, route, &admission, &call).await,
             }
         }
     };
@@ -101,15 +115,23 @@ async fn handle(sim: Arc<Shared>, route: SimRoute, headers: &HeaderMap, call: Ca
     } else {
         CallOutcome::Answered(resp.status())
     };
-    sim.stats.finish(route, outcome, faulted);
+    tenant.stats.finish(route, outcome, faulted);
     resp
 }
 
-async fn apply_fault(sim: &Shared, kind: FaultKind, route: SimRoute, admission: &Admission, call: &Call) -> Response {
+async fn apply_fault(
+    sim: &Shared,
+    caller: Caller<'_>,
+    kind: FaultKind,
+    route: SimRoute,
+    admission: &Admission,
+    call: &Call,
+) -> Response {
+    let tenant = caller.tenant;
     match kind {
         FaultKind::Latency { ms } => {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(ms)) => answer(sim, admission, call, false),
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => answer(caller, admission, call, false),
                 _ = sim.stopping() => close_connection(),
             }
         }
@@ -127,7 +149,7 @@ async fn apply_fault(sim: &Shared, kind: FaultKind, route: SimRoute, admission: 
             )
         }
         FaultKind::Malformed => {
-            let real = answer(sim, admission, call, false);
+            let real = answer(caller, admission, call, false);
             let body = axum::body::to_bytes(real.into_body(), usize::MAX)
                 .await
                 .unwrap_or_default();
@@ -135,27 +157,32 @@ async fn apply_fault(sim: &Shared, kind: FaultKind, route: SimRoute, admission: 
             let cut = body.slice(..body.len() / 2);
             ok_json(cut)
         }
-        FaultKind::WrongId => answer(sim, admission, call, true),
+        FaultKind::WrongId => answer(caller, admission, call, true),
         FaultKind::Throttle { retry_after_secs } => {
-            let (limit, window) = sim
+            let (limit, window) = tenant
                 .quota(route)
                 .quotas()
                 .first()
                 .map_or((100, Duration::from_secs(60)), |q| (q.limit, q.window));
-            throttled(sim, limit, window, retry_after_secs)
+            throttled(tenant, limit, window, retry_after_secs)
         }
+        FaultKind::StatedThrottle {
+            limit,
+            window_secs,
+            retry_after_secs,
+        } => throttled(tenant, limit, Duration::from_secs(window_secs), retry_after_secs),
         FaultKind::Reset => close_connection(),
         FaultKind::Unauthorized => unauthorized(AuthError::Revoked),
         FaultKind::RawThrottle { retry_after, message } => {
             let message = message.unwrap_or_else(|| "API calls quota exceeded!".to_string());
-            let mut resp = envelope(StatusCode::TOO_MANY_REQUESTS, "429", &message, &sim.cfg.tenant_id);
+            let mut resp = envelope(StatusCode::TOO_MANY_REQUESTS, "429", &message, tenant.id());
             if let Some(v) = retry_after.and_then(|v| HeaderValue::try_from(v).ok()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
             resp
         }
         FaultKind::AppliedThenDelay { ms } => {
-            let resp = answer(sim, admission, call, false);
+            let resp = answer(caller, admission, call, false);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => resp,
                 _ = sim.stopping() => close_connection(),
@@ -164,8 +191,10 @@ async fn apply_fault(sim: &Shared, kind: FaultKind, route: SimRoute, admission: 
     }
 }
 
-/// The real answer; with `wrong_id` a successful answer carries other incidents.
-fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> Response {
+/// The real answer, from the caller's tenant; with `wrong_id` a successful answer carries other
+/// incidents.
+fn answer(caller: Caller<'_>, admission: &Admission, call: &Call, wrong_id: bool) -> Response {
+    let tenant = caller.tenant;
     if let Admission::Throttled {
         retry_after_secs,
         limit,
@@ -173,16 +202,16 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> R
         ..
     } = admission
     {
-        return throttled(sim, *limit, *window, *retry_after_secs);
+        return throttled(tenant, *limit, *window, *retry_after_secs);
     }
     match call {
         Call::Get { id } => {
             let Some(id) = parse_incident_id(id) else {
                 return bad_id(id);
             };
-            serve_incident(sim, id, wrong_id)
+            serve_incident(tenant, id, wrong_id)
         }
-        Call::List { query } => list(sim, query, wrong_id),
+        Call::List { query } => list(tenant, query, wrong_id),
         Call::Update { id, json, body } => {
             let Some(id) = parse_incident_id(id) else {
                 return bad_id(id);
@@ -201,38 +230,38 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool) -> R
                     return envelope(StatusCode::BAD_REQUEST, "InvalidRequestBody", &message, &tracking_id())
                 }
             };
-            if sim.update(id, update).is_none() {
+            if tenant.update(id, update, caller.app).is_none() {
                 return not_found(id);
             }
-            serve_incident(sim, id, wrong_id)
+            serve_incident(tenant, id, wrong_id)
         }
     }
 }
 
 /// The incident's current body; with the WrongId fault, another incident's.
-fn serve_incident(sim: &Shared, id: i64, wrong_id: bool) -> Response {
+fn serve_incident(tenant: &Tenancy, id: i64, wrong_id: bool) -> Response {
     let serve = if wrong_id {
-        sim.store.other_id(id).unwrap_or(id)
+        tenant.store.other_id(id).unwrap_or(id)
     } else {
         id
     };
-    match sim.store.body(serve) {
+    match tenant.store.body(serve) {
         Some(body) => ok_json(body),
         None => not_found(id),
     }
 }
 
-fn list(sim: &Shared, raw_query: &str, wrong_id: bool) -> Response {
+fn list(tenant: &Tenancy, raw_query: &str, wrong_id: bool) -> Response {
     let query = match ListQuery::parse(raw_query) {
         Ok(q) => q,
         Err(e) => return envelope(StatusCode::BAD_REQUEST, "BadRequest", &e.message, &tracking_id()),
     };
     let top = query.top.map_or(MAX_TOP, |t| t.min(MAX_TOP)) as usize;
-    let mut ids = sim.store.select(query.filter.as_ref(), query.skip.unwrap_or(0), top);
+    let mut ids = tenant.store.select(query.filter.as_ref(), query.skip.unwrap_or(0), top);
     if wrong_id {
-        ids = ids.into_iter().filter_map(|id| sim.store.other_id(id)).collect();
+        ids = ids.into_iter().filter_map(|id| tenant.store.other_id(id)).collect();
     }
-    let bodies = sim.store.bodies(&ids);
+    let bodies = tenant.store.bodies(&ids);
     let mut out = Vec::with_capacity(bodies.iter().flatten().map(Bytes::len).sum::<usize>() + 128);
     out.extend_from_slice(b"{\"@odata.context\":\"");
     out.extend_from_slice(LIST_CONTEXT.as_bytes());
@@ -297,12 +326,12 @@ fn unauthorized(e: AuthError) -> Response {
 }
 
 /// The upstream's 429: its body names the quota and the wait, its target is the tenant id.
-fn throttled(sim: &Shared, limit: u32, window: Duration, retry_after_secs: u64) -> Response {
+fn throttled(tenant: &Tenancy, limit: u32, window: Duration, retry_after_secs: u64) -> Response {
     let mut resp = envelope(
         StatusCode::TOO_MANY_REQUESTS,
         "429",
         &throttle_message(limit, window, retry_after_secs),
-        &sim.cfg.tenant_id,
+        tenant.id(),
     );
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

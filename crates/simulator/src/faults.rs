@@ -40,7 +40,8 @@ fn one() -> f64 {
 /// What the simulated upstream does instead of (or on top of) its normal answer.
 ///
 /// Latency, Malformed and WrongId run the real handler (a PATCH is applied) and then delay or
-/// spoil the answer; Hang, Status, Throttle, Reset and Unauthorized answer without running it.
+/// spoil the answer; Hang, Status, Throttle, StatedThrottle, Reset and Unauthorized answer
+/// without running it.
 /// Every kind but Unauthorized spends quota like a real call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -57,6 +58,15 @@ pub enum FaultKind {
     WrongId,
     /// 429 with the upstream's body and `Retry-After`, whatever the real quota says.
     Throttle { retry_after_secs: u64 },
+    /// 429 whose text states `limit` calls per `window_secs` ("Maximum allowed 30 per
+    /// 00:01:00 for the key …") whatever the simulator enforces: the upstream's word on its
+    /// limit, for a client that learns limits from it. Graph routes answer their own 429,
+    /// which states no limit, with this `Retry-After`.
+    StatedThrottle {
+        limit: u32,
+        window_secs: u64,
+        retry_after_secs: u64,
+    },
     /// Close the connection without an answer.
     Reset,
     /// 401 as if the token had been revoked.
@@ -172,10 +182,20 @@ mod tests {
         let faults: Faults = serde_json::from_str(
             r#"{"rules":[{"route":"get","kind":{"type":"latency","ms":50},"count":3},
                          {"kind":{"type":"hang"}},
-                         {"kind":{"type":"throttle","retry_after_secs":7},"probability":0.5}]}"#,
+                         {"kind":{"type":"throttle","retry_after_secs":7},"probability":0.5},
+                         {"route":"list","kind":{"type":"stated_throttle","limit":30,
+                                                 "window_secs":3600,"retry_after_secs":8}}]}"#,
         )
         .unwrap();
-        assert_eq!(faults.rules.len(), 3);
+        assert_eq!(faults.rules.len(), 4);
+        assert_eq!(
+            faults.rules[3].kind,
+            FaultKind::StatedThrottle {
+                limit: 30,
+                window_secs: 3600,
+                retry_after_secs: 8
+            }
+        );
         assert_eq!(faults.rules[0].kind, FaultKind::Latency { ms: 50 });
         assert_eq!(faults.rules[0].probability, 1.0);
         assert_eq!(faults.rules[1].route, None);

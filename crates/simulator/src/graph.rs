@@ -22,9 +22,10 @@ use crate::http::{close_connection, ok_json, parse_incident_id};
 use crate::quota::Admission;
 use crate::stats::CallOutcome;
 use crate::store::Update;
+use crate::tenant::{Caller, Tenancy};
 use crate::token::Audience;
 use crate::token::AuthError;
-use crate::{Shared, SimRoute};
+use crate::{Shared, SimRoute, HOME};
 use defender_odata::GraphListQuery;
 
 const CONTEXT_BASE: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents";
@@ -90,7 +91,7 @@ pub(crate) async fn post_comment(
 }
 
 /// Same order as the Defender routes: token (with audience) before quota, every authenticated
-/// call logged against the route's quota, faults after that.
+/// call logged against the route's quota, faults after that; the token's tenant serves it.
 async fn handle(sim: Arc<Shared>, route: SimRoute, headers: &HeaderMap, call: Call) -> Response {
     let arrived = Instant::now();
     let client_request_id = headers
@@ -98,22 +99,31 @@ async fn handle(sim: Arc<Shared>, route: SimRoute, headers: &HeaderMap, call: Ca
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(64).collect::<String>());
     let cid = client_request_id.as_deref();
-    if let Err(e) = sim.tokens.check(headers.get(header::AUTHORIZATION), Audience::Graph) {
-        sim.stats.arrive(route, false);
-        let resp = unauthorized(e, cid);
-        sim.stats.finish(route, CallOutcome::Answered(resp.status()), false);
-        return resp;
-    }
-    sim.stats.arrive(route, true);
-    let fault = sim.faults.lock().pick(route);
+    let bearer = match sim.tokens.check(headers.get(header::AUTHORIZATION), Audience::Graph) {
+        Ok(bearer) => bearer,
+        Err(refusal) => {
+            let tenant = sim.tenancy(refusal.tenant.unwrap_or(HOME));
+            tenant.stats.arrive(route, false);
+            let resp = unauthorized(refusal.error, cid);
+            tenant.stats.finish(route, CallOutcome::Answered(resp.status()), false);
+            return resp;
+        }
+    };
+    let tenant = sim.tenancy(bearer.tenant);
+    let caller = Caller {
+        tenant,
+        app: &bearer.app,
+    };
+    tenant.stats.arrive(route, true);
+    let fault = tenant.faults.lock().pick(route);
     let faulted = fault.is_some();
     let resp = match fault {
         Some(FaultKind::Unauthorized) => unauthorized(AuthError::Revoked, cid),
         fault => {
-            let admission = sim.quota(route).admit(arrived);
+            let admission = tenant.quota(route).admit(arrived);
             match fault {
-                None => answer(&sim, &admission, &call, false, cid),
-                Some(kind) => apply_fault(&sim, kind, &admission, &call, cid).await,
+                None => answer(&sim, caller, &admission, &call, false, cid),
+                Some(kind) => apply_fault(&sim, caller, kind, &admission, &call, cid).await,
             }
         }
     };
@@ -122,15 +132,22 @@ async fn handle(sim: Arc<Shared>, route: SimRoute, headers: &HeaderMap, call: Ca
     } else {
         CallOutcome::Answered(resp.status())
     };
-    sim.stats.finish(route, outcome, faulted);
+    tenant.stats.finish(route, outcome, faulted);
     resp
 }
 
-async fn apply_fault(sim: &Shared, kind: FaultKind, admission: &Admission, call: &Call, cid: Option<&str>) -> Response {
+async fn apply_fault(
+    sim: &Shared,
+    caller: Caller<'_>,
+    kind: FaultKind,
+    admission: &Admission,
+    call: &Call,
+    cid: Option<&str>,
+) -> Response {
     match kind {
         FaultKind::Latency { ms } => {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(ms)) => answer(sim, admission, call, false, cid),
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => answer(sim, caller, admission, call, false, cid),
                 _ = sim.stopping() => close_connection(),
             }
         }
@@ -148,20 +165,23 @@ async fn apply_fault(sim: &Shared, kind: FaultKind, admission: &Admission, call:
             graph_error(status, code, "Simulated upstream failure.", cid)
         }
         FaultKind::Malformed => {
-            let real = answer(sim, admission, call, false, cid);
+            let real = answer(sim, caller, admission, call, false, cid);
             let body = axum::body::to_bytes(real.into_body(), usize::MAX)
                 .await
                 .unwrap_or_default();
             ok_json(body.slice(..body.len() / 2))
         }
-        FaultKind::WrongId => answer(sim, admission, call, true, cid),
-        FaultKind::Throttle { retry_after_secs } => throttled(&retry_after_secs.to_string(), cid),
+        FaultKind::WrongId => answer(sim, caller, admission, call, true, cid),
+        // Graph's 429 states no limit: only the wait survives of a stated throttle.
+        FaultKind::Throttle { retry_after_secs } | FaultKind::StatedThrottle { retry_after_secs, .. } => {
+            throttled(&retry_after_secs.to_string(), cid)
+        }
         FaultKind::Reset => close_connection(),
         FaultKind::Unauthorized => unauthorized(AuthError::Revoked, cid),
         // Graph's 429 body never carries a wait; only the header (possibly hostile) does.
         FaultKind::RawThrottle { retry_after, .. } => throttled(retry_after.as_deref().unwrap_or(""), cid),
         FaultKind::AppliedThenDelay { ms } => {
-            let resp = answer(sim, admission, call, false, cid);
+            let resp = answer(sim, caller, admission, call, false, cid);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => resp,
                 _ = sim.stopping() => close_connection(),
@@ -294,7 +314,15 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool, cid: Option<&str>) -> Response {
+fn answer(
+    sim: &Shared,
+    caller: Caller<'_>,
+    admission: &Admission,
+    call: &Call,
+    wrong_id: bool,
+    cid: Option<&str>,
+) -> Response {
+    let tenant = caller.tenant;
     if let Admission::Throttled {
         retry_after_secs, wait, ..
     } = admission
@@ -319,9 +347,9 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool, cid:
             let Some(n) = parse_incident_id(id) else {
                 return bad_request(&format!("Invalid incident id '{}'.", truncate(id)), cid);
             };
-            serve(sim, n, id, expand, wrong_id, cid)
+            serve(tenant, n, id, expand, wrong_id, cid)
         }
-        Call::List { query } => list(sim, query, wrong_id, cid),
+        Call::List { query } => list(sim, tenant, query, wrong_id, cid),
         Call::Update { id, json, body } => {
             let Some(n) = parse_incident_id(id) else {
                 return bad_request(&format!("Invalid incident id '{}'.", truncate(id)), cid);
@@ -338,10 +366,10 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool, cid:
                 Ok(u) => u,
                 Err(message) => return bad_request(&message, cid),
             };
-            if sim.update(n, update).is_none() {
+            if tenant.update(n, update, caller.app).is_none() {
                 return not_found(id, cid);
             }
-            serve(sim, n, id, false, wrong_id, cid)
+            serve(tenant, n, id, false, wrong_id, cid)
         }
         Call::Comment { id, json, body } => {
             let Some(n) = parse_incident_id(id) else {
@@ -363,10 +391,10 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool, cid:
                 comment: Some(comment),
                 ..Update::default()
             };
-            if sim.update(n, update).is_none() {
+            if tenant.update(n, update, caller.app).is_none() {
                 return not_found(id, cid);
             }
-            let Some(state) = sim.store.state(n) else {
+            let Some(state) = tenant.store.state(n) else {
                 return not_found(id, cid);
             };
             let body = json!({
@@ -379,16 +407,16 @@ fn answer(sim: &Shared, admission: &Admission, call: &Call, wrong_id: bool, cid:
 }
 
 /// The incident's Graph body with `@odata.context`; with the WrongId fault, another incident's.
-fn serve(sim: &Shared, id: i64, raw_id: &str, expand: bool, wrong_id: bool, cid: Option<&str>) -> Response {
+fn serve(tenant: &Tenancy, id: i64, raw_id: &str, expand: bool, wrong_id: bool, cid: Option<&str>) -> Response {
     let serve = if wrong_id {
-        sim.store.other_id(id).unwrap_or(id)
+        tenant.store.other_id(id).unwrap_or(id)
     } else {
         id
     };
-    let Some(state) = sim.store.state(serve) else {
+    let Some(state) = tenant.store.state(serve) else {
         return not_found(raw_id, cid);
     };
-    let mut v = render_value(sim.store.params(), &state, expand);
+    let mut v = render_value(tenant.store.params(), &state, expand);
     let context = if expand {
         format!("{CONTEXT_BASE}(alerts())/$entity")
     } else {
@@ -400,7 +428,7 @@ fn serve(sim: &Shared, id: i64, raw_id: &str, expand: bool, wrong_id: bool, cid:
     ok_json(Bytes::from(v.to_string()))
 }
 
-fn list(sim: &Shared, raw_query: &str, wrong_id: bool, cid: Option<&str>) -> Response {
+fn list(sim: &Shared, tenant: &Tenancy, raw_query: &str, wrong_id: bool, cid: Option<&str>) -> Response {
     let query = match GraphListQuery::parse(raw_query) {
         Ok(q) => q,
         Err(e) if e.option == "$top" && e.message.starts_with("The query specified in the URI is not valid.") => {
@@ -422,14 +450,16 @@ fn list(sim: &Shared, raw_query: &str, wrong_id: bool, cid: Option<&str>) -> Res
     };
     let top = query.top.map_or(DEFAULT_TOP, |t| t as usize);
     let skip = query.skip.unwrap_or(0);
-    let (mut ids, total) = sim.store.select_graph(query.filter.as_ref(), query.orderby, skip, top);
+    let (mut ids, total) = tenant
+        .store
+        .select_graph(query.filter.as_ref(), query.orderby, skip, top);
     if wrong_id {
-        ids = ids.into_iter().filter_map(|id| sim.store.other_id(id)).collect();
+        ids = ids.into_iter().filter_map(|id| tenant.store.other_id(id)).collect();
     }
-    let params = sim.store.params();
+    let params = tenant.store.params();
     let items: Vec<Value> = ids
         .iter()
-        .filter_map(|id| sim.store.state(*id))
+        .filter_map(|id| tenant.store.state(*id))
         .map(|s| render_value(params, &s, query.expand_alerts))
         .collect();
     let mut page = Map::new();

@@ -9,7 +9,13 @@
 //! truth (an `IncidentBook`); `graph_render` the Graph rendering and `eval` the
 //! `$filter` evaluator; `data` generates incidents from the seed; `quota` enforces the per-route
 //! sliding windows, `token` is the Entra endpoint, `faults` the injectable misbehaviour, `stats`
-//! what was seen, `clock` the timestamps.
+//! what was seen, `clock` the timestamps; `tenant` holds one tenant's share of all that (its
+//! incidents, quota counters, faults and stats), for a simulator that serves several tenants.
+//!
+//! One tenant, described by `SimConfig`'s own fields, is the default: every `SimHandle` method
+//! and every `/_sim` route without `?tenant=` means it. Further tenants are declared in
+//! `SimConfig::tenants` and reached through `SimHandle::tenant`. A token is issued in one tenant
+//! and API calls made with it see that tenant only.
 //!
 //! Its names are its own (`IncidentBook`, `SimRoute`, `CallOutcome`, `parse_incident_id`): none
 //! reuses a type name of the proxy it stands in front of. It depends on `defender-odata` for the
@@ -30,6 +36,7 @@ mod quota;
 mod server;
 mod stats;
 mod store;
+mod tenant;
 mod token;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -38,7 +45,6 @@ use std::time::Duration;
 
 use axum::routing::{get, post, put};
 use axum::Router;
-use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -49,16 +55,14 @@ use tokio::time::Instant;
 pub use eval::Matches;
 pub use faults::{FaultKind, FaultRule, Faults};
 pub use stats::{Change, RouteStats, Stats};
+pub use tenant::SimTenant;
 
 use clock::{now_ticks, TICKS_PER_DAY};
-use data::DataParams;
-use faults::FaultPlan;
-use quota::RouteQuota;
-use stats::Recorder;
-use store::IncidentBook;
-use token::Tokens;
+use tenant::Tenancy;
+use token::{Audience, Grant, Tokens};
 
-/// How the simulated tenant looks and behaves.
+/// How the simulated default tenant looks and behaves (its fields below), and which further
+/// tenants the simulator serves beside it (`tenants`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
@@ -82,6 +86,12 @@ pub struct SimConfig {
     /// Graph routes' 429s say `Retry-After` to the millisecond (`2.128`, as Graph's own
     /// documentation shows) instead of whole seconds.
     pub graph_fractional_retry_after: bool,
+    /// Client ids of apps registered in other tenants (`tenants`) that were consented to in
+    /// the default tenant.
+    pub consented_apps: Vec<String>,
+    /// Tenants served beside the default one, each with its own app, data, quotas, faults
+    /// and stats. Empty (one tenant) by default.
+    pub tenants: Vec<SimTenant>,
 }
 
 impl Default for SimConfig {
@@ -98,7 +108,34 @@ impl Default for SimConfig {
             quotas: SimQuotas::default(),
             change_interval: None,
             graph_fractional_retry_after: true,
+            consented_apps: Vec::new(),
+            tenants: Vec::new(),
         }
+    }
+}
+
+impl SimConfig {
+    /// The default tenant, as its own fields describe it.
+    fn default_tenant(&self) -> SimTenant {
+        SimTenant {
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            consented_apps: self.consented_apps.clone(),
+            seed: Some(self.seed),
+            incidents: self.incidents,
+            first_id: self.first_id,
+            missing_share: self.missing_share,
+            quotas: self.quotas.clone(),
+            change_interval: self.change_interval,
+        }
+    }
+
+    /// Every tenant, the default one first (at index [`HOME`]).
+    fn all_tenants(&self) -> Vec<SimTenant> {
+        std::iter::once(self.default_tenant())
+            .chain(self.tenants.iter().cloned())
+            .collect()
     }
 }
 
@@ -147,6 +184,21 @@ impl Default for SimQuotas {
             graph_list: graph(),
             graph_update: graph(),
             graph_comment: graph(),
+        }
+    }
+}
+
+impl SimQuotas {
+    /// The quotas of one route.
+    pub(crate) fn for_route(&self, route: SimRoute) -> &Vec<SimQuota> {
+        match route {
+            SimRoute::Get => &self.get,
+            SimRoute::List => &self.list,
+            SimRoute::Update => &self.update,
+            SimRoute::GraphGet => &self.graph_get,
+            SimRoute::GraphList => &self.graph_list,
+            SimRoute::GraphUpdate => &self.graph_update,
+            SimRoute::GraphComment => &self.graph_comment,
         }
     }
 }
@@ -200,7 +252,7 @@ impl SimRoute {
         !matches!(self, SimRoute::Get | SimRoute::List | SimRoute::Update)
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             SimRoute::Get => 0,
             SimRoute::List => 1,
@@ -213,21 +265,35 @@ impl SimRoute {
     }
 }
 
+/// The index of the default tenant (the one `SimConfig`'s own fields describe).
+pub(crate) const HOME: usize = 0;
+
 /// State shared by all requests of one simulator.
 pub(crate) struct Shared {
     pub(crate) cfg: SimConfig,
-    pub(crate) store: IncidentBook,
-    quotas: [RouteQuota; 7],
-    pub(crate) faults: Mutex<FaultPlan>,
+    /// The default tenant first, then `cfg.tenants` in order; tokens refer to them by index.
+    tenants: Vec<Tenancy>,
     pub(crate) tokens: Tokens,
-    pub(crate) stats: Recorder,
     pub(crate) shutdown: watch::Sender<bool>,
     addr: SocketAddr,
 }
 
 impl Shared {
-    pub(crate) fn quota(&self, route: SimRoute) -> &RouteQuota {
-        &self.quotas[route.index()]
+    pub(crate) fn tenancy(&self, index: usize) -> &Tenancy {
+        &self.tenants[index]
+    }
+
+    /// The index of the tenant with this id (compared as Entra compares them: ignoring case).
+    pub(crate) fn find_tenant(&self, tenant_id: &str) -> Option<usize> {
+        self.tenants.iter().position(|t| t.id().eq_ignore_ascii_case(tenant_id))
+    }
+
+    /// The tenant whose own app registration `client_id` is (it holds the secret).
+    pub(crate) fn registration(&self, client_id: &str) -> Option<&SimTenant> {
+        self.tenants
+            .iter()
+            .map(|t| &t.spec)
+            .find(|spec| spec.client_id == client_id)
     }
 
     /// Resolves once `shutdown()` has been called.
@@ -237,56 +303,15 @@ impl Shared {
         let _ = rx.wait_for(|stop| *stop).await;
     }
 
-    pub(crate) fn touch(&self, id: i64, comment: &str, by: &str) -> Option<String> {
-        let stamp = self.store.touch(id, comment, by)?;
-        self.stats.change(id, stamp.clone());
-        Some(stamp)
-    }
-
     /// The base URL clients reach this simulator on (for Graph's absolute `@odata.nextLink`).
     pub(crate) fn base_url(&self) -> String {
         base_url(self.addr)
     }
-
-    pub(crate) fn update(&self, id: i64, update: store::Update) -> Option<String> {
-        let by = format!("API-App:{}", self.cfg.client_id);
-        let stamp = self.store.update(id, update, &by)?;
-        self.stats.change(id, stamp.clone());
-        Some(stamp)
-    }
-
-    pub(crate) fn create(&self) -> (i64, String) {
-        let (id, stamp) = self.store.create();
-        self.stats.change(id, stamp.clone());
-        (id, stamp)
-    }
 }
 
 fn validate(cfg: &SimConfig) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&cfg.missing_share),
-        "missing_share must be between 0 and 1"
-    );
     anyhow::ensure!(!cfg.token_ttl.is_zero(), "token_ttl must be positive");
-    anyhow::ensure!(
-        cfg.change_interval.map_or(true, |d| !d.is_zero()),
-        "change_interval must be positive"
-    );
-    for (name, quotas) in [
-        ("get", &cfg.quotas.get),
-        ("list", &cfg.quotas.list),
-        ("update", &cfg.quotas.update),
-        ("graph_get", &cfg.quotas.graph_get),
-        ("graph_list", &cfg.quotas.graph_list),
-        ("graph_update", &cfg.quotas.graph_update),
-        ("graph_comment", &cfg.quotas.graph_comment),
-    ] {
-        anyhow::ensure!(
-            quotas.iter().all(|q| !q.window.is_zero()),
-            "quota windows of {name} must be positive"
-        );
-    }
-    Ok(())
+    tenant::validate_directory(&cfg.all_tenants())
 }
 
 /// Starts simulators.
@@ -297,39 +322,39 @@ impl Simulator {
     pub async fn start(cfg: SimConfig, listener: TcpListener) -> anyhow::Result<SimHandle> {
         validate(&cfg)?;
         let addr = listener.local_addr()?;
-        let params = DataParams {
-            seed: cfg.seed,
-            anchor: now_ticks().div_euclid(TICKS_PER_DAY) * TICKS_PER_DAY,
-            missing_share: cfg.missing_share,
-            tenant_id: cfg.tenant_id.clone(),
-        };
-        let (first_id, incidents) = (cfg.first_id, cfg.incidents);
+        let anchor = now_ticks().div_euclid(TICKS_PER_DAY) * TICKS_PER_DAY;
+        let specs = cfg.all_tenants();
         // Drawing every summary takes a moment for large tenants; keep it off the runtime.
-        let store = tokio::task::spawn_blocking(move || IncidentBook::new(params, first_id, incidents)).await?;
-        let quota = |q: &Vec<SimQuota>| RouteQuota::new(q.clone());
+        let books = tokio::task::spawn_blocking(move || {
+            specs
+                .into_iter()
+                .map(|spec| {
+                    let book = spec.generate(anchor);
+                    (spec, book)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        // The stats' clock starts once the data is there, for every tenant alike.
+        let start = Instant::now();
+        let tenants = books
+            .into_iter()
+            .map(|(spec, book)| Tenancy::new(spec, book, start))
+            .collect();
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            quotas: [
-                quota(&cfg.quotas.get),
-                quota(&cfg.quotas.list),
-                quota(&cfg.quotas.update),
-                quota(&cfg.quotas.graph_get),
-                quota(&cfg.quotas.graph_list),
-                quota(&cfg.quotas.graph_update),
-                quota(&cfg.quotas.graph_comment),
-            ],
-            faults: Mutex::new(FaultPlan::new(cfg.seed)),
             tokens: Tokens::new(cfg.token_ttl),
-            stats: Recorder::new(Instant::now()),
-            store,
+            tenants,
             shutdown,
             addr,
             cfg,
         });
         let app = router(shared.clone());
         tokio::spawn(server::serve(listener, app, shared.clone()));
-        if let Some(every) = shared.cfg.change_interval {
-            tokio::spawn(background_changes(shared.clone(), every));
+        for (index, tenant) in shared.tenants.iter().enumerate() {
+            if let Some(every) = tenant.spec.change_interval {
+                tokio::spawn(background_changes(shared.clone(), index, every));
+            }
         }
         Ok(SimHandle { shared })
     }
@@ -345,16 +370,18 @@ fn base_url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-/// Changes one random existing incident every `every`, as analysts and automation would.
-async fn background_changes(sim: Arc<Shared>, every: Duration) {
-    let mut rng = ChaCha8Rng::seed_from_u64(sim.cfg.seed ^ 0xC4A4_6E55);
+/// Changes one random existing incident of a tenant every `every`, as analysts and automation
+/// would.
+async fn background_changes(sim: Arc<Shared>, index: usize, every: Duration) {
+    let tenant = sim.tenancy(index);
+    let mut rng = ChaCha8Rng::seed_from_u64(tenant.spec.effective_seed() ^ 0xC4A4_6E55);
     let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Some(id) = sim.store.random_id(&mut rng) {
-                    sim.touch(id, "Automated investigation updated the incident.", "Automation");
+                if let Some(id) = tenant.store.random_id(&mut rng) {
+                    tenant.touch(id, "Automated investigation updated the incident.", "Automation");
                 }
             }
             _ = sim.stopping() => break,
@@ -386,57 +413,181 @@ impl SimHandle {
         base_url(self.shared.addr)
     }
 
+    /// The default tenant's counters (see [`SimHandle::tenant`] for the others).
     pub fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
+        self.home().stats()
     }
 
-    /// Clears counters, arrival times and changes (quota logs are upstream state and stay).
+    /// Clears the default tenant's counters, arrival times and changes (quota logs are
+    /// upstream state and stay).
     pub fn reset_stats(&self) {
-        self.shared.stats.reset();
+        self.home().reset_stats();
     }
 
-    /// Replaces the fault plan.
+    /// Replaces the default tenant's fault plan (token-endpoint rules apply to requests that
+    /// name this tenant, or no known tenant).
     pub fn set_faults(&self, faults: Faults) {
-        self.shared.faults.lock().replace(faults);
+        self.home().set_faults(faults);
+    }
+
+    /// Replaces the default tenant's limits from now on; calls already made count against the
+    /// new ones. Tightening them makes the simulator enforce, and state in its 429 text, a
+    /// stricter limit than a client was configured with.
+    pub fn set_quotas(&self, quotas: SimQuotas) {
+        self.home().set_quotas(quotas);
     }
 
     /// Changes an incident now (new lastUpdateTime, a comment appended); returns the new
     /// lastUpdateTime, or `None` if the incident does not exist.
     pub fn touch(&self, id: i64) -> Option<String> {
-        self.shared.touch(id, "Simulated change.", "Simulator")
+        self.home().touch(id)
     }
 
     /// Creates a brand-new incident with the next id; createdTime = lastUpdateTime = now.
     pub fn create_incident(&self) -> i64 {
-        self.shared.create().0
+        self.home().create_incident()
     }
 
-    /// A valid token, for tests that bypass the token endpoint.
+    /// A valid token of the default tenant, for tests that bypass the token endpoint.
     pub fn issue_token(&self) -> String {
-        self.shared.tokens.issue()
+        self.home().issue_token()
     }
 
     /// A valid token for the Graph routes (audience `https://graph.microsoft.com`).
     pub fn issue_graph_token(&self) -> String {
-        self.shared.tokens.issue_for(token::Audience::Graph)
+        self.home().issue_graph_token()
     }
 
     /// The incident as the API would serve it now.
     pub fn incident_json(&self, id: i64) -> Option<serde_json::Value> {
-        let body = self.shared.store.body(id)?;
-        serde_json::from_slice(&body).ok()
+        self.home().incident_json(id)
     }
 
     /// The incident as the Graph API would serve it now (`$expand=alerts` when `expand_alerts`),
     /// without `@odata.context`.
     pub fn graph_incident_json(&self, id: i64, expand_alerts: bool) -> Option<serde_json::Value> {
-        let body = self.shared.store.graph_body(id, expand_alerts)?;
-        serde_json::from_slice(&body).ok()
+        self.home().graph_incident_json(id, expand_alerts)
+    }
+
+    /// The tenant with this id (ignoring case, as Entra does), the default one included.
+    pub fn tenant(&self, tenant_id: &str) -> Option<SimTenantHandle> {
+        let index = self.shared.find_tenant(tenant_id)?;
+        Some(SimTenantHandle {
+            shared: self.shared.clone(),
+            index,
+        })
+    }
+
+    /// The ids of all tenants, the default one first.
+    pub fn tenant_ids(&self) -> Vec<String> {
+        self.shared.tenants.iter().map(|t| t.id().to_string()).collect()
+    }
+
+    fn home(&self) -> SimTenantHandle {
+        SimTenantHandle {
+            shared: self.shared.clone(),
+            index: HOME,
+        }
     }
 
     /// Stops accepting connections and closes the open ones gracefully (in the background).
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
+    }
+}
+
+/// One tenant of a running simulator: its counters, faults, quotas, incidents and tokens.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct SimTenantHandle {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl std::fmt::Debug for SimTenantHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimTenantHandle")
+            .field("tenant_id", &self.tenancy().id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimTenantHandle {
+    fn tenancy(&self) -> &Tenancy {
+        self.shared.tenancy(self.index)
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        self.tenancy().id()
+    }
+
+    /// The client id of the tenant's own app registration.
+    pub fn client_id(&self) -> &str {
+        &self.tenancy().spec.client_id
+    }
+
+    /// This tenant's counters; `at_ms` counts from the simulator's start, the same origin for
+    /// every tenant, so arrivals of different tenants compare.
+    pub fn stats(&self) -> Stats {
+        self.tenancy().stats.snapshot()
+    }
+
+    /// Clears this tenant's counters, arrival times and changes (its quota logs stay).
+    pub fn reset_stats(&self) {
+        self.tenancy().stats.reset();
+    }
+
+    /// Replaces this tenant's fault plan.
+    pub fn set_faults(&self, faults: Faults) {
+        self.tenancy().faults.lock().replace(faults);
+    }
+
+    /// Replaces this tenant's limits from now on; its calls already made count against them.
+    pub fn set_quotas(&self, quotas: SimQuotas) {
+        self.tenancy().set_quotas(&quotas);
+    }
+
+    /// Changes one of this tenant's incidents now; `None` if it has no such incident.
+    pub fn touch(&self, id: i64) -> Option<String> {
+        self.tenancy().touch(id, "Simulated change.", "Simulator")
+    }
+
+    /// Creates a brand-new incident in this tenant with its next id.
+    pub fn create_incident(&self) -> i64 {
+        self.tenancy().create().0
+    }
+
+    /// A valid Defender token of this tenant for its own app.
+    pub fn issue_token(&self) -> String {
+        self.issue(Audience::Defender)
+    }
+
+    /// A valid Graph token of this tenant for its own app.
+    pub fn issue_graph_token(&self) -> String {
+        self.issue(Audience::Graph)
+    }
+
+    fn issue(&self, audience: Audience) -> String {
+        let tenancy = self.tenancy();
+        self.shared.tokens.issue(&Grant {
+            tenant: self.index,
+            tenant_id: tenancy.id(),
+            app: &tenancy.spec.client_id,
+            audience,
+        })
+    }
+
+    /// One of this tenant's incidents as the Defender API would serve it now.
+    pub fn incident_json(&self, id: i64) -> Option<serde_json::Value> {
+        let body = self.tenancy().store.body(id)?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// One of this tenant's incidents as the Graph API would serve it now, without
+    /// `@odata.context`.
+    pub fn graph_incident_json(&self, id: i64, expand_alerts: bool) -> Option<serde_json::Value> {
+        let body = self.tenancy().store.graph_body(id, expand_alerts)?;
+        serde_json::from_slice(&body).ok()
     }
 }
 
@@ -472,6 +623,9 @@ pub mod fixtures {
     pub use crate::data::{generate_summary, render, Comment, DataParams, IncidentState};
     pub use crate::graph_render::render as render_graph;
 }
+
+#[cfg(test)]
+mod tenants_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,7 @@
-//! The upstream's per-route call quotas: several sliding windows over one log of call times,
-//! where calls answered 429 are logged too (a client that keeps calling stays throttled).
+//! The upstream's per-route call quotas (each tenant has its own set): several sliding windows
+//! over one log of call times, where calls answered 429 are logged too (a client that keeps
+//! calling stays throttled). The limits can be replaced while the log stays, as when the
+//! upstream tightens a quota.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -27,40 +29,63 @@ pub(crate) enum Admission {
 /// One route's quotas and call log.
 #[derive(Debug)]
 pub(crate) struct RouteQuota {
+    ledger: Mutex<Ledger>,
+}
+
+/// The limits and the log under one lock: a call is checked against the limits in force when
+/// it arrives, even while a test replaces them.
+#[derive(Debug)]
+struct Ledger {
     quotas: Vec<SimQuota>,
     longest: Duration,
-    log: Mutex<VecDeque<Instant>>,
+    log: VecDeque<Instant>,
+}
+
+fn longest(quotas: &[SimQuota]) -> Duration {
+    quotas.iter().map(|q| q.window).max().unwrap_or(Duration::ZERO)
 }
 
 impl RouteQuota {
     pub(crate) fn new(quotas: Vec<SimQuota>) -> Self {
-        let longest = quotas.iter().map(|q| q.window).max().unwrap_or(Duration::ZERO);
         Self {
-            quotas,
-            longest,
-            log: Mutex::new(VecDeque::new()),
+            ledger: Mutex::new(Ledger {
+                longest: longest(&quotas),
+                quotas,
+                log: VecDeque::new(),
+            }),
         }
     }
 
-    pub(crate) fn quotas(&self) -> &[SimQuota] {
-        &self.quotas
+    /// The limits in force now.
+    pub(crate) fn quotas(&self) -> Vec<SimQuota> {
+        self.ledger.lock().quotas.clone()
+    }
+
+    /// Replaces the limits and keeps the log: calls already made count against the new ones.
+    /// The log was trimmed to the old longest window, so a longer new window sees only the
+    /// calls of the old one at first (the simulator never kept more).
+    pub(crate) fn replace(&self, quotas: Vec<SimQuota>) {
+        let mut ledger = self.ledger.lock();
+        ledger.longest = longest(&quotas).max(ledger.longest);
+        ledger.quotas = quotas;
     }
 
     /// Records a call arriving at `now` and says whether it is admitted: it is throttled if any
     /// window already held `limit` calls before it. Check and record happen under one lock so
     /// that stacked windows cannot race.
     pub(crate) fn admit(&self, now: Instant) -> Admission {
-        let mut log = self.log.lock();
+        let mut ledger = self.ledger.lock();
+        let Ledger { quotas, longest, log } = &mut *ledger;
         // Calls older than the longest window can never matter again.
         while let Some(&oldest) = log.front() {
-            if now.saturating_duration_since(oldest) >= self.longest {
+            if now.saturating_duration_since(oldest) >= *longest {
                 log.pop_front();
             } else {
                 break;
             }
         }
         let mut binding: Option<(Duration, &SimQuota)> = None;
-        for quota in &self.quotas {
+        for quota in quotas.iter() {
             // A call at t is inside the window at `now` while now - t < window.
             let start = log.partition_point(|&t| now.saturating_duration_since(t) >= quota.window);
             let count = log.len() - start;
@@ -166,6 +191,29 @@ mod tests {
             }
             other => panic!("expected throttle, got {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replaced_limits_count_the_calls_already_made() {
+        let q = RouteQuota::new(vec![quota(10, 60)]);
+        for _ in 0..4 {
+            assert_eq!(q.admit(Instant::now()), Admission::Allowed);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // Tightened to 3 a minute with calls at 0..3 s: the call at 4 s waits for the one at
+        // 2 s to leave (62 s), and the text states the new limit.
+        q.replace(vec![quota(3, 60)]);
+        match q.admit(Instant::now()) {
+            Admission::Throttled {
+                retry_after_secs,
+                limit,
+                ..
+            } => assert_eq!((retry_after_secs, limit), (58, 3)),
+            other => panic!("expected throttle, got {other:?}"),
+        }
+        assert_eq!(q.quotas(), vec![quota(3, 60)]);
+        q.replace(vec![quota(10, 60)]);
+        assert_eq!(q.admit(Instant::now()), Admission::Allowed);
     }
 
     #[test]

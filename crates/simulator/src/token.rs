@@ -10,7 +10,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use rand::distributions::Alphanumeric;
 use rand::Rng;
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -28,6 +27,16 @@ pub(crate) enum Audience {
     Defender,
     /// `https://graph.microsoft.com/.default`: the Graph security routes.
     Graph,
+}
+
+impl Audience {
+    /// The `aud` claim of a token for this API.
+    fn resource(self) -> &'static str {
+        match self {
+            Audience::Defender => "https://api.security.microsoft.com",
+            Audience::Graph => "https://graph.microsoft.com",
+        }
+    }
 }
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -50,11 +59,52 @@ pub(crate) enum AuthError {
     WrongAudience,
 }
 
-/// Live tokens, their expiry and their audience.
+/// What the simulator knows of a token it issued. The token's claims say the same (`tid`,
+/// `aud`, `appid`, `exp`), but the simulator trusts its own record: a token it did not issue is
+/// refused whatever its claims say, so a test cannot be fooled by a forged `tid`.
+#[derive(Debug)]
+struct Issued {
+    expires: Instant,
+    audience: Audience,
+    tenant: usize,
+    app: Arc<str>,
+}
+
+/// What a token is good for: the index of the tenant it was issued in and the app it was
+/// issued to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Bearer {
+    pub(crate) tenant: usize,
+    pub(crate) app: Arc<str>,
+}
+
+/// Why a token was refused, and the tenant it was issued in when the simulator knows it (an
+/// expired or wrong-audience token): that tenant's stats count the refused call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) error: AuthError,
+    pub(crate) tenant: Option<usize>,
+}
+
+impl From<AuthError> for Refusal {
+    fn from(error: AuthError) -> Self {
+        Self { error, tenant: None }
+    }
+}
+
+/// What to issue a token for.
+pub(crate) struct Grant<'a> {
+    pub(crate) tenant: usize,
+    pub(crate) tenant_id: &'a str,
+    pub(crate) app: &'a str,
+    pub(crate) audience: Audience,
+}
+
+/// Live tokens of all tenants, with their expiry, audience, tenant and app.
 #[derive(Debug)]
 pub(crate) struct Tokens {
     ttl: Duration,
-    live: Mutex<HashMap<String, (Instant, Audience)>>,
+    live: Mutex<HashMap<String, Issued>>,
 }
 
 impl Tokens {
@@ -69,42 +119,73 @@ impl Tokens {
         self.ttl
     }
 
-    /// A new opaque Defender-audience token valid for the configured time.
-    pub(crate) fn issue(&self) -> String {
-        self.issue_for(Audience::Defender)
-    }
-
-    /// A new opaque token for `audience`'s API, valid for the configured time.
-    pub(crate) fn issue_for(&self, audience: Audience) -> String {
-        let token: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(64)
-            .map(char::from)
-            .collect();
+    /// A new token, valid for the configured time, shaped like Entra's app-only access tokens:
+    /// a JWT whose claims carry the tenant (`tid`), the API (`aud`) and the app (`appid`). Its
+    /// signature is random bytes: only the simulator has to recognise it.
+    pub(crate) fn issue(&self, grant: &Grant<'_>) -> String {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        let header = serde_json::json!({ "typ": "JWT", "alg": "RS256", "kid": "simulator" });
+        let claims = serde_json::json!({
+            "aud": grant.audience.resource(),
+            "iss": format!("https://sts.windows.net/{}/", grant.tenant_id),
+            "iat": now,
+            "nbf": now,
+            "exp": now.saturating_add(ttl),
+            "appid": grant.app,
+            "idtyp": "app",
+            "tid": grant.tenant_id,
+            "uti": uuid::Uuid::new_v4().simple().to_string(),
+            "ver": "1.0",
+        });
+        let signature: Vec<u8> = (0..32).map(|_| rand::thread_rng().gen()).collect();
+        let token = format!(
+            "{}.{}.{}",
+            base64url_encode(header.to_string().as_bytes()),
+            base64url_encode(claims.to_string().as_bytes()),
+            base64url_encode(&signature)
+        );
         let now = Instant::now();
         let mut live = self.live.lock();
         // Keep the map small for long runs: expired tokens can only ever be refused.
         if live.len() > 1_024 {
-            live.retain(|_, (exp, _)| *exp > now);
+            live.retain(|_, t| t.expires > now);
         }
-        live.insert(token.clone(), (now + self.ttl, audience));
+        live.insert(
+            token.clone(),
+            Issued {
+                expires: now + self.ttl,
+                audience: grant.audience,
+                tenant: grant.tenant,
+                app: Arc::from(grant.app),
+            },
+        );
         token
     }
 
     /// Checks an `Authorization` header value for a route of `audience`'s API.
-    pub(crate) fn check(&self, value: Option<&HeaderValue>, audience: Audience) -> Result<(), AuthError> {
+    pub(crate) fn check(&self, value: Option<&HeaderValue>, audience: Audience) -> Result<Bearer, Refusal> {
         let value = value.and_then(|v| v.to_str().ok()).ok_or(AuthError::Missing)?;
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::Missing);
+            return Err(AuthError::Missing.into());
         }
         let live = self.live.lock();
-        match live.get(token.trim()) {
-            None => Err(AuthError::Unknown),
-            Some((exp, _)) if Instant::now() >= *exp => Err(AuthError::Expired),
-            Some((_, aud)) if *aud != audience => Err(AuthError::WrongAudience),
-            Some(_) => Ok(()),
+        let issued = live.get(token.trim()).ok_or(AuthError::Unknown)?;
+        let refuse = |error| Refusal {
+            error,
+            tenant: Some(issued.tenant),
+        };
+        if Instant::now() >= issued.expires {
+            return Err(refuse(AuthError::Expired));
         }
+        if issued.audience != audience {
+            return Err(refuse(AuthError::WrongAudience));
+        }
+        Ok(Bearer {
+            tenant: issued.tenant,
+            app: issued.app.clone(),
+        })
     }
 }
 
@@ -170,17 +251,21 @@ pub(crate) async fn token_endpoint(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
+    // The named tenant's fault plan and stats; a request for an unknown tenant is the default
+    // tenant's to count (as when the simulator served one tenant only).
+    let known = sim.find_tenant(&tenant);
+    let home = sim.tenancy(known.unwrap_or(crate::HOME));
     // Token-endpoint faults (rules with `"route": "token"`): a slow, failing or silent Entra.
-    let fault = sim.faults.lock().pick_token();
+    let fault = home.faults.lock().pick_token();
     match fault {
         Some(FaultKind::Latency { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(FaultKind::Hang) => {
             sim.stopping().await;
-            sim.stats.token(false);
+            home.stats.token(false);
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
         Some(FaultKind::Status { code }) => {
-            sim.stats.token(false);
+            home.stats.token(false);
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = serde_json::json!({
                 "error": "temporarily_unavailable",
@@ -190,8 +275,19 @@ pub(crate) async fn token_endpoint(
         }
         _ => {}
     }
-    let result = grant(&sim, &tenant, &body);
-    sim.stats.token(result.is_ok());
+    let result = match known {
+        Some(index) => grant(&sim, index, &body),
+        None => Err(EntraError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID \
+                 and are signing into the correct cloud."
+            ),
+        )),
+    };
+    home.stats.token(result.is_ok());
     match result {
         Ok(token) => {
             let secs = sim.tokens.ttl().as_secs();
@@ -209,19 +305,11 @@ pub(crate) async fn token_endpoint(
     }
 }
 
-fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> {
-    let cfg = &sim.cfg;
-    if !tenant.eq_ignore_ascii_case(&cfg.tenant_id) {
-        return Err(EntraError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            90002,
-            format!(
-                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID \
-                 and are signing into the correct cloud."
-            ),
-        ));
-    }
+/// The client-credentials grant in the tenant at `index`: the app must be registered (in any
+/// tenant) and consented in this one, and prove itself with its home registration's secret or
+/// with a client assertion.
+fn grant(sim: &Shared, index: usize, body: &[u8]) -> Result<String, EntraError> {
+    let tenant = sim.tenancy(index);
     let form = parse_form(body);
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let grant_type = field("grant_type").ok_or_else(|| EntraError::missing("grant_type"))?;
@@ -252,7 +340,10 @@ fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> 
         .map(str::to_string)
         .or_else(|| claims.as_ref().and_then(|c| c.iss.clone()))
         .ok_or_else(|| EntraError::missing("client_id"))?;
-    if client_id != cfg.client_id {
+    // An app not consented here is unknown to this directory, even if registered elsewhere:
+    // Entra answers both cases alike.
+    let registration = sim.registration(&client_id).filter(|_| tenant.admits_app(&client_id));
+    let Some(registration) = registration else {
         return Err(EntraError::new(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
@@ -261,10 +352,10 @@ fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> 
                 "Application with identifier '{client_id}' was not found in the directory \
                  '{}'. This can happen if the application has not been installed by the \
                  administrator of the tenant or consented to by any user in the tenant.",
-                cfg.tenant_id
+                tenant.id()
             ),
         ));
-    }
+    };
     let scope = field("scope").ok_or_else(|| EntraError::missing("scope"))?;
     let audience = if scope.trim().eq_ignore_ascii_case(GRAPH_SCOPE) {
         Audience::Graph
@@ -296,7 +387,7 @@ fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> 
                         .into(),
                 )
             })?;
-            if secret != cfg.client_secret {
+            if secret != registration.client_secret {
                 return Err(EntraError::new(
                     StatusCode::UNAUTHORIZED,
                     "invalid_client",
@@ -304,14 +395,18 @@ fn grant(sim: &Shared, tenant: &str, body: &[u8]) -> Result<String, EntraError> 
                     format!(
                         "Invalid client secret provided. Ensure the secret being sent in the \
                          request is the client secret value, not the client secret ID, for a \
-                         secret added to app '{}'.",
-                        cfg.client_id
+                         secret added to app '{client_id}'."
                     ),
                 ));
             }
         }
     }
-    Ok(sim.tokens.issue_for(audience))
+    Ok(sim.tokens.issue(&Grant {
+        tenant: index,
+        tenant_id: tenant.id(),
+        app: &client_id,
+        audience,
+    }))
 }
 
 /// The claims of a client assertion that the simulator checks.
@@ -434,6 +529,23 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// Encodes unpadded base64url (JWT segments).
+fn base64url_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        // 1, 2 or 3 bytes make 2, 3 or 4 characters.
+        for k in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * k) & 63) as usize]));
+        }
+    }
+    out
+}
+
 /// Decodes unpadded or padded base64url (JWT segments).
 pub(crate) fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len() * 3 / 4);
@@ -473,5 +585,10 @@ mod tests {
         assert_eq!(base64url_decode("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
         assert_eq!(base64url_decode("aGk").unwrap(), b"hi");
         assert!(base64url_decode("a*b").is_none());
+        for text in [&b""[..], b"h", b"hi", b"hi!", b"\xff\xfe\xfd\xfc"] {
+            assert_eq!(base64url_decode(&base64url_encode(text)).unwrap(), text);
+        }
+        assert_eq!(base64url_encode(br#"{"a":1}"#), "eyJhIjoxfQ");
+        assert_eq!(base64url_encode(b"\xfb\xff"), "-_8");
     }
 }
