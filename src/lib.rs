@@ -6,8 +6,11 @@
 //! A request flows one way through these modules; each may use only the ones listed after it
 //! (the compiler and `python3 ../shared/tools/modgraph.py src` keep the graph free of circles):
 //!
-//! * [`api`]: HTTP in and out; request ids, `RateLimit` headers, admin endpoints (`/metrics`,
-//!   `/livez`, `/readyz`). Uses `auth`, `target`, `proxy`, `outcome`, `sync` (status only).
+//! * [`api`]: HTTP in and out for both facades (`/api/incidents...`, Defender's dialect, and
+//!   `/v1.0/security/incidents...`, Graph's); request ids, `RateLimit` headers, each facade's error
+//!   envelope, admin endpoints (`/metrics`, `/livez`, `/readyz`). Uses `auth`, `target`,
+//!   `dialect` (Graph targets, write plans, Graph's envelope), `proxy`, `outcome`, `sync` (status
+//!   only).
 //! * [`auth`]: which consumer is calling (API keys stored as hashes) and what it may do.
 //! * [`target`]: parses the request target (route, incident id) and the caller's cache and wait
 //!   preferences; [`odata`] (the `defender-odata` crate, `crates/odata`) parses List query
@@ -18,7 +21,9 @@
 //! * [`sync`]: (optional) follows the List API's changes so cached incidents stay current; it
 //!   writes its proof into [`cache::Confirmations`], which the proxy reads. Beside `proxy`, not
 //!   above or below it.
-//! * [`ingest`]: what an upstream answer puts into the cache (checked, spread, in order).
+//! * [`ingest`]: what an upstream answer puts into the cache (checked, spread, in order), with
+//!   its renderings for the other dialect ([`body`]: one answer, three views, each translated
+//!   once, on its first read).
 //! * [`cache`]: the byte-bounded response store ([`cache::Store`]: ordered writes, moka in
 //!   memory) and the sync's confirmations.
 //! * [`flight`]: collapses concurrent misses for one key into one upstream call.
@@ -26,12 +31,13 @@
 //!   safe retries; 429s freeze the route (capped).
 //! * [`budget`]: the quota-exact scheduler ([`budget::Budget`]; sliding windows in
 //!   [`budget::ledger`]).
-//! * [`upstream`]: the Defender HTTP client; [`token`]: its Entra ID access token.
+//! * [`upstream`]: the HTTP client of the upstream (Defender or Graph, `upstream.api`);
+//!   [`token`]: its Entra ID access token.
 //!
-//! Beside the request path, not yet wired into it (issue 13): [`dialect`], pure translations
-//! between the Defender and Microsoft Graph security dialects, with [`enums`] (re-exported from
-//! `defender-odata`), the one table per enum type where the documents' disagreements are decided
-//! (also used by [`odata`]).
+//! [`dialect`] holds the pure translations between the Defender and Microsoft Graph security
+//! dialects (incidents, queries, updates, errors, Graph request targets), used by `api`, `proxy`,
+//! `ingest` and `sync`, with [`enums`] (re-exported from `defender-odata`), the one table per enum
+//! type where the documents' disagreements are decided (also used by [`odata`]).
 //!
 //! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
 //! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`] (diagnostic

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::{read::FlightKey, Answer, CacheResult, Failure, Outcome, Proxy};
 use crate::{
-    body::View,
+    body::{Bodies, View},
     budget::Caller,
     cache::{Entry, Key},
     dialect::{
@@ -105,7 +105,8 @@ impl Proxy {
                 return Err(failure);
             }
         };
-        if first.response.status != StatusCode::OK {
+        // Graph documents 200 with the incident; any 2xx means the write was applied.
+        if !first.response.status.is_success() {
             self.written(key, None).await;
             return self.write_refused(route, first, queued, &job);
         }
@@ -153,9 +154,24 @@ impl Proxy {
                 // Graph's PATCH answer has no alerts: the entry is forgotten, not replaced, and
                 // the next read fetches the whole incident.
                 self.written(key, None).await;
-                let body = match job.view {
-                    View::Defender => defender_after_graph_write(&patched, comments.as_ref(), alerts),
-                    _ => Some(patched),
+                let is_incident = serde_json::from_slice::<Value>(&patched).is_ok_and(|v| v.get("id").is_some());
+                let body = match (job.view, is_incident) {
+                    (View::Defender, true) => defender_after_graph_write(&patched, comments.as_ref(), alerts),
+                    (_, true) => Some(patched),
+                    // An answer without the incident (a 204, say): read it back (a Get slot).
+                    (view, false) => match self.read_back(&job).await {
+                        Ok(bodies) => bodies.get(view).cloned(),
+                        Err(cause) => {
+                            return Err(Failure {
+                                error: ApiError::PartiallyApplied {
+                                    applied: "the update was applied; reading the incident back failed".into(),
+                                    cause: Box::new(cause),
+                                },
+                                budget: Some((route, windows)),
+                                upstream_status: Some(first.response.status.as_u16()),
+                            })
+                        }
+                    },
                 };
                 self.write_answer(body, route, windows, queued)
             }
@@ -168,7 +184,7 @@ impl Proxy {
                         Reply::Comments => Some(comments),
                         // A Defender caller expects the incident: read it back (a Get slot).
                         Reply::Incident => match self.read_back(&job).await {
-                            Ok(body) => Some(body),
+                            Ok(bodies) => bodies.get(View::Defender).cloned(),
                             Err(cause) => return Err(Failure {
                                 error: ApiError::PartiallyApplied {
                                     applied:
@@ -282,8 +298,9 @@ impl Proxy {
         }
     }
 
-    /// Reads an incident back after a comment (a Defender caller expects the incident).
-    async fn read_back(&self, job: &Job) -> Result<Bytes, ApiError> {
+    /// Reads an incident back after a write whose answer was not the incident (a comment, for a
+    /// Defender caller; a Graph PATCH answered without a body), and caches it.
+    async fn read_back(&self, job: &Job) -> Result<Arc<Bodies>, ApiError> {
         let route = RouteKind::GetIncident;
         let req = Request {
             method: Method::GET,
@@ -305,13 +322,13 @@ impl Proxy {
         let incident = render_incident(Dialect::Graph, &sent.response.body)
             .filter(|i| i.id == job.id)
             .ok_or_else(|| ApiError::BadGateway("the upstream answered with an invalid body".into()))?;
-        let body = incident.bodies.get(View::Defender).cloned();
+        let bodies = incident.bodies.clone();
         self.written(
             Key::Incident(job.id),
             Some(self.ingest.incident_entry(incident, sent_at)),
         )
         .await;
-        body.ok_or_else(|| ApiError::BadGateway("the incident has no Defender rendering".into()))
+        Ok(bodies)
     }
 
     /// The alerts of the cached incident (any age), in Graph's shape.
