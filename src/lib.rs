@@ -27,6 +27,8 @@
 //! * [`budget`]: the quota-exact scheduler ([`budget::Budget`]; sliding windows in
 //!   [`budget::ledger`]).
 //! * [`upstream`]: the Defender HTTP client; [`token`]: its Entra ID access token.
+//! * [`shared`]: (optional, `shared.redis_url`) the replicas' Redis connection, its health and
+//!   the membership heartbeat; [`budget::redis`] keeps the budget's ledger there.
 //!
 //! Beside the request path, not yet wired into it (issue 13): [`dialect`], pure translations
 //! between the Defender and Microsoft Graph security dialects, with [`enums`] (re-exported from
@@ -63,6 +65,7 @@ pub mod odata;
 pub mod outcome;
 pub mod proxy;
 pub mod route;
+pub mod shared;
 pub mod sync;
 pub mod target;
 pub mod telemetry;

@@ -20,6 +20,7 @@ mod get_path;
 mod list_update;
 mod odata_corpus;
 mod operations;
+mod replicas;
 mod simulator;
 mod simulator_graph;
 mod sync;
