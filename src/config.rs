@@ -741,7 +741,10 @@ impl Config {
     fn validate_shared(&self) -> Result<(), ConfigError> {
         let shared = &self.shared;
         if shared.redis_url.is_some() && shared.redis_url_file.is_some() {
-            return Err(invalid("shared.redis_url", "set shared.redis_url or shared.redis_url_file, not both"));
+            return Err(invalid(
+                "shared.redis_url",
+                "set shared.redis_url or shared.redis_url_file, not both",
+            ));
         }
         if let Some(url) = &shared.redis_url {
             use secrecy::ExposeSecret as _;
@@ -749,10 +752,16 @@ impl Config {
             let ok = reqwest::Url::parse(url.expose_secret())
                 .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host().is_some());
             if !ok {
-                return Err(invalid("shared.redis_url", "must be a redis:// or rediss:// URL with a host"));
+                return Err(invalid(
+                    "shared.redis_url",
+                    "must be a redis:// or rediss:// URL with a host",
+                ));
             }
         }
-        for (key, d) in [("shared.timeout", shared.timeout), ("shared.heartbeat", shared.heartbeat)] {
+        for (key, d) in [
+            ("shared.timeout", shared.timeout),
+            ("shared.heartbeat", shared.heartbeat),
+        ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
             }
@@ -761,7 +770,10 @@ impl Config {
             return Err(invalid("shared.timeout", "must be shorter than shared.heartbeat"));
         }
         if shared.key_prefix.is_empty()
-            || !shared.key_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !shared
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(invalid(
                 "shared.key_prefix",

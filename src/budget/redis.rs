@@ -255,12 +255,7 @@ impl RedisGate {
             if share == 0 {
                 return Err(retry);
             }
-            let mut recent: Vec<Instant> = mine
-                .sends
-                .iter()
-                .map(|s| s.at)
-                .filter(|&at| at + *span > now)
-                .collect();
+            let mut recent: Vec<Instant> = mine.sends.iter().map(|s| s.at).filter(|&at| at + *span > now).collect();
             recent.sort_unstable();
             if recent.len() >= share {
                 earliest = earliest.max(recent[recent.len() - share] + *span);
@@ -381,7 +376,8 @@ impl RedisGate {
             }
             let items: Vec<(u64, &str)> = entries.iter().map(|(score, m, _)| (*score, m.as_str())).collect();
             pipe.zadd_multiple(&pool.log_key, &items).ignore();
-            pipe.pexpire(&pool.log_key, (pool.keep.as_millis() as i64) + 1000).ignore();
+            pipe.pexpire(&pool.log_key, (pool.keep.as_millis() as i64) + 1000)
+                .ignore();
             written.push((index, entries.iter().map(|e| e.2).collect()));
         }
         if !written.is_empty() {
@@ -400,7 +396,11 @@ impl RedisGate {
                 }
             }
             let n: usize = written.iter().map(|(_, ids)| ids.len()).sum();
-            tracing::info!(sends = n, epoch_changed = changed, "wrote this replica's sends back to the shared ledger");
+            tracing::info!(
+                sends = n,
+                epoch_changed = changed,
+                "wrote this replica's sends back to the shared ledger"
+            );
         }
         if changed {
             self.epoch.store(epoch, Ordering::Release);
@@ -415,6 +415,12 @@ impl RedisGate {
     /// (for its local share only): a replica that just (re)started does not know which of them
     /// its previous incarnation made, and counting too many only makes its share smaller.
     async fn adopt(&self, server_now: i64, after: Instant) -> Result<(), SharedError> {
+        // Loaded once here (SCRIPT LOAD); later calls go by SHA, and reload on NOSCRIPT.
+        for script in [&self.acquire, &self.freeze_script] {
+            self.shared
+                .call(false, |mut c| async move { script.load_async(&mut c).await })
+                .await?;
+        }
         for pool in &self.pools {
             let (key, from) = (
                 pool.log_key.clone(),

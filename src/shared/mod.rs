@@ -300,12 +300,7 @@ impl Shared {
         let replica = self.replica.clone();
         let counted: Result<u32, _> = self
             .call(true, |mut c| async move {
-                script
-                    .key(key)
-                    .arg(replica)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut c)
-                    .await
+                script.key(key).arg(replica).arg(ttl_ms).invoke_async(&mut c).await
             })
             .await;
         if let Ok(n) = counted {

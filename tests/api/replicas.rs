@@ -84,6 +84,16 @@ impl RedisProc {
         assert!(ok, "kill {sig} {pid}");
     }
 
+    /// A key's value, read with redis-cli.
+    fn get(&self, key: &str) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw", "GET", key])
+            .output()
+            .expect("redis-cli runs");
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -159,7 +169,7 @@ async fn drive(apps: &[TestApp], callers: usize, run: Duration, first_id: i64) -
         let (url, key) = (apps[replica].url(""), apps[replica].key.clone());
         let (client, seen) = (client.clone(), seen.clone());
         workers.push(tokio::spawn(async move {
-            let mut id = first_id + w as i64 * 100_000;
+            let mut id = first_id + w as i64 * 1_000;
             while start.elapsed() < run {
                 id += 1; // always a cold id: every answer needs the upstream
                 let status = match client
@@ -186,6 +196,11 @@ async fn drive(apps: &[TestApp], callers: usize, run: Duration, first_id: i64) -
         w.await.unwrap();
     }
     let seen = seen.lock().clone();
+    let mut statuses = std::collections::BTreeMap::new();
+    for s in &seen {
+        *statuses.entry(s.status).or_insert(0) += 1;
+    }
+    println!("answers by status: {statuses:?}");
     seen
 }
 
@@ -216,12 +231,15 @@ async fn three_replicas_spend_one_budget_exactly_and_fully() {
     assert_eq!(get.throttled, 0, "the simulator never had to say 429");
     assert_windows(&get.at_ms, 10, 2_000);
     assert_windows(&get.at_ms, 30, 10_000);
-    let ok = seen.iter().filter(|s| s.status == 200).count() as u64;
+    let ok = seen.iter().filter(|s| matches!(s.status, 200 | 404)).count() as u64;
     assert_eq!(get.total, ok, "every upstream call served a caller");
-    assert!(seen.iter().all(|s| matches!(s.status, 200 | 429)), "only answers and honest refusals");
+    assert!(
+        seen.iter().all(|s| matches!(s.status, 200 | 404 | 429)),
+        "only answers and honest refusals"
+    );
     for r in 0..3 {
         assert!(
-            seen.iter().any(|s| s.replica == r && s.status == 200),
+            seen.iter().any(|s| s.replica == r && matches!(s.status, 200 | 404)),
             "replica {r} got slots"
         );
     }
@@ -245,23 +263,23 @@ async fn redis_killed_mid_run_and_restarted_never_breaks_the_quota_nor_stops_ser
     let _exclusive = exclusive().await;
     let mut redis = RedisProc::start();
     let (apps, _) = replicas(&redis, 3).await;
-    let (kill_at, restart_at, run) = (
-        Duration::from_secs(8),
-        Duration::from_secs(16),
-        Duration::from_secs(24),
-    );
+    let (kill_at, restart_at, run) = (Duration::from_secs(8), Duration::from_secs(16), Duration::from_secs(24));
     let driving = drive(&apps, 60, run, 1);
     let chaos = async {
         tokio::time::sleep(kill_at).await;
         redis.kill();
         // Every replica notices within a heartbeat and a timeout, says so, and stays ready.
         for app in &apps {
-            eventually("the replica reports redis unreachable", Duration::from_secs(3), || async {
-                let r = app.admin_get("/readyz").await;
-                let status = r.status();
-                let body: serde_json::Value = r.json().await.unwrap();
-                status == 200 && body["shared"]["redis"] == "unreachable" && body["shared"]["degraded"] == true
-            })
+            eventually(
+                "the replica reports redis unreachable",
+                Duration::from_secs(3),
+                || async {
+                    let r = app.admin_get("/readyz").await;
+                    let status = r.status();
+                    let body: serde_json::Value = r.json().await.unwrap();
+                    status == 200 && body["shared"]["redis"] == "unreachable" && body["shared"]["degraded"] == true
+                },
+            )
             .await;
             assert_eq!(app.metric("defender_proxy_shared_degraded").await, 1.0);
         }
@@ -285,7 +303,7 @@ async fn redis_killed_mid_run_and_restarted_never_breaks_the_quota_nor_stops_ser
         "no caller left hanging ({} timed out)",
         seen.iter().filter(|s| s.status == 0).count()
     );
-    assert!(seen.iter().all(|s| matches!(s.status, 200 | 429)));
+    assert!(seen.iter().all(|s| matches!(s.status, 200 | 404 | 429)));
     let phases = [
         ("before", Duration::ZERO, kill_at),
         ("without redis", kill_at, restart_at),
@@ -295,7 +313,7 @@ async fn redis_killed_mid_run_and_restarted_never_breaks_the_quota_nor_stops_ser
         for r in 0..3 {
             let served = seen
                 .iter()
-                .filter(|s| s.replica == r && s.status == 200 && s.at >= from && s.at < to)
+                .filter(|s| s.replica == r && matches!(s.status, 200 | 404) && s.at >= from && s.at < to)
                 .count();
             println!("replica {r} {name}: {served} answers from upstream");
             assert!(served > 0, "replica {r} served upstream answers {name}");
@@ -351,7 +369,10 @@ async fn restarting_every_replica_within_a_window_spends_nothing_twice() {
         }
     }
     let elapsed = restarted_at.elapsed();
-    assert!(elapsed < Duration::from_millis(1800), "restarted within the window: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1800),
+        "restarted within the window: {elapsed:?}"
+    );
     assert_eq!(refused, 3, "the window spent before the restart is still spent");
     let get = &sim.stats().calls["get"];
     assert_eq!(get.total, 10);
@@ -374,6 +395,11 @@ async fn an_upstream_429_seen_by_one_replica_freezes_the_pool_for_all() {
     ));
     let r = apps[0].get("/api/incidents/7").send().await.unwrap();
     assert_eq!(r.status(), 429);
+    // The freeze is written to Redis as the 429 is handed on (a round trip later).
+    eventually("the freeze is in redis", Duration::from_secs(2), || async {
+        redis.get("{dp:default}:budget:get_incident:frozen").is_some()
+    })
+    .await;
     // The other replica never saw the 429, yet holds its calls: the freeze is in Redis.
     let r = apps[1]
         .get("/api/incidents/8")
@@ -403,10 +429,18 @@ async fn a_paused_redis_costs_one_timeout_then_the_local_share_serves() {
     let t = Instant::now();
     let r = app.get("/api/incidents/2").send().await.unwrap();
     assert_eq!(r.status(), 200, "served on the local share");
-    assert!(t.elapsed() < Duration::from_secs(1), "bounded by shared.timeout: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "bounded by shared.timeout: {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     assert_eq!(app.get("/api/incidents/3").send().await.unwrap().status(), 200);
-    assert!(t.elapsed() < Duration::from_millis(100), "no second timeout: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "no second timeout: {:?}",
+        t.elapsed()
+    );
     let ready = app.admin_get("/readyz").await;
     assert_eq!(ready.status(), 200, "still ready: it still serves");
     let body: serde_json::Value = ready.json().await.unwrap();
