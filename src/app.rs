@@ -53,16 +53,15 @@ pub struct Application {
     budget: Arc<dyn Budget>,
     syncer: Option<Syncer>,
     /// The replicas' shared state and what runs after each of its heartbeats.
-    shared: Option<(Arc<Shared>, Vec<Arc<dyn Tick>>)>,
+    shared: Option<SharedParts>,
 }
+
+/// The replicas' shared state and the work that follows each of its heartbeats.
+type SharedParts = (Arc<Shared>, Vec<Arc<dyn Tick>>);
 
 /// The budget: in process memory, or (with `shared.redis_url`) the local queue in front of the
 /// ledger shared by every replica through Redis.
-#[allow(clippy::type_complexity)]
-fn build_budget(
-    config: &Config,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<dyn Budget>, Option<(Arc<Shared>, Vec<Arc<dyn Tick>>)>)> {
+fn build_budget(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<(Arc<dyn Budget>, Option<SharedParts>)> {
     if !config.shared.enabled() {
         return Ok((Arc::new(LocalBudget::new(&config.budget)), None));
     }
