@@ -277,9 +277,16 @@ impl RedisGate {
         }
     }
 
-    /// A send on the local share alone (Redis away, or the shared state not yet known).
+    /// A send on the local share alone (Redis away, or the shared state not yet known). After a
+    /// single failed call, nothing until the next heartbeat confirms Redis is away.
     fn fallback(&self, pool: &Pool, batch: bool) -> GateAnswer {
         let now = Instant::now();
+        if !self.shared.confirmed_down() {
+            return GateAnswer::NotBefore {
+                at: now + self.shared.heartbeat(),
+                frozen: false,
+            };
+        }
         match self.share_allows(pool, batch, now) {
             Ok(()) => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);

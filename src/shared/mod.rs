@@ -87,6 +87,11 @@ pub struct Shared {
     replica: String,
     prefix: String,
     up: AtomicBool,
+    /// A heartbeat failed too: Redis is away, not just slow for one call. Only then does the
+    /// budget fall back to its local share; after one failed call it sends nothing until the
+    /// next heartbeat says which it is (a blip on one replica must not add a share on top of
+    /// what the others spend through Redis).
+    confirmed_down: AtomicBool,
     /// Set once the first heartbeat has finished (reached Redis or not).
     first_beat: tokio::sync::watch::Sender<bool>,
     /// Whether Redis was ever reached by this process.
@@ -146,6 +151,7 @@ impl Shared {
             replica,
             prefix: config.key_prefix.clone(),
             up: AtomicBool::new(false),
+            confirmed_down: AtomicBool::new(false),
             first_beat: tokio::sync::watch::channel(false).0,
             ever_up: AtomicBool::new(false),
             started: Instant::now(),
@@ -192,6 +198,11 @@ impl Shared {
         (self.ever_up.load(Ordering::Acquire), self.started)
     }
 
+    /// Whether a heartbeat, not only a request, found Redis unreachable.
+    pub fn confirmed_down(&self) -> bool {
+        !self.is_up() && self.confirmed_down.load(Ordering::Acquire)
+    }
+
     /// Whether every live replica has had time to write back what it did while Redis was away.
     pub fn settled(&self, now: Instant) -> bool {
         self.is_up() && self.unsettled_until.lock().map_or(true, |t| now >= t)
@@ -236,6 +247,9 @@ impl Shared {
             Err(_) => Err(SharedError::Timeout(self.timeout)),
         };
         if let Err(e) = &result {
+            if probe {
+                self.confirmed_down.store(true, Ordering::Release);
+            }
             self.mark_down(e);
         }
         result
@@ -259,6 +273,7 @@ impl Shared {
 
     fn mark_up(&self) {
         self.ever_up.store(true, Ordering::Release);
+        self.confirmed_down.store(false, Ordering::Release);
         if !self.up.swap(true, Ordering::AcqRel) {
             self.unsettle();
             self.metrics.shared_degraded.set(0);
@@ -290,8 +305,14 @@ impl Shared {
             .await;
             match made {
                 Ok(Ok(conn)) => *self.conn.lock() = Some(conn),
-                Ok(Err(e)) => return self.mark_down(&SharedError::from(e)),
-                Err(_) => return self.mark_down(&SharedError::Timeout(self.timeout * 4)),
+                Ok(Err(e)) => {
+                    self.confirmed_down.store(true, Ordering::Release);
+                    return self.mark_down(&SharedError::from(e));
+                }
+                Err(_) => {
+                    self.confirmed_down.store(true, Ordering::Release);
+                    return self.mark_down(&SharedError::Timeout(self.timeout * 4));
+                }
             }
         }
         let key = self.key(DEFAULT_TENANT, "members");

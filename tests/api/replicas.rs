@@ -121,8 +121,8 @@ fn replica_config(redis: &RedisProc) -> (SimConfig, Config) {
     c.budget.max_wait = Duration::from_secs(3);
     c.shared.redis_url = Some(SecretString::from(redis.url()));
     c.shared.replicas = 3;
-    c.shared.timeout = Duration::from_millis(150);
-    c.shared.heartbeat = Duration::from_millis(250);
+    c.shared.timeout = Duration::from_millis(250);
+    c.shared.heartbeat = Duration::from_millis(300);
     (sim, c)
 }
 
@@ -226,6 +226,10 @@ async fn three_replicas_spend_one_budget_exactly_and_fully() {
     let (apps, _) = replicas(&redis, 3).await;
     let run = Duration::from_secs(20);
     let seen = drive(&apps, 60, run, 1).await;
+    for app in &apps {
+        let errors = crate::common::metric(app, "defender_proxy_shared_errors_total").await;
+        println!("redis errors seen by a replica: {}", errors as u64);
+    }
     let stats = apps[0].stats();
     let get = &stats.calls["get"];
     assert_eq!(get.throttled, 0, "the simulator never had to say 429");
