@@ -1027,4 +1027,95 @@ mod tests {
             .await
             .is_err());
     }
+
+    /// A shared ledger stand-in: no slot before `free_at`, then one send per call; records
+    /// releases and freezes.
+    struct FakeGate {
+        free_at: Mutex<Instant>,
+        next: std::sync::atomic::AtomicU64,
+        released: Mutex<Vec<u64>>,
+        frozen: Mutex<Vec<Duration>>,
+    }
+
+    impl Gate for FakeGate {
+        fn try_send(&self, _pool: usize, _batch: bool) -> BoxFuture<'_, GateAnswer> {
+            Box::pin(async move {
+                let at = *self.free_at.lock();
+                if Instant::now() < at {
+                    GateAnswer::NotBefore { at, frozen: false }
+                } else {
+                    GateAnswer::Sent(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                }
+            })
+        }
+        fn release(&self, _pool: usize, id: u64) {
+            self.released.lock().push(id);
+        }
+        fn freeze(&self, _pool: usize, pause: Duration) {
+            self.frozen.lock().push(pause);
+        }
+        fn windows(&self, _pool: usize) -> Option<Vec<WindowStatus>> {
+            None
+        }
+        fn detail(&self) -> serde_json::Value {
+            serde_json::json!({"fake": true})
+        }
+    }
+
+    fn gated(free_in: Duration) -> (Arc<LocalBudget>, Arc<FakeGate>) {
+        let gate = Arc::new(FakeGate {
+            free_at: Mutex::new(Instant::now() + free_in),
+            next: std::sync::atomic::AtomicU64::new(1),
+            released: Mutex::new(Vec::new()),
+            frozen: Mutex::new(Vec::new()),
+        });
+        let cfg = BudgetConfig {
+            safety_margin: Duration::ZERO,
+            ..BudgetConfig::default()
+        };
+        (Arc::new(LocalBudget::with_gate(&cfg, gate.clone())), gate)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_that_says_not_before_holds_the_queue_and_refuses_with_the_exact_time() {
+        let (b, _gate) = gated(Duration::from_secs(7));
+        let t0 = Instant::now();
+        // Too short a wait: refused once the shared ledger named its slot, with that time.
+        match b.acquire(G, &C, Duration::from_secs(2), None).await.unwrap_err() {
+            Refusal::Throttled { retry_after, .. } => assert_eq!(retry_after, Duration::from_secs(7)),
+            other => panic!("{other:?}"),
+        }
+        // Long enough: granted when the shared ledger allows, and counted there.
+        let g = b.acquire(G, &C, Duration::from_secs(30), None).await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(7));
+        assert_eq!(g.shared, Some(1));
+        assert_eq!(b.shared_detail(), Some(serde_json::json!({"fake": true})));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gated_grants_are_released_and_freezes_shared_through_the_gate() {
+        let (b, gate) = gated(Duration::ZERO);
+        let g = b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
+        b.release(G, &g);
+        assert_eq!(*gate.released.lock(), vec![g.shared.unwrap()]);
+        b.upstream_throttled(G, Some(Duration::from_secs(3)));
+        assert_eq!(*gate.frozen.lock(), vec![Duration::from_secs(3)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_behind_a_gated_head_leaves_without_a_trace() {
+        let (b, _gate) = gated(Duration::from_secs(5));
+        let b1 = b.clone();
+        let head = tokio::spawn(async move { b1.acquire(G, &C, Duration::from_secs(30), None).await });
+        tokio::task::yield_now().await;
+        let b2 = b.clone();
+        let second = tokio::spawn(async move { b2.acquire(G, &C, Duration::from_secs(30), None).await });
+        tokio::task::yield_now().await;
+        assert_eq!(b.status(G).queued, 2);
+        second.abort();
+        let _ = second.await;
+        assert_eq!(b.status(G).queued, 1);
+        assert!(head.await.unwrap().is_ok());
+        assert_eq!(b.status(G).queued, 0);
+    }
 }

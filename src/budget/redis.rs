@@ -449,9 +449,11 @@ impl RedisGate {
             for (_, score) in entries {
                 // Mapped from `after`: never earlier than the truth, so counted long enough.
                 let at = after.checked_sub(micros(server_now - score as i64)).unwrap_or(after);
+                // An id of our own: if Redis loses the ledger, it is written back under this
+                // replica's name too (counted twice at worst: conservative).
                 mine.sends.push_back(OwnSend {
                     at,
-                    id: 0,
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
                     written: true,
                 });
             }
