@@ -1,8 +1,10 @@
 //! The upstream call budget: who may call Defender, and when.
 //!
-//! Every upstream call first obtains a [`Grant`] here. [`Budget`] is the interface (a shared,
-//! Redis-backed budget for several replicas is the planned second implementation); [`LocalBudget`]
-//! keeps one [`Ledger`] per route in process memory and a FIFO queue of waiters in front of it.
+//! Every upstream call first obtains a [`Grant`] here. [`Budget`] is the interface;
+//! [`LocalBudget`] keeps one [`Ledger`] per pool in process memory and a queue of waiters in
+//! front of it. With several replicas, a [`Gate`] ([`redis::RedisGate`]) sits behind the queue's
+//! head: the local queue orders this replica's callers, the shared ledger decides when the head
+//! may send.
 //!
 //! # Fair queuing between consumers
 //!
