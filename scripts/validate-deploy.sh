@@ -146,7 +146,9 @@ check_kustomize() {
     fi
 }
 
-# The pod must meet Pod Security Standards "restricted" and keep the one-replica design.
+# Every pod must meet Pod Security Standards "restricted". The proxy keeps the one-replica design
+# (replicas 1, Recreate) unless it shares its budget through Redis: then its replica count must be
+# shared.replicas (DPX_SHARED__REPLICAS) and a rollout must never run more pods than that.
 check_pod_policy() {
     kubectl kustomize "$1" | python3 -c '
 import sys, yaml
@@ -155,21 +157,34 @@ deps = [d for d in docs if d["kind"] == "Deployment"]
 assert len(deps) == 1, "expected one Deployment"
 d = deps[0]["spec"]
 errors = []
-if d.get("replicas") != 1: errors.append("replicas must be 1")
-if d.get("strategy", {}).get("type") != "Recreate": errors.append("strategy must be Recreate")
-pod = d["template"]["spec"]
-psc = pod.get("securityContext", {})
-if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault": errors.append("pod seccompProfile")
-if not psc.get("runAsNonRoot"): errors.append("pod runAsNonRoot")
-if pod.get("terminationGracePeriodSeconds", 30) <= 20: errors.append("terminationGracePeriodSeconds must exceed grace_period 20s")
-for c in pod["containers"]:
-    sc = c.get("securityContext", {})
-    if sc.get("allowPrivilegeEscalation") is not False: errors.append(c["name"] + ": allowPrivilegeEscalation")
-    if sc.get("capabilities", {}).get("drop") != ["ALL"]: errors.append(c["name"] + ": capabilities.drop ALL")
-    if sc.get("readOnlyRootFilesystem") is not True: errors.append(c["name"] + ": readOnlyRootFilesystem")
-    if "limits" not in c.get("resources", {}) or "requests" not in c.get("resources", {}): errors.append(c["name"] + ": resources")
-    for p in ("livenessProbe", "readinessProbe"):
-        if p not in c: errors.append(c["name"] + ": " + p)
+proxy = d["template"]["spec"]["containers"][0]
+env = {e["name"]: e.get("value") for e in proxy.get("env", [])}
+if "DPX_SHARED__REDIS_URL_FILE" in env or "DPX_SHARED__REDIS_URL" in env:
+    if str(d.get("replicas")) != env.get("DPX_SHARED__REPLICAS"):
+        errors.append("replicas must equal DPX_SHARED__REPLICAS")
+    strategy = d.get("strategy", {})
+    if strategy.get("type") != "RollingUpdate" or strategy.get("rollingUpdate", {}).get("maxSurge") != 0:
+        errors.append("a shared budget rolls with maxSurge 0 (never more pods than shared.replicas)")
+else:
+    if d.get("replicas") != 1: errors.append("replicas must be 1")
+    if d.get("strategy", {}).get("type") != "Recreate": errors.append("strategy must be Recreate")
+workloads = [w for w in docs if w["kind"] in ("Deployment", "StatefulSet")]
+for w in workloads:
+    pod = w["spec"]["template"]["spec"]
+    name = w["metadata"]["name"]
+    psc = pod.get("securityContext", {})
+    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault": errors.append(name + ": pod seccompProfile")
+    if not psc.get("runAsNonRoot"): errors.append(name + ": pod runAsNonRoot")
+    for c in pod["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False: errors.append(c["name"] + ": allowPrivilegeEscalation")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]: errors.append(c["name"] + ": capabilities.drop ALL")
+        if sc.get("readOnlyRootFilesystem") is not True: errors.append(c["name"] + ": readOnlyRootFilesystem")
+        if "limits" not in c.get("resources", {}) or "requests" not in c.get("resources", {}): errors.append(c["name"] + ": resources")
+        for p in ("livenessProbe", "readinessProbe"):
+            if p not in c: errors.append(c["name"] + ": " + p)
+if d["template"]["spec"].get("terminationGracePeriodSeconds", 30) <= 20:
+    errors.append("terminationGracePeriodSeconds must exceed grace_period 20s")
 if errors:
     sys.exit("\n".join(errors))
 '
@@ -291,11 +306,11 @@ main() {
 
     run_check "hadolint Dockerfile" check_hadolint
     local dir
-    for dir in deploy/base deploy/overlays/single deploy/overlays/production deploy/dashboards; do
+    for dir in deploy/base deploy/overlays/single deploy/overlays/production deploy/redis deploy/dashboards; do
         run_check "kustomize $dir | kubernetes-validate (k8s $KUBE_VERSION, strict)" check_kustomize "$dir"
     done
     for dir in deploy/overlays/single deploy/overlays/production; do
-        run_check "pod security restricted, replicas 1, Recreate: $dir" check_pod_policy "$dir"
+        run_check "pod security restricted, replicas (1, or shared.replicas with Redis): $dir" check_pod_policy "$dir"
     done
     run_check "promtool check rules $RULES" check_rules_syntax
     run_check "promtool test rules $RULES_TEST" check_rules_tests

@@ -871,6 +871,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "upstream_token": if token { "ok" } else { "unavailable" },
         "frozen_routes": frozen,
         "sync": sync,
+        "shared": state.budget.shared_detail(),
     });
     let status = if ready {
         StatusCode::OK

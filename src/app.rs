@@ -28,12 +28,13 @@ use crate::{
     access_log::AccessLog,
     api::{self, AppState, Handles, Limits},
     auth::Consumers,
-    budget::{Budget, LocalBudget},
+    budget::{redis::RedisGate, Budget, LocalBudget},
     cache::{Confirmations, MokaStore, Store},
     config::Config,
     exchange::Exchange,
     ingest::Ingest,
     proxy::{Policy, Proxy},
+    shared::{Shared, Tick},
     sync::{SyncState, Syncer},
     token::TokenSource,
     upstream::Upstream,
@@ -51,6 +52,26 @@ pub struct Application {
     state: Arc<AppState>,
     budget: Arc<dyn Budget>,
     syncer: Option<Syncer>,
+    /// The replicas' shared state and what runs after each of its heartbeats.
+    shared: Option<SharedParts>,
+}
+
+/// The replicas' shared state and the work that follows each of its heartbeats.
+type SharedParts = (Arc<Shared>, Vec<Arc<dyn Tick>>);
+
+/// The budget: in process memory, or (with `shared.redis_url`) the local queue in front of the
+/// ledger shared by every replica through Redis.
+fn build_budget(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<(Arc<dyn Budget>, Option<SharedParts>)> {
+    if !config.shared.enabled() {
+        return Ok((Arc::new(LocalBudget::new(&config.budget)), None));
+    }
+    let shared = Shared::new(&config.shared, metrics.clone()).context("shared state")?;
+    // Degraded until the first heartbeat reaches Redis.
+    metrics.shared_degraded.set(1);
+    let (pools, _) = crate::budget::pools(&config.budget);
+    let gate = RedisGate::new(shared.clone(), pools, config.budget.safety_margin);
+    let budget = Arc::new(LocalBudget::with_gate(&config.budget, gate.clone()));
+    Ok((budget, Some((shared, vec![gate as Arc<dyn Tick>]))))
 }
 
 impl Application {
@@ -86,7 +107,7 @@ impl Application {
             config.cache.ttl
         };
         let store: Arc<dyn Store> = Arc::new(MokaStore::new(&config.cache, incident_lifetime));
-        let budget: Arc<dyn Budget> = Arc::new(LocalBudget::new(&config.budget));
+        let (budget, shared) = build_budget(&config, &metrics)?;
         let exchange = Arc::new(Exchange::new(budget.clone(), upstream, metrics.clone()));
         let policy = Policy {
             cache: config.cache.clone(),
@@ -144,6 +165,7 @@ impl Application {
             state,
             budget,
             syncer,
+            shared,
         })
     }
 
@@ -175,8 +197,10 @@ impl Application {
             state,
             budget,
             syncer,
+            shared,
         } = self;
         let refresher = state.tokens.spawn_refresher();
+        let heartbeat = shared.map(|(shared, ticks)| shared.spawn_heartbeat(ticks));
         let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;
@@ -213,7 +237,7 @@ impl Application {
         let _ = api_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
-        for task in [refresher, syncer].into_iter().flatten() {
+        for task in [refresher, syncer, heartbeat].into_iter().flatten() {
             task.abort();
         }
         let log = state.access_log.clone();

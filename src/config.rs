@@ -33,6 +33,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub budget: BudgetConfig,
     pub sync: SyncConfig,
+    pub shared: SharedConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -390,6 +391,50 @@ impl Default for SyncConfig {
     }
 }
 
+/// State shared by several replicas through Redis (or Valkey): off unless `redis_url` (or
+/// `redis_url_file`) is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedConfig {
+    /// `redis://[:password@]host:port/db` (or `rediss://` for TLS); a secret, as it may carry a
+    /// password.
+    #[serde(serialize_with = "redact")]
+    pub redis_url: Option<SecretString>,
+    /// A file holding the URL (a mounted Kubernetes Secret), read at start.
+    pub redis_url_file: Option<PathBuf>,
+    /// How many replicas share the quota: while Redis is unreachable each one spends at most
+    /// `quota / replicas`. 0: learn it from the replicas' heartbeats in Redis.
+    pub replicas: u32,
+    /// Bound on every Redis call; past it Redis counts as unreachable for the moment.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often each replica announces itself and checks on Redis.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Prefix of every key (the tenant and a hash tag follow it).
+    pub key_prefix: String,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        SharedConfig {
+            redis_url: None,
+            redis_url_file: None,
+            replicas: 0,
+            timeout: Duration::from_millis(150),
+            heartbeat: Duration::from_secs(1),
+            key_prefix: "dp".into(),
+        }
+    }
+}
+
+impl SharedConfig {
+    /// Whether replicas share state through Redis.
+    pub fn enabled(&self) -> bool {
+        self.redis_url.is_some() || self.redis_url_file.is_some()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -727,6 +772,7 @@ impl Config {
                 return Err(invalid("sync.max_lag", "must be at least sync.interval"));
             }
         }
+        self.validate_shared()?;
         if !(0.0..=1.0).contains(&self.telemetry.access_log_sample) {
             return Err(invalid("telemetry.access_log_sample", "must be between 0.0 and 1.0"));
         }
@@ -735,6 +781,51 @@ impl Config {
         }
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
             return Err(invalid("telemetry.log_level", "not a valid tracing filter"));
+        }
+        Ok(())
+    }
+
+    fn validate_shared(&self) -> Result<(), ConfigError> {
+        let shared = &self.shared;
+        if shared.redis_url.is_some() && shared.redis_url_file.is_some() {
+            return Err(invalid(
+                "shared.redis_url",
+                "set shared.redis_url or shared.redis_url_file, not both",
+            ));
+        }
+        if let Some(url) = &shared.redis_url {
+            use secrecy::ExposeSecret as _;
+            // The parser's message could quote the URL (and its password): say only what is wrong.
+            let ok = reqwest::Url::parse(url.expose_secret())
+                .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host().is_some());
+            if !ok {
+                return Err(invalid(
+                    "shared.redis_url",
+                    "must be a redis:// or rediss:// URL with a host",
+                ));
+            }
+        }
+        for (key, d) in [
+            ("shared.timeout", shared.timeout),
+            ("shared.heartbeat", shared.heartbeat),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if shared.timeout >= shared.heartbeat {
+            return Err(invalid("shared.timeout", "must be shorter than shared.heartbeat"));
+        }
+        if shared.key_prefix.is_empty()
+            || !shared
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "shared.key_prefix",
+                "must be 1 or more letters, digits, '-', '_' or '.'",
+            ));
         }
         Ok(())
     }
@@ -816,6 +907,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("access_log_sampel"), "{err}");
+    }
+
+    #[test]
+    fn shared_section_is_checked_and_its_url_redacted() {
+        let base = "[token]\nmode = \"static\"\nstatic_token = \"x\"\n";
+        let c = Config::from_toml(&format!(
+            "{base}[shared]\nredis_url = \"redis://:pa55word@redis:6379/0\"\nreplicas = 3\n"
+        ))
+        .unwrap();
+        assert!(c.shared.enabled());
+        assert!(!format!("{c:?}").contains("pa55word"));
+        assert!(!c.to_redacted_toml().contains("pa55word"));
+        let err = Config::from_toml(&format!("{base}[shared]\nredis_url = \"http://:pa55word@x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shared.redis_url") && !err.contains("pa55word"), "{err}");
+        let err = Config::from_toml(&format!("{base}[shared]\ntimeout = \"2s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shared.timeout"), "{err}");
+        let err = Config::from_toml(&format!("{base}[shared]\nreplica = 3\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("replica"), "{err}");
+        assert!(!Config::from_toml(base).unwrap().shared.enabled());
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //!   [`budget::ledger`]).
 //! * [`upstream`]: the HTTP client of the upstream (Defender or Graph, `upstream.api`);
 //!   [`token`]: its Entra ID access token.
+//! * [`shared`]: (optional, `shared.redis_url`) the replicas' Redis connection, its health and
+//!   the membership heartbeat; [`budget::redis`] keeps the budget's ledger there.
 //!
 //! [`dialect`] holds the pure translations between the Defender and Microsoft Graph security
 //! dialects (incidents, queries, updates, errors, Graph request targets), used by `api`, `proxy`,
@@ -70,6 +72,7 @@ pub mod odata;
 pub mod outcome;
 pub mod proxy;
 pub mod route;
+pub mod shared;
 pub mod sync;
 pub mod target;
 pub mod telemetry;

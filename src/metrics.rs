@@ -112,6 +112,10 @@ pub struct Metrics {
     pub sync_lag: FGauge,
     pub access_log_lines: Counter,
     pub access_log_dropped: Counter,
+    /// 1 while Redis is unreachable and this replica spends only its local share.
+    pub shared_degraded: Gauge,
+    /// Failed Redis calls, by result (`timeout`, `error`, `down`, `config`).
+    pub shared_errors: Family<ResultLabels, Counter>,
 }
 
 /// Histogram families with explicit buckets (never summaries: those cannot be aggregated).
@@ -307,6 +311,18 @@ impl Metrics {
             "Access log lines dropped because the log writer could not keep up (or its output failed)",
             access_log_dropped.clone(),
         );
+        let shared_degraded = Gauge::default();
+        registry.register(
+            "shared_degraded",
+            "1 while Redis is unreachable (or not configured as reached yet) and this replica spends only its share of each quota",
+            shared_degraded.clone(),
+        );
+        let shared_errors = Family::default();
+        registry.register(
+            "shared_errors",
+            "Redis calls that failed or timed out, by result",
+            shared_errors.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -344,6 +360,8 @@ impl Metrics {
             sync_lag,
             access_log_lines,
             access_log_dropped,
+            shared_degraded,
+            shared_errors,
         }
     }
 

@@ -62,6 +62,9 @@ pub struct Ledger {
     /// Committed entries kept: the largest limit is all any bound ever looks back.
     keep: usize,
     frozen_until: Option<Instant>,
+    /// No send before this instant, because the ledger shared with other replicas said so
+    /// (like a freeze, but not the upstream's doing).
+    held_until: Option<Instant>,
 }
 
 impl Ledger {
@@ -83,6 +86,7 @@ impl Ledger {
             queued: 0,
             keep,
             frozen_until: None,
+            held_until: None,
         }
     }
 
@@ -113,6 +117,9 @@ impl Ledger {
         let mut t = now;
         if let Some(f) = self.frozen_until {
             t = t.max(f);
+        }
+        if let Some(h) = self.held_until {
+            t = t.max(h);
         }
         if idx > self.committed() {
             t = t.max(self.log[idx - 1]);
@@ -228,6 +235,13 @@ impl Ledger {
     /// No call before `until` (the upstream said so). Only ever extends a freeze.
     pub fn freeze(&mut self, until: Instant, now: Instant) {
         self.frozen_until = Some(self.frozen_until.map_or(until, |f| f.max(until)));
+        self.reproject(now);
+    }
+
+    /// No call before `until`: the shared ledger has no slot earlier. Replaces an earlier hold
+    /// (a later answer of the shared ledger knows better).
+    pub fn hold(&mut self, until: Instant, now: Instant) {
+        self.held_until = Some(until);
         self.reproject(now);
     }
 

@@ -1,8 +1,10 @@
 //! The upstream call budget: who may call Defender, and when.
 //!
-//! Every upstream call first obtains a [`Grant`] here. [`Budget`] is the interface (a shared,
-//! Redis-backed budget for several replicas is the planned second implementation); [`LocalBudget`]
-//! keeps one [`Ledger`] per route in process memory and a FIFO queue of waiters in front of it.
+//! Every upstream call first obtains a [`Grant`] here. [`Budget`] is the interface;
+//! [`LocalBudget`] keeps one [`Ledger`] per pool in process memory and a queue of waiters in
+//! front of it. With several replicas, a [`Gate`] ([`redis::RedisGate`]) sits behind the queue's
+//! head: the local queue orders this replica's callers, the shared ledger decides when the head
+//! may send.
 //!
 //! # Fair queuing between consumers
 //!
@@ -29,6 +31,7 @@
 //! once (token in hand); one that finds it cannot send gives it back with [`Budget::release`].
 
 pub mod ledger;
+pub mod redis;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -57,6 +60,37 @@ pub struct Grant {
     pub status: Vec<WindowStatus>,
     /// The send time recorded in the ledger (for [`Budget::release`]).
     pub at: Instant,
+    /// The send's id in a shared ledger ([`Gate`]), when there is one.
+    pub shared: Option<u64>,
+}
+
+/// A ledger shared with other replicas, consulted by the head of this replica's queue.
+///
+/// The local queue keeps ordering this replica's callers (fair queuing, priorities, the
+/// immediate refusal when the projected slot is beyond a caller's wait); for the head, the gate
+/// checks every window of the pool as all replicas together spent it and records the send in the
+/// same step, or says when to ask again. Implemented over Redis by [`redis::RedisGate`].
+pub trait Gate: Send + Sync + 'static {
+    /// Checks `pool`'s shared windows and records a send now, or says when one may be possible.
+    /// Dropping the future before it resolves takes back a send it may have recorded.
+    fn try_send(&self, pool: usize, batch: bool) -> BoxFuture<'_, GateAnswer>;
+    /// A send recorded by [`Gate::try_send`] did not leave after all.
+    fn release(&self, pool: usize, id: u64);
+    /// The upstream said 429: every replica holds `pool` for `pause`.
+    fn freeze(&self, pool: usize, pause: Duration);
+    /// The pool's windows as all replicas spent them, as last seen (for `RateLimit` headers).
+    fn windows(&self, pool: usize) -> Option<Vec<WindowStatus>>;
+    /// What `/readyz` shows about the shared state.
+    fn detail(&self) -> serde_json::Value;
+}
+
+/// What the shared ledger said to the head of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateAnswer {
+    /// Counted: the call may leave now. The id is for [`Gate::release`].
+    Sent(u64),
+    /// No slot before `at`; `frozen` when an upstream 429 (seen by any replica) is the reason.
+    NotBefore { at: Instant, frozen: bool },
 }
 
 /// Where a caller stands in the queue, published while it waits so that others sharing its
@@ -188,6 +222,10 @@ pub trait Budget: Send + Sync + 'static {
     fn status(&self, route: RouteKind) -> RouteStatus;
     /// Releases every queued caller with [`Refusal::Closed`] and refuses new ones.
     fn close(&self);
+    /// The shared ledger's state for `/readyz`, when replicas share one.
+    fn shared_detail(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// The in-process budget: one ledger and one fair queue per pool of quotas. By default every
@@ -197,10 +235,62 @@ pub struct LocalBudget {
     pools: Vec<RouteBudget>,
     /// Which pool each route draws from.
     route_pool: [usize; crate::route::ROUTE_COUNT],
+    gate: Option<Arc<dyn Gate>>,
+}
+
+/// One pool of quotas as configured: what a shared ledger needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// The pool's name (`budget.pools` key, or the route's own name).
+    pub name: String,
+    pub quotas: Vec<Quota>,
+    /// Slots of every window kept from batch calls.
+    pub reserve: u32,
+}
+
+/// The pools of `config`, in the order [`LocalBudget`] numbers them.
+pub fn pools(config: &BudgetConfig) -> (Vec<PoolSpec>, [usize; crate::route::ROUTE_COUNT]) {
+    let mut names: Vec<&str> = Vec::new();
+    let route_pool = RouteKind::ALL.map(|kind| {
+        let pool = config.pool_of(kind.name());
+        names.iter().position(|n| *n == pool).unwrap_or_else(|| {
+            names.push(pool);
+            names.len() - 1
+        })
+    });
+    let specs = names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let users: Vec<RouteKind> = RouteKind::ALL
+                .into_iter()
+                .filter(|k| route_pool[k.index()] == index)
+                .collect();
+            let quotas: Vec<Quota> = config
+                .quotas_of(users[0].name())
+                .iter()
+                .map(|q| Quota {
+                    limit: q.limit,
+                    length: q.window,
+                })
+                .collect();
+            // The interactive reserve applies to pools of reads only; writes have their own.
+            let reads_only = users.iter().all(|k| !k.spec().writes);
+            PoolSpec {
+                name: name.to_string(),
+                quotas,
+                reserve: if reads_only { config.reserve } else { 0 },
+            }
+        })
+        .collect();
+    (specs, route_pool)
 }
 
 struct RouteBudget {
     state: Mutex<State>,
+    /// This pool's number (for the gate).
+    index: usize,
+    gate: Option<Arc<dyn Gate>>,
     /// `budget.fair_queuing`; when off, every call is one flow (first come, first served).
     fair: bool,
     max_queue: usize,
@@ -215,6 +305,9 @@ struct State {
     next_id: u64,
     closed: bool,
     consecutive_429: u32,
+    /// The waiter (the head) whose send the gate is deciding right now: nobody may be placed
+    /// in front of it meanwhile.
+    gating: Option<u64>,
     /// Weighted fair queuing's virtual time: the tag of the latest grant.
     vtime: f64,
     flows: HashMap<Arc<str>, Flow>,
@@ -307,51 +400,44 @@ impl State {
 
 impl LocalBudget {
     pub fn new(config: &BudgetConfig) -> LocalBudget {
-        let mut names: Vec<&str> = Vec::new();
-        let route_pool = RouteKind::ALL.map(|kind| {
-            let pool = config.pool_of(kind.name());
-            names.iter().position(|n| *n == pool).unwrap_or_else(|| {
-                names.push(pool);
-                names.len() - 1
-            })
-        });
-        let pools = names
+        Self::build(config, None)
+    }
+
+    /// A budget whose ledger is shared with other replicas through `gate` (numbered as
+    /// [`pools`] numbers them); the local ledger and queue stay in front of it.
+    pub fn with_gate(config: &BudgetConfig, gate: Arc<dyn Gate>) -> LocalBudget {
+        Self::build(config, Some(gate))
+    }
+
+    fn build(config: &BudgetConfig, gate: Option<Arc<dyn Gate>>) -> LocalBudget {
+        let (specs, route_pool) = pools(config);
+        let pools = specs
             .iter()
             .enumerate()
-            .map(|(index, _)| {
-                let users: Vec<RouteKind> = RouteKind::ALL
-                    .into_iter()
-                    .filter(|k| route_pool[k.index()] == index)
-                    .collect();
-                let quotas: Vec<Quota> = config
-                    .quotas_of(users[0].name())
-                    .iter()
-                    .map(|q| Quota {
-                        limit: q.limit,
-                        length: q.window,
-                    })
-                    .collect();
-                // The interactive reserve applies to pools of reads only; writes have their own.
-                let reads_only = users.iter().all(|k| !k.spec().writes);
-                let reserve = if reads_only { config.reserve } else { 0 };
-                RouteBudget {
-                    state: Mutex::new(State {
-                        ledger: Ledger::new(&quotas, config.safety_margin).with_reserve(reserve),
-                        waiters: VecDeque::new(),
-                        next_id: 0,
-                        closed: false,
-                        consecutive_429: 0,
-                        vtime: 0.0,
-                        flows: HashMap::new(),
-                    }),
-                    fair: config.fair_queuing,
-                    max_queue: config.max_queue,
-                    max_queue_per_flow: config.max_queue_per_consumer,
-                    default_backoff: config.default_backoff,
-                }
+            .map(|(index, spec)| RouteBudget {
+                state: Mutex::new(State {
+                    ledger: Ledger::new(&spec.quotas, config.safety_margin).with_reserve(spec.reserve),
+                    waiters: VecDeque::new(),
+                    next_id: 0,
+                    closed: false,
+                    consecutive_429: 0,
+                    gating: None,
+                    vtime: 0.0,
+                    flows: HashMap::new(),
+                }),
+                index,
+                gate: gate.clone(),
+                fair: config.fair_queuing,
+                max_queue: config.max_queue,
+                max_queue_per_flow: config.max_queue_per_consumer,
+                default_backoff: config.default_backoff,
             })
             .collect();
-        LocalBudget { pools, route_pool }
+        LocalBudget {
+            pools,
+            route_pool,
+            gate,
+        }
     }
 
     fn route(&self, kind: RouteKind) -> &RouteBudget {
@@ -381,7 +467,8 @@ impl RouteBudget {
                 return Err(Refusal::Closed);
             }
             let tag = st.tag_for(caller);
-            if st.ledger.try_now_as(start, batch) {
+            // With a shared ledger every call goes through the queue's head, which asks it.
+            if self.gate.is_none() && st.ledger.try_now_as(start, batch) {
                 st.vtime = st.vtime.max(tag);
                 let flow = st.flows.entry(caller.flow.clone()).or_default();
                 flow.last_tag = flow.last_tag.max(tag);
@@ -391,6 +478,7 @@ impl RouteBudget {
                     queued: Duration::ZERO,
                     status: st.ledger.status(start),
                     at: start,
+                    shared: None,
                 });
             }
             let id = st.next_id;
@@ -404,11 +492,14 @@ impl RouteBudget {
                 let slot = st.ledger.next_slot(start);
                 return Err(st.refusal(start, slot, reason));
             }
-            let pos = st
+            let mut pos = st
                 .waiters
                 .iter()
                 .position(|w| !w.goes_before(caller.priority, tag, id))
                 .unwrap_or(st.waiters.len());
+            if st.gating.is_some() {
+                pos = pos.max(1); // the head is being counted by the shared ledger
+            }
             let projected = st.ledger.insert(pos, start, batch);
             if projected - start > max_wait {
                 st.ledger.cancel(pos, start);
@@ -442,7 +533,7 @@ impl RouteBudget {
             done: false,
         };
         loop {
-            let wake_at = {
+            let step = {
                 let mut st = self.state.lock();
                 let now = Instant::now();
                 if st.closed {
@@ -460,40 +551,97 @@ impl RouteBudget {
                     return Err(st.refusal(now, slot, RefuseReason::Budget));
                 }
                 if pos == 0 {
-                    match st.ledger.head_ready(now) {
-                        Ok(()) => {
-                            st.ledger.commit_head(now);
-                            if let Some(w) = st.waiters.pop_front() {
-                                st.vtime = st.vtime.max(w.tag);
-                                if let Some(f) = st.flows.get_mut(&w.flow) {
-                                    f.queued = f.queued.saturating_sub(1);
-                                    f.granted += 1;
-                                }
-                            }
-                            st.notify_head();
+                    match (st.ledger.head_ready(now), &self.gate) {
+                        (Ok(()), Some(_)) => {
+                            st.gating = Some(id);
+                            Step::Gate
+                        }
+                        (Ok(()), None) => {
                             guard.done = true;
                             publish(SlotState::Granted);
-                            return Ok(Grant {
-                                queued: now - start,
-                                status: st.ledger.status(now),
-                                at: now,
-                            });
+                            return Ok(st.grant_head(now, start, Vec::new(), None));
                         }
-                        Err(t) => Some(t),
+                        (Err(t), _) => Step::Sleep(Some(t)),
                     }
                 } else {
-                    None
+                    Step::Sleep(None)
                 }
             };
-            match wake_at {
-                Some(t) => {
+            match step {
+                Step::Sleep(Some(t)) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(t) => {}
                         _ = notify.notified() => {}
                     }
                 }
-                None => notify.notified().await,
+                Step::Sleep(None) => notify.notified().await,
+                Step::Gate => {
+                    let Some(gate) = &self.gate else { continue };
+                    let answer = gate.try_send(self.index, batch).await;
+                    let mut st = self.state.lock();
+                    st.gating = None;
+                    let now = Instant::now();
+                    match answer {
+                        GateAnswer::Sent(sent) => {
+                            if st.closed || st.position(id) != Some(0) {
+                                gate.release(self.index, sent);
+                                if st.closed {
+                                    return Err(Refusal::Closed);
+                                }
+                                continue;
+                            }
+                            let status = gate.windows(self.index).unwrap_or_else(|| st.ledger.status(now));
+                            guard.done = true;
+                            publish(SlotState::Granted);
+                            return Ok(st.grant_head(now, start, status, Some(sent)));
+                        }
+                        GateAnswer::NotBefore { at, frozen } => {
+                            // Other replicas took the slots (or froze the pool): everyone here
+                            // moves back, and those now past their wait leave with a 429.
+                            if frozen {
+                                st.ledger.freeze(at, now);
+                            } else {
+                                st.ledger.hold(at, now);
+                            }
+                            st.notify_all();
+                        }
+                    }
+                }
             }
+        }
+    }
+}
+
+/// What the head of the queue does next.
+enum Step {
+    /// Wait until then (or until notified).
+    Sleep(Option<Instant>),
+    /// Ask the shared ledger.
+    Gate,
+}
+
+impl State {
+    /// Counts the head's send at `now` and hands it its grant.
+    fn grant_head(&mut self, now: Instant, start: Instant, status: Vec<WindowStatus>, shared: Option<u64>) -> Grant {
+        self.ledger.commit_head(now);
+        if let Some(w) = self.waiters.pop_front() {
+            self.vtime = self.vtime.max(w.tag);
+            if let Some(f) = self.flows.get_mut(&w.flow) {
+                f.queued = f.queued.saturating_sub(1);
+                f.granted += 1;
+            }
+        }
+        self.notify_head();
+        let status = if shared.is_some() {
+            status
+        } else {
+            self.ledger.status(now)
+        };
+        Grant {
+            queued: now - start,
+            status,
+            at: now,
+            shared,
         }
     }
 }
@@ -511,6 +659,9 @@ impl Drop for QueueGuard<'_> {
             return;
         }
         let mut st = self.route.state.lock();
+        if st.gating == Some(self.id) {
+            st.gating = None;
+        }
         if let Some(pos) = st.position(self.id) {
             st.ledger.cancel(pos, Instant::now());
             if let Some(w) = st.waiters.remove(pos) {
@@ -538,6 +689,9 @@ impl Budget for LocalBudget {
         let mut st = r.state.lock();
         st.ledger.uncommit(grant.at, Instant::now());
         st.notify_head();
+        if let (Some(gate), Some(id)) = (&r.gate, grant.shared) {
+            gate.release(r.index, id);
+        }
     }
 
     fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Freeze {
@@ -551,6 +705,9 @@ impl Budget for LocalBudget {
         st.consecutive_429 = st.consecutive_429.saturating_add(1);
         st.ledger.freeze(now + pause, now);
         st.notify_all();
+        if let Some(gate) = &r.gate {
+            gate.freeze(r.index, pause);
+        }
         Freeze {
             pause,
             capped: asked > cap,
@@ -575,13 +732,22 @@ impl Budget for LocalBudget {
             })
             .collect();
         flows.sort_by(|a, b| a.flow.cmp(&b.flow));
+        let windows = r
+            .gate
+            .as_ref()
+            .and_then(|g| g.windows(r.index))
+            .unwrap_or_else(|| st.ledger.status(now));
         RouteStatus {
-            windows: st.ledger.status(now),
+            windows,
             queued: st.waiters.len(),
             queue_capacity: r.max_queue,
             frozen_for: st.ledger.frozen_for(now),
             flows,
         }
+    }
+
+    fn shared_detail(&self) -> Option<serde_json::Value> {
+        self.gate.as_ref().map(|g| g.detail())
     }
 
     fn close(&self) {
@@ -862,5 +1028,96 @@ mod tests {
             .acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
             .await
             .is_err());
+    }
+
+    /// A shared ledger stand-in: no slot before `free_at`, then one send per call; records
+    /// releases and freezes.
+    struct FakeGate {
+        free_at: Mutex<Instant>,
+        next: std::sync::atomic::AtomicU64,
+        released: Mutex<Vec<u64>>,
+        frozen: Mutex<Vec<Duration>>,
+    }
+
+    impl Gate for FakeGate {
+        fn try_send(&self, _pool: usize, _batch: bool) -> BoxFuture<'_, GateAnswer> {
+            Box::pin(async move {
+                let at = *self.free_at.lock();
+                if Instant::now() < at {
+                    GateAnswer::NotBefore { at, frozen: false }
+                } else {
+                    GateAnswer::Sent(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                }
+            })
+        }
+        fn release(&self, _pool: usize, id: u64) {
+            self.released.lock().push(id);
+        }
+        fn freeze(&self, _pool: usize, pause: Duration) {
+            self.frozen.lock().push(pause);
+        }
+        fn windows(&self, _pool: usize) -> Option<Vec<WindowStatus>> {
+            None
+        }
+        fn detail(&self) -> serde_json::Value {
+            serde_json::json!({"fake": true})
+        }
+    }
+
+    fn gated(free_in: Duration) -> (Arc<LocalBudget>, Arc<FakeGate>) {
+        let gate = Arc::new(FakeGate {
+            free_at: Mutex::new(Instant::now() + free_in),
+            next: std::sync::atomic::AtomicU64::new(1),
+            released: Mutex::new(Vec::new()),
+            frozen: Mutex::new(Vec::new()),
+        });
+        let cfg = BudgetConfig {
+            safety_margin: Duration::ZERO,
+            ..BudgetConfig::default()
+        };
+        (Arc::new(LocalBudget::with_gate(&cfg, gate.clone())), gate)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_that_says_not_before_holds_the_queue_and_refuses_with_the_exact_time() {
+        let (b, _gate) = gated(Duration::from_secs(7));
+        let t0 = Instant::now();
+        // Too short a wait: refused once the shared ledger named its slot, with that time.
+        match b.acquire(G, &C, Duration::from_secs(2), None).await.unwrap_err() {
+            Refusal::Throttled { retry_after, .. } => assert_eq!(retry_after, Duration::from_secs(7)),
+            other => panic!("{other:?}"),
+        }
+        // Long enough: granted when the shared ledger allows, and counted there.
+        let g = b.acquire(G, &C, Duration::from_secs(30), None).await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(7));
+        assert_eq!(g.shared, Some(1));
+        assert_eq!(b.shared_detail(), Some(serde_json::json!({"fake": true})));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gated_grants_are_released_and_freezes_shared_through_the_gate() {
+        let (b, gate) = gated(Duration::ZERO);
+        let g = b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
+        b.release(G, &g);
+        assert_eq!(*gate.released.lock(), vec![g.shared.unwrap()]);
+        b.upstream_throttled(G, Some(Duration::from_secs(3)));
+        assert_eq!(*gate.frozen.lock(), vec![Duration::from_secs(3)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_behind_a_gated_head_leaves_without_a_trace() {
+        let (b, _gate) = gated(Duration::from_secs(5));
+        let b1 = b.clone();
+        let head = tokio::spawn(async move { b1.acquire(G, &C, Duration::from_secs(30), None).await });
+        tokio::task::yield_now().await;
+        let b2 = b.clone();
+        let second = tokio::spawn(async move { b2.acquire(G, &C, Duration::from_secs(30), None).await });
+        tokio::task::yield_now().await;
+        assert_eq!(b.status(G).queued, 2);
+        second.abort();
+        let _ = second.await;
+        assert_eq!(b.status(G).queued, 1);
+        assert!(head.await.unwrap().is_ok());
+        assert_eq!(b.status(G).queued, 0);
     }
 }

@@ -21,6 +21,7 @@ mod graph;
 mod list_update;
 mod odata_corpus;
 mod operations;
+mod replicas;
 mod simulator;
 mod simulator_graph;
 mod sync;

@@ -214,6 +214,16 @@ impl TestApp {
         (from..).find(|&id| self.sim.incident_json(id).is_none()).unwrap()
     }
 
+    /// Stops the proxy (graceful) and leaves the simulator running (for others in front of it).
+    pub async fn stop_proxy(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
     /// Stops the proxy (graceful) and the simulator.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

@@ -1,0 +1,463 @@
+//! Several replicas, one budget (issue 15): three proxies in front of one simulator share their
+//! ledger through a Redis server each test starts itself (on a free port, nothing on disk), and
+//! kills, pauses or restarts as the test needs. The simulator enforces the same scaled quotas
+//! (10 per 2 s and 30 per 10 s) and its own arrival timestamps are the judge.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use defender_proxy::{config::Config, demo, simulator::SimConfig};
+use parking_lot::Mutex;
+use secrecy::SecretString;
+use tokio::time::Instant;
+
+use crate::common::{assert_windows, eventually, exclusive, quota, route_quota, start, test_config, TestApp};
+
+/// A `redis-server` of the test's own, on a free port of 127.0.0.1, keeping nothing on disk.
+struct RedisProc {
+    port: u16,
+    child: Option<Child>,
+}
+
+fn redis_server() -> String {
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("redis-server")
+        .to_string()
+}
+
+impl RedisProc {
+    fn start() -> RedisProc {
+        // A port the OS just handed out and took back: free unless someone grabs it meanwhile.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = RedisProc { port, child: None };
+        r.restart();
+        r
+    }
+
+    /// (Re)starts the server on the same port, empty, and waits until it answers.
+    fn restart(&mut self) {
+        let child = Command::new(redis_server())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--dir", &std::env::temp_dir().display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (the CI installs the redis-server package)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// A key's value, read with redis-cli.
+    fn get(&self, key: &str) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw", "GET", key])
+            .output()
+            .expect("redis-cli runs");
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!v.is_empty()).then_some(v)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused server ignores SIGKILL until continued on some systems: continue it first.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+        self.kill();
+    }
+}
+
+/// The scaled quotas on both sides, three replicas sharing `redis`.
+fn replica_config(redis: &RedisProc) -> (SimConfig, Config) {
+    let mut sim = SimConfig {
+        missing_share: 0.0,
+        ..SimConfig::default()
+    };
+    sim.quotas.get = vec![quota(10, 2), quota(30, 10)];
+    let mut c = test_config();
+    route_quota(&mut c, "get_incident", &[(10, 2), (30, 10)]);
+    c.budget.max_wait = Duration::from_secs(3);
+    c.shared.redis_url = Some(SecretString::from(redis.url()));
+    c.shared.replicas = 3;
+    c.shared.timeout = Duration::from_millis(250);
+    c.shared.heartbeat = Duration::from_millis(300);
+    (sim, c)
+}
+
+/// The simulator and `n` proxies in front of it, all sharing `redis`.
+async fn replicas(redis: &RedisProc, n: usize) -> (Vec<TestApp>, Config) {
+    let (sim, config) = replica_config(redis);
+    let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(start(demo.config.clone(), demo.simulator.clone(), demo.key.clone()).await);
+    }
+    for app in &apps {
+        eventually("the replica reached redis", Duration::from_secs(5), || async {
+            app.readyz().await["shared"]["redis"] == "ok"
+        })
+        .await;
+    }
+    (apps, demo.config)
+}
+
+/// One answer seen by a caller: which replica, when (since the run's start), what status (0: no
+/// answer within the client's timeout).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    replica: usize,
+    at: Duration,
+    status: u16,
+}
+
+/// `callers` workers spread over the replicas, each asking for cold ids for `run`; 429s back off
+/// 200 ms. Every request is bounded by a 10 s client timeout, which counts as status 0.
+async fn drive(apps: &[TestApp], callers: usize, run: Duration, first_id: i64) -> Vec<Seen> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..callers {
+        let replica = w % apps.len();
+        let (url, key) = (apps[replica].url(""), apps[replica].key.clone());
+        let (client, seen) = (client.clone(), seen.clone());
+        workers.push(tokio::spawn(async move {
+            let mut id = first_id + w as i64 * 1_000;
+            while start.elapsed() < run {
+                id += 1; // always a cold id: every answer needs the upstream
+                let status = match client
+                    .get(format!("{url}/api/incidents/{id}"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                seen.lock().push(Seen {
+                    replica,
+                    at: start.elapsed(),
+                    status,
+                });
+                if status == 429 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = seen.lock().clone();
+    let mut statuses = std::collections::BTreeMap::new();
+    for s in &seen {
+        *statuses.entry(s.status).or_insert(0) += 1;
+    }
+    println!("answers by status: {statuses:?}");
+    seen
+}
+
+/// Calls the quotas allow in `span` at most (every window of every quota that fits in it full).
+fn allowed(span: Duration) -> u64 {
+    [(10u64, 2u64), (30, 10)]
+        .iter()
+        .map(|&(limit, secs)| limit * span.as_secs().div_ceil(secs))
+        .min()
+        .unwrap()
+}
+
+/// Arrivals at the simulator within `span` of the first one.
+fn arrivals_within(at_ms: &[u64], span: Duration) -> u64 {
+    let Some(&first) = at_ms.first() else { return 0 };
+    at_ms.iter().filter(|&&t| t - first < span.as_millis() as u64).count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_spend_one_budget_exactly_and_fully() {
+    let _exclusive = exclusive().await;
+    let redis = RedisProc::start();
+    let (apps, _) = replicas(&redis, 3).await;
+    let run = Duration::from_secs(20);
+    let seen = drive(&apps, 60, run, 1).await;
+    for app in &apps {
+        let errors = crate::common::metric(app, "defender_proxy_shared_errors_total").await;
+        println!("redis errors seen by a replica: {}", errors as u64);
+    }
+    let stats = apps[0].stats();
+    let get = &stats.calls["get"];
+    assert_eq!(get.throttled, 0, "the simulator never had to say 429");
+    assert_windows(&get.at_ms, 10, 2_000);
+    assert_windows(&get.at_ms, 30, 10_000);
+    let ok = seen.iter().filter(|s| matches!(s.status, 200 | 404)).count() as u64;
+    assert_eq!(get.total, ok, "every upstream call served a caller");
+    assert!(
+        seen.iter().all(|s| matches!(s.status, 200 | 404 | 429)),
+        "only answers and honest refusals"
+    );
+    for r in 0..3 {
+        assert!(
+            seen.iter().any(|s| s.replica == r && matches!(s.status, 200 | 404)),
+            "replica {r} got slots"
+        );
+    }
+    let used = arrivals_within(&get.at_ms, run);
+    let utilisation = used as f64 / allowed(run) as f64;
+    println!(
+        "three replicas, 60 callers, {} s: {used} upstream calls of {} allowed ({:.0}%), {} refusals, 0 upstream 429s",
+        run.as_secs(),
+        allowed(run),
+        utilisation * 100.0,
+        seen.iter().filter(|s| s.status == 429).count()
+    );
+    assert!(utilisation >= 0.9, "utilisation {utilisation:.2}");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_and_restarted_never_breaks_the_quota_nor_stops_serving() {
+    let _exclusive = exclusive().await;
+    let mut redis = RedisProc::start();
+    let (apps, _) = replicas(&redis, 3).await;
+    let (kill_at, restart_at, run) = (Duration::from_secs(8), Duration::from_secs(16), Duration::from_secs(24));
+    let driving = drive(&apps, 60, run, 1);
+    let chaos = async {
+        tokio::time::sleep(kill_at).await;
+        redis.kill();
+        // Every replica notices within a heartbeat and a timeout, says so, and stays ready.
+        for app in &apps {
+            eventually(
+                "the replica reports redis unreachable",
+                Duration::from_secs(3),
+                || async {
+                    let r = app.admin_get("/readyz").await;
+                    let status = r.status();
+                    let body: serde_json::Value = r.json().await.unwrap();
+                    status == 200 && body["shared"]["redis"] == "unreachable" && body["shared"]["degraded"] == true
+                },
+            )
+            .await;
+            assert_eq!(app.metric("defender_proxy_shared_degraded").await, 1.0);
+        }
+        tokio::time::sleep(restart_at.saturating_sub(kill_at + Duration::from_secs(3))).await;
+        tokio::task::block_in_place(|| redis.restart());
+        for app in &apps {
+            eventually("the replica is back on redis", Duration::from_secs(5), || async {
+                app.readyz().await["shared"]["redis"] == "ok"
+            })
+            .await;
+        }
+    };
+    let (seen, ()) = tokio::join!(driving, chaos);
+    let stats = apps[0].stats();
+    let get = &stats.calls["get"];
+    assert_eq!(get.throttled, 0, "the simulator never had to say 429");
+    assert_windows(&get.at_ms, 10, 2_000);
+    assert_windows(&get.at_ms, 30, 10_000);
+    assert!(
+        seen.iter().all(|s| s.status != 0),
+        "no caller left hanging ({} timed out)",
+        seen.iter().filter(|s| s.status == 0).count()
+    );
+    assert!(seen.iter().all(|s| matches!(s.status, 200 | 404 | 429)));
+    let phases = [
+        ("before", Duration::ZERO, kill_at),
+        ("without redis", kill_at, restart_at),
+        ("after", restart_at, run),
+    ];
+    for (name, from, to) in phases {
+        for r in 0..3 {
+            let served = seen
+                .iter()
+                .filter(|s| s.replica == r && matches!(s.status, 200 | 404) && s.at >= from && s.at < to)
+                .count();
+            println!("replica {r} {name}: {served} answers from upstream");
+            assert!(served > 0, "replica {r} served upstream answers {name}");
+        }
+    }
+    let used = arrivals_within(&get.at_ms, run);
+    println!(
+        "redis killed at {} s, back at {} s: {used} upstream calls in {} s ({} allowed at most), 0 upstream 429s, no window over",
+        kill_at.as_secs(),
+        restart_at.as_secs(),
+        run.as_secs(),
+        allowed(run)
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_every_replica_within_a_window_spends_nothing_twice() {
+    let _exclusive = exclusive().await;
+    let redis = RedisProc::start();
+    let (apps, config) = replicas(&redis, 3).await;
+    let (sim, key) = (apps[0].sim.clone(), apps[0].key.clone());
+    // The 2 s window's 10 calls, spread over the replicas.
+    let mut first = Vec::new();
+    for i in 0..10 {
+        first.push(apps[i % 3].get(&format!("/api/incidents/{}", 1000 + i)).send());
+    }
+    for r in futures_util::future::join_all(first).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let restarted_at = Instant::now();
+    for app in apps {
+        app.stop_proxy().await;
+    }
+    let apps = [
+        start(config.clone(), sim.clone(), key.clone()).await,
+        start(config.clone(), sim.clone(), key.clone()).await,
+        start(config.clone(), sim.clone(), key.clone()).await,
+    ];
+    // The new processes remember nothing; the ledger in Redis does.
+    let mut refused = 0;
+    for (i, app) in apps.iter().enumerate() {
+        let r = app
+            .get(&format!("/api/incidents/{}", 2000 + i))
+            .header("prefer", "wait=0")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            refused += 1;
+        }
+    }
+    let elapsed = restarted_at.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1800),
+        "restarted within the window: {elapsed:?}"
+    );
+    assert_eq!(refused, 3, "the window spent before the restart is still spent");
+    let get = &sim.stats().calls["get"];
+    assert_eq!(get.total, 10);
+    assert_eq!(get.throttled, 0);
+    assert_windows(&get.at_ms, 10, 2_000);
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_429_seen_by_one_replica_freezes_the_pool_for_all() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (apps, _) = replicas(&redis, 2).await;
+    apps[0].sim.set_faults(crate::common::fault_on(
+        "get",
+        defender_proxy::simulator::FaultKind::Throttle { retry_after_secs: 5 },
+        Some(1),
+    ));
+    let r = apps[0].get("/api/incidents/7").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    // The freeze is written to Redis as the 429 is handed on (a round trip later).
+    eventually("the freeze is in redis", Duration::from_secs(2), || async {
+        redis.get("{dp:default}:budget:get_incident:frozen").is_some()
+    })
+    .await;
+    // The other replica never saw the 429, yet holds its calls: the freeze is in Redis.
+    let r = apps[1]
+        .get("/api/incidents/8")
+        .header("prefer", "wait=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "frozen for every replica");
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((4..=5).contains(&retry), "retry-after {retry}");
+    assert_eq!(apps[0].calls("get"), 1, "only the throttled call reached the upstream");
+    let frozen = &apps[1].readyz().await["frozen_routes"];
+    assert_eq!(frozen[0]["route"], "get_incident", "{frozen}");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_costs_one_timeout_then_the_local_share_serves() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (apps, _) = replicas(&redis, 1).await;
+    let app = &apps[0];
+    assert_eq!(app.get("/api/incidents/1").send().await.unwrap().status(), 200);
+    redis.signal("-STOP");
+    let t = Instant::now();
+    let r = app.get("/api/incidents/2").send().await.unwrap();
+    assert_eq!(r.status(), 200, "served on the local share");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "bounded by shared.timeout: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    assert_eq!(app.get("/api/incidents/3").send().await.unwrap().status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "no second timeout: {:?}",
+        t.elapsed()
+    );
+    let ready = app.admin_get("/readyz").await;
+    assert_eq!(ready.status(), 200, "still ready: it still serves");
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["shared"]["redis"], "unreachable", "{body}");
+    assert!(crate::common::metric(app, "defender_proxy_shared_errors_total").await >= 1.0);
+    redis.signal("-CONT");
+    eventually("back on redis and settled", Duration::from_secs(5), || async {
+        let b = app.readyz().await;
+        b["shared"]["redis"] == "ok" && b["shared"]["settled"] == true
+    })
+    .await;
+    assert_eq!(app.get("/api/incidents/4").send().await.unwrap().status(), 200);
+    for app in apps {
+        app.stop().await;
+    }
+}
