@@ -58,8 +58,9 @@ pub enum ApiError {
     #[error("the proxy cannot obtain an upstream access token right now; nothing was sent upstream")]
     NoToken(Duration),
     /// A write of several upstream calls (a Graph PATCH, then its comment) stopped part-way:
-    /// `applied` says exactly what took effect, `cause` why the rest did not. Its status is the
-    /// cause's; nothing is retried on the caller's behalf.
+    /// `applied` says exactly what took effect, `cause` why the rest did not. Always 502 without
+    /// `Retry-After`, whatever the cause (a 429 would invite the caller to resend the whole write
+    /// and add its comment twice); nothing is retried on the caller's behalf.
     #[error("{applied}: {cause}")]
     PartiallyApplied { applied: Arc<str>, cause: Box<ApiError> },
 }
@@ -84,7 +85,7 @@ impl ApiError {
             ApiError::NotCached | ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadGateway(_) | ApiError::OutcomeUnknown(_) => StatusCode::BAD_GATEWAY,
             ApiError::ShuttingDown | ApiError::NoToken(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::PartiallyApplied { cause, .. } => cause.status(),
+            ApiError::PartiallyApplied { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -117,7 +118,6 @@ impl ApiError {
             ApiError::Throttled { retry_after, .. } => Some(retry_after_secs(*retry_after)),
             ApiError::ShuttingDown | ApiError::Overloaded => Some(1),
             ApiError::NoToken(retry_after) => Some(retry_after_secs(*retry_after)),
-            ApiError::PartiallyApplied { cause, .. } => cause.retry_after(),
             _ => None,
         }
     }

@@ -161,16 +161,33 @@ fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-/// The items of a list page (either dialect: both keep them in `value`), and `@odata.count`.
-pub fn page_items(body: &[u8]) -> Option<(Vec<Box<serde_json::value::RawValue>>, Option<u64>)> {
+/// A list page of either dialect, as the upstream sent it.
+pub struct PageItems {
+    /// Each item's JSON text (both dialects keep them in `value`).
+    pub items: Vec<Box<serde_json::value::RawValue>>,
+    /// `@odata.count`, when the upstream gave it.
+    pub count: Option<u64>,
+    /// Whether the upstream says more follow (`@odata.nextLink`). A page may be shorter than
+    /// asked and still not be the last, so "fewer than `$top`" alone never ends a listing.
+    pub next: bool,
+}
+
+/// The items of a list page, its count and whether the upstream announced a next page.
+pub fn page_items(body: &[u8]) -> Option<PageItems> {
     #[derive(Deserialize)]
     struct PageBody {
         value: Vec<Box<serde_json::value::RawValue>>,
         #[serde(rename = "@odata.count")]
         count: Option<u64>,
+        #[serde(rename = "@odata.nextLink")]
+        next: Option<serde::de::IgnoredAny>,
     }
     match serde_json::from_slice::<PageBody>(body) {
-        Ok(p) => Some((p.value, p.count)),
+        Ok(p) => Some(PageItems {
+            items: p.value,
+            count: p.count,
+            next: p.next.is_some(),
+        }),
         Err(_) => {
             tracing::warn!("upstream list body has no `value` array; not cached");
             None
@@ -247,7 +264,7 @@ impl Ingest {
     /// A whole upstream List page (in the upstream's dialect, alerts included) spread into the
     /// per-incident entries. `None` when the body is no page.
     pub async fn spread_list(&self, body: &[u8], sent_at: Instant, ticket: Ticket) -> Option<Page> {
-        let (items, _) = page_items(body)?;
+        let items = page_items(body)?.items;
         let total = items.len();
         let incidents: Vec<Incident> = items
             .iter()

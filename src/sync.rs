@@ -76,8 +76,9 @@ impl SyncError {
 #[derive(Debug, Clone)]
 struct Pass {
     since: OffsetDateTime,
-    /// Graph upstream: the pass pages by time, ascending; it has listed everything before this
-    /// second, and `skip` counts the items of this second already listed.
+    /// Graph upstream: the pass pages by time, ascending; it has listed everything changed
+    /// before this instant (full precision), and `skip` counts the items changed at exactly this
+    /// instant already listed.
     cursor: Option<OffsetDateTime>,
     skip: u64,
     /// When its first page was sent (proxy clock) and what the upstream's clock said then.
@@ -324,14 +325,16 @@ impl Syncer {
                 format!("/api/incidents?{}", query.canonical())
             }
             Dialect::Graph => {
-                // Time-boundary paging (ascending, `$skip` only within one second): `$skip`
-                // stays small, where Graph is seen to stop answering past large offsets.
-                let from = pass.cursor.unwrap_or(pass.since);
+                // Time-boundary paging (ascending, `$skip` only among items changed at the very
+                // same instant): `$skip` stays small, where Graph is seen to stop answering past
+                // large offsets, and an item that changes again while the pass pages moves past
+                // the cursor instead of shifting the items not yet listed.
+                let from = pass.cursor.unwrap_or_else(|| whole_seconds(pass.since));
                 let query = GraphListQuery {
                     filter: Some(Filter::Compare {
                         field: GraphField::LastUpdateDateTime,
                         op: CompareOp::Ge,
-                        value: Literal::DateTime(whole_seconds(from)),
+                        value: Literal::DateTime(from),
                     }),
                     top: Some(GRAPH_PAGE as u32),
                     skip: (pass.skip > 0).then_some(pass.skip),
@@ -368,38 +371,41 @@ impl Syncer {
             // A 429 has frozen the route for callers too; anything else is only the sync's problem.
             return Err(SyncError::Upstream(resp.status.as_u16()));
         }
-        let (items, _) = page_items(&resp.body).ok_or(SyncError::BadPage)?;
-        let returned = items.len();
-        let incidents: Vec<_> = items
+        let page = page_items(&resp.body).ok_or(SyncError::BadPage)?;
+        let returned = page.items.len();
+        let incidents: Vec<_> = page
+            .items
             .iter()
             .filter_map(|raw| render_incident(upstream, raw.get().as_bytes()))
             .collect();
-        let seconds: Vec<Option<i64>> = incidents
-            .iter()
-            .map(|i| i.last_update.map(|ns| (ns / 1_000_000_000) as i64))
-            .collect();
+        // Change times at the upstream's precision (100 ns for Graph), for the cursor.
+        let changed: Vec<Option<i128>> = incidents.iter().map(|i| i.last_update).collect();
         self.ingest.spread(incidents, sent_at, ticket).await;
         if pass.started.is_none() {
             // The upstream's clock, not ours: its `Date`, else our own as a last resort.
             let upstream_now = resp.date.map(OffsetDateTime::from).unwrap_or(wall);
             pass.started = Some((sent_at, upstream_now));
         }
+        // More may follow when the page came back full or the upstream announced a next page
+        // (a page shorter than asked is not the last if it says so).
         let full = match upstream {
             Dialect::Defender => {
                 pass.skip += returned as u64;
-                returned >= PAGE
+                returned >= PAGE || (page.next && returned > 0)
             }
             Dialect::Graph => {
-                let from = whole_seconds(pass.cursor.unwrap_or(pass.since)).unix_timestamp();
-                let last = seconds.iter().flatten().copied().max();
-                match last {
+                let from = pass
+                    .cursor
+                    .unwrap_or_else(|| whole_seconds(pass.since))
+                    .unix_timestamp_nanos();
+                match changed.iter().flatten().copied().max() {
                     Some(last) if last > from => {
-                        pass.cursor = OffsetDateTime::from_unix_timestamp(last).ok();
-                        pass.skip = seconds.iter().filter(|s| **s == Some(last)).count() as u64;
+                        pass.cursor = OffsetDateTime::from_unix_timestamp_nanos(last).ok();
+                        pass.skip = changed.iter().filter(|t| **t == Some(last)).count() as u64;
                     }
                     _ => pass.skip += returned as u64,
                 }
-                returned >= GRAPH_PAGE
+                returned >= GRAPH_PAGE || (page.next && returned > 0)
             }
         };
         Ok((returned, full))

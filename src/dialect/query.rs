@@ -190,18 +190,23 @@ fn defender_conjuncts(filter: &Filter<GraphField>) -> Option<Filter> {
 /// page is taken to mean more may follow. `None` on the last page.
 pub fn graph_next_link(base: &str, query: &GraphListQuery, returned: usize, total: Option<u64>) -> Option<String> {
     let top = query.top.unwrap_or(GRAPH_DEFAULT_TOP);
-    let skip = query.skip.unwrap_or(0);
-    let next_skip = skip.saturating_add(returned as u64);
+    let next_skip = query.skip.unwrap_or(0).saturating_add(returned as u64);
     let more = match total {
-        Some(total) => returned > 0 && next_skip < total,
-        None => returned >= top as usize && returned > 0,
+        Some(total) => next_skip < total,
+        None => returned >= top as usize,
     };
-    if !more {
+    graph_next_link_if(base, query, returned, more)
+}
+
+/// Graph's `@odata.nextLink` after `returned` items when `more` follow (e.g. the upstream
+/// announced a next page of its own); `None` when none do or nothing was returned.
+pub fn graph_next_link_if(base: &str, query: &GraphListQuery, returned: usize, more: bool) -> Option<String> {
+    if !more || returned == 0 {
         return None;
     }
     let next = GraphListQuery {
-        top: Some(top),
-        skip: Some(next_skip),
+        top: Some(query.top.unwrap_or(GRAPH_DEFAULT_TOP)),
+        skip: Some(query.skip.unwrap_or(0).saturating_add(returned as u64)),
         ..query.clone()
     };
     Some(format!("{base}?{}", next.canonical()))

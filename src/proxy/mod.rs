@@ -91,6 +91,8 @@ pub struct Proxy {
     exchange: Arc<Exchange>,
     ingest: Ingest,
     flights: Flights<read::FlightKey, Outcome, read::SlotReceiver>,
+    /// Graph queries answered over a Defender upstream: their match sets, kept briefly.
+    local_sets: read::LocalSets,
     metrics: Arc<Metrics>,
     /// When the incident sync runs: its confirmations extend incidents' freshness.
     confirmations: Option<Arc<Confirmations>>,
@@ -111,6 +113,7 @@ impl Proxy {
             store,
             exchange,
             flights: Flights::default(),
+            local_sets: read::LocalSets::default(),
             metrics,
             confirmations,
         }

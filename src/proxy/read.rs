@@ -21,16 +21,16 @@ use crate::{
     dialect::{
         incident::DEFENDER_LIST_CONTEXT,
         query::{
-            defender_list_plan, graph_list_over_defender, graph_matches, graph_next_link, graph_order, needs_next_page,
-            GraphOverDefender,
+            defender_list_plan, graph_list_over_defender, graph_matches, graph_next_link, graph_next_link_if,
+            graph_order, GraphOverDefender, GRAPH_DEFAULT_TOP,
         },
         Dialect,
     },
     error::ApiError,
     exchange::{CallError, Retry, Sent},
     flight::Flight,
-    ingest::{page_items, render_error, render_incident},
-    odata::{GraphListQuery, ListQuery},
+    ingest::{page_items, render_error, render_incident, Incident},
+    odata::{GraphListQuery, ListQuery, GRAPH_MAX_TOP},
     outcome::json_content_type,
     route::RouteKind,
     upstream::Request,
@@ -349,9 +349,12 @@ impl Proxy {
         self.store_entry(fk, entry, ticket, budget, sent.queued).await
     }
 
-    /// A Defender List over a Graph upstream: up to two Graph pages (Graph pages hold 50, a
-    /// Defender page up to 100) at the caller's `$skip`, in Defender's order, translated. Each
-    /// page spends its own List slot.
+    /// A Defender List over a Graph upstream: Graph pages (at most 50 each; a Defender page holds
+    /// up to 100) from the caller's `$skip`, in Defender's order, each spending a List slot, until
+    /// the caller's `$top` is filled or the upstream has no more. The next page starts after what
+    /// the previous one returned (a short page followed by a next link is not the last), an
+    /// incident seen twice (one created between the two calls shifts the order) is kept once,
+    /// and the translation happens here, once.
     async fn defender_list_over_graph(
         &self,
         call: &Call<'_>,
@@ -359,11 +362,20 @@ impl Proxy {
         query: &ListQuery,
         ticket: Ticket,
     ) -> Outcome {
-        let mut incidents = Vec::new();
+        let wanted = query.top.unwrap_or(crate::dialect::query::DEFENDER_DEFAULT_TOP) as usize;
+        let mut skip = query.skip.unwrap_or(0);
+        let mut incidents: Vec<Incident> = Vec::new();
         let mut first_sent = None;
         let mut queued = Duration::ZERO;
         let mut budget = None;
-        for page in defender_list_plan(query) {
+        let base = defender_list_plan(query).into_iter().next().unwrap_or_default();
+        while incidents.len() < wanted {
+            let asked = (wanted - incidents.len()).min(GRAPH_MAX_TOP as usize);
+            let page = GraphListQuery {
+                top: Some(asked as u32),
+                skip: Some(skip),
+                ..base.clone()
+            };
             let path = format!("/v1.0/security/incidents?{}", page.canonical());
             let (sent, sent_at) = match self.get(call, path).await {
                 Ok(s) => s,
@@ -375,17 +387,22 @@ impl Proxy {
             if sent.response.status != StatusCode::OK {
                 return self.non_success(call.route, sent, call.stale, call.request_id);
             }
-            let Some((items, _)) = page_items(&sent.response.body) else {
+            let Some(got) = page_items(&sent.response.body) else {
                 return self.invalid_body(call, budget, 200);
             };
-            let returned = items.len();
-            for raw in &items {
+            let returned = got.items.len();
+            for raw in got.items.iter().take(asked) {
                 match render_incident(Dialect::Graph, raw.get().as_bytes()) {
-                    Some(i) if i.bodies.get(View::Defender).is_some() => incidents.push(i),
+                    Some(i) if i.bodies.get(View::Defender).is_some() => {
+                        if !incidents.iter().any(|seen| seen.id == i.id) {
+                            incidents.push(i);
+                        }
+                    }
                     _ => return self.invalid_body(call, budget, 200),
                 }
             }
-            if !needs_next_page(&page, returned) {
+            skip = skip.saturating_add(returned as u64);
+            if returned == 0 || (returned < asked && !got.next) {
                 break;
             }
         }
@@ -411,14 +428,18 @@ impl Proxy {
         query: &GraphListQuery,
         ticket: Ticket,
     ) -> Outcome {
-        let view = if query.expand_alerts {
-            View::GraphAlerts
-        } else {
-            View::Graph
-        };
+        let view = graph_view(query);
         let upstream = self.upstream_api();
+        let top = query.top.unwrap_or(GRAPH_DEFAULT_TOP) as usize;
         let path = match upstream {
-            Dialect::Graph => format!("/v1.0/security/incidents?{}", query.canonical()),
+            // Always an explicit `$top`: Graph documents no default page size.
+            Dialect::Graph => {
+                let explicit = GraphListQuery {
+                    top: Some(top as u32),
+                    ..query.clone()
+                };
+                format!("/v1.0/security/incidents?{}", explicit.canonical())
+            }
             Dialect::Defender => match graph_list_over_defender(query) {
                 GraphOverDefender::Direct(q) => format!("/api/incidents?{}", q.canonical()),
                 GraphOverDefender::Local { upstream } => {
@@ -434,13 +455,13 @@ impl Proxy {
         if sent.response.status != StatusCode::OK {
             return self.non_success(call.route, sent, call.stale, call.request_id);
         }
-        let Some((items, count)) = page_items(&sent.response.body) else {
+        let Some(got) = page_items(&sent.response.body) else {
             return self.invalid_body(call, budget, 200);
         };
-        let returned = items.len();
+        let returned = got.items.len().min(top);
         let mut rendered = Vec::with_capacity(returned);
         let mut complete = Vec::with_capacity(returned);
-        for raw in &items {
+        for raw in got.items.iter().take(top) {
             let text = raw.get().as_bytes();
             match upstream {
                 // Graph's own items are served as they came; only complete ones (alerts
@@ -463,24 +484,26 @@ impl Proxy {
                 }
             }
         }
-        let total = count.filter(|_| upstream == Dialect::Graph);
-        let next = graph_next_link(base, query, returned, total);
-        let context = if query.expand_alerts {
-            GRAPH_LIST_CONTEXT_ALERTS
-        } else {
-            GRAPH_LIST_CONTEXT
+        let total = got.count.filter(|_| upstream == Dialect::Graph);
+        let more = match total {
+            Some(total) => query.skip.unwrap_or(0).saturating_add(returned as u64) < total,
+            None => returned >= top || got.next,
         };
+        let next = graph_next_link_if(base, query, returned, more);
         let shown_count = if query.count == Some(true) { total } else { None };
-        let body = raw_list_body(context, rendered.iter(), shown_count, next.as_deref());
+        let body = raw_list_body(graph_context(query), rendered.iter(), shown_count, next.as_deref());
         self.ingest.spread(complete, sent_at, ticket).await;
         let entry = self.list_entry(Bodies::one(view, body), sent_at);
         self.store_entry(fk, entry, ticket, budget, sent.queued).await
     }
 
     /// A Graph query one Defender call cannot answer (another order, `$count`, a Graph-only
-    /// filter field) over a Defender upstream: every page of the part of the filter Defender can
-    /// apply (at most [`LOCAL_MAX_PAGES`] List calls), then the rest of the query applied here.
-    /// Beyond the cap the caller gets a 400 asking for a narrower filter, never a wrong page.
+    /// filter field) over a Defender upstream: every incident the filter's Defender part matches
+    /// (at most [`LOCAL_MAX_MATCHES`], pages of 100, each a List call), then the rest of the query
+    /// applied here. The sorted matches are kept for `cache.list_ttl` (until the next write), so
+    /// a caller walking the pages by `@odata.nextLink` spends the listing once, not once per
+    /// page; a query matching more is refused with a 400 asking for a narrower filter (kept too,
+    /// so retries spend nothing), never answered with a wrong page.
     async fn graph_list_local(
         &self,
         call: &Call<'_>,
@@ -490,77 +513,99 @@ impl Proxy {
         mut upstream: ListQuery,
         ticket: Ticket,
     ) -> Outcome {
-        let view = if query.expand_alerts {
-            View::GraphAlerts
-        } else {
-            View::Graph
-        };
-        let mut incidents = Vec::new();
-        let mut first_sent = None;
-        let mut queued = Duration::ZERO;
-        let mut budget = None;
-        let page_size = crate::dialect::query::DEFENDER_DEFAULT_TOP;
-        for page in 0..LOCAL_MAX_PAGES {
-            upstream.top = Some(page_size);
-            upstream.skip = Some(u64::from(page) * u64::from(page_size));
-            let (sent, sent_at) = match self.get(call, format!("/api/incidents?{}", upstream.canonical())).await {
-                Ok(s) => s,
-                Err(outcome) => return outcome,
-            };
-            first_sent.get_or_insert(sent_at);
-            queued += sent.queued;
-            budget = Some((call.route, sent.windows.clone()));
-            if sent.response.status != StatusCode::OK {
-                return self.non_success(call.route, sent, call.stale, call.request_id);
-            }
-            let Some((items, _)) = page_items(&sent.response.body) else {
-                return self.invalid_body(call, budget, 200);
-            };
-            let returned = items.len();
-            for raw in &items {
-                match render_incident(Dialect::Defender, raw.get().as_bytes()) {
-                    Some(i) if i.bodies.get(View::GraphAlerts).is_some() => incidents.push(i),
-                    _ => return self.invalid_body(call, budget, 200),
-                }
-            }
-            if returned < page_size as usize {
-                break;
-            }
-            if page + 1 == LOCAL_MAX_PAGES {
-                return Err(Failure {
-                    error: ApiError::bad_request(format!(
-                        "over the Defender API this query is answered by listing every match of its Defender part, and more than {} incidents match; narrow $filter (e.g. lastUpdateDateTime ge ...) or use the default order without $count",
-                        LOCAL_MAX_PAGES * page_size
-                    )),
-                    budget,
-                    upstream_status: Some(200),
-                });
-            }
+        let set_key = GraphListQuery {
+            top: None,
+            skip: None,
+            count: None,
+            expand_alerts: false,
+            ..query.clone()
         }
-        let mut matching: Vec<(serde_json::Value, Bytes)> = incidents
-            .iter()
-            .filter_map(|i| {
-                let full: serde_json::Value = serde_json::from_slice(i.bodies.get(View::GraphAlerts)?).ok()?;
-                let keep = query.filter.as_ref().map_or(true, |f| graph_matches(f, &full));
-                keep.then(|| Some((full, i.bodies.get(view)?.clone())))?
-            })
-            .collect();
-        matching.sort_by(|a, b| graph_order(query, &a.0, &b.0));
-        let total = matching.len() as u64;
-        let skip = usize::try_from(query.skip.unwrap_or(0)).unwrap_or(usize::MAX);
-        let top = query.top.unwrap_or(crate::dialect::query::GRAPH_DEFAULT_TOP) as usize;
-        let shown: Vec<Bytes> = matching.into_iter().skip(skip).take(top).map(|(_, b)| b).collect();
-        let next = graph_next_link(base, query, shown.len(), Some(total));
-        let context = if query.expand_alerts {
-            GRAPH_LIST_CONTEXT_ALERTS
-        } else {
-            GRAPH_LIST_CONTEXT
+        .canonical();
+        let (matches, fetched, budget, queued) = match self.local_sets.get(&set_key, self.policy.cache.list_ttl) {
+            Some(LocalSet::Matches(m)) => (m, None, None, Duration::ZERO),
+            Some(LocalSet::TooBroad) => return Err(too_broad().into()),
+            None => {
+                let page_size = crate::dialect::query::DEFENDER_DEFAULT_TOP;
+                let mut incidents: Vec<Incident> = Vec::new();
+                let mut first_sent = None;
+                let mut queued = Duration::ZERO;
+                let mut budget = None;
+                // One page more than the cap allows, of one item: is there anything beyond it?
+                let pages = LOCAL_MAX_MATCHES / page_size as usize;
+                for page in 0..=pages {
+                    let last = page == pages;
+                    upstream.top = Some(if last { 1 } else { page_size });
+                    upstream.skip = Some((page as u64) * u64::from(page_size));
+                    let (sent, sent_at) = match self.get(call, format!("/api/incidents?{}", upstream.canonical())).await
+                    {
+                        Ok(s) => s,
+                        Err(outcome) => return outcome,
+                    };
+                    first_sent.get_or_insert(sent_at);
+                    queued += sent.queued;
+                    budget = Some((call.route, sent.windows.clone()));
+                    if sent.response.status != StatusCode::OK {
+                        return self.non_success(call.route, sent, call.stale, call.request_id);
+                    }
+                    let Some(got) = page_items(&sent.response.body) else {
+                        return self.invalid_body(call, budget, 200);
+                    };
+                    let returned = got.items.len();
+                    if last {
+                        if returned > 0 {
+                            self.local_sets.put(set_key, LocalSet::TooBroad);
+                            return Err(Failure {
+                                error: too_broad(),
+                                budget,
+                                upstream_status: Some(200),
+                            });
+                        }
+                        break;
+                    }
+                    for raw in &got.items {
+                        match render_incident(Dialect::Defender, raw.get().as_bytes()) {
+                            Some(i) if i.bodies.get(View::GraphAlerts).is_some() => {
+                                if !incidents.iter().any(|seen| seen.id == i.id) {
+                                    incidents.push(i);
+                                }
+                            }
+                            _ => return self.invalid_body(call, budget, 200),
+                        }
+                    }
+                    if returned < page_size as usize {
+                        break;
+                    }
+                }
+                let mut matching: Vec<(serde_json::Value, Arc<Bodies>)> = incidents
+                    .iter()
+                    .filter_map(|i| {
+                        let full: serde_json::Value = serde_json::from_slice(i.bodies.get(View::GraphAlerts)?).ok()?;
+                        let keep = query.filter.as_ref().map_or(true, |f| graph_matches(f, &full));
+                        keep.then(|| (full, i.bodies.clone()))
+                    })
+                    .collect();
+                matching.sort_by(|a, b| graph_order(query, &a.0, &b.0));
+                let matches: Arc<Vec<Arc<Bodies>>> = Arc::new(matching.into_iter().map(|(_, b)| b).collect());
+                self.local_sets.put(set_key, LocalSet::Matches(matches.clone()));
+                let sent_at = first_sent.unwrap_or_else(Instant::now);
+                self.ingest.spread(incidents, sent_at, ticket).await;
+                (matches, Some(sent_at), budget, queued)
+            }
         };
+        let view = graph_view(query);
+        let total = matches.len() as u64;
+        let skip = usize::try_from(query.skip.unwrap_or(0)).unwrap_or(usize::MAX);
+        let top = query.top.unwrap_or(GRAPH_DEFAULT_TOP) as usize;
+        let shown: Vec<Bytes> = matches
+            .iter()
+            .skip(skip)
+            .take(top)
+            .filter_map(|b| b.get(view).cloned())
+            .collect();
+        let next = graph_next_link(base, query, shown.len(), Some(total));
         let count = (query.count == Some(true)).then_some(total);
-        let body = raw_list_body(context, shown.iter(), count, next.as_deref());
-        let sent_at = first_sent.unwrap_or_else(Instant::now);
-        self.ingest.spread(incidents, sent_at, ticket).await;
-        let entry = self.list_entry(Bodies::one(view, body), sent_at);
+        let body = raw_list_body(graph_context(query), shown.iter(), count, next.as_deref());
+        let entry = self.list_entry(Bodies::one(view, body), fetched.unwrap_or_else(Instant::now));
         self.store_entry(fk, entry, ticket, budget, queued).await
     }
 
@@ -624,6 +669,46 @@ impl Proxy {
     }
 }
 
+/// The match sets of Graph queries answered over a Defender upstream (the local plan), kept
+/// for `cache.list_ttl` and dropped at every write, so paging through one costs its listing once.
+#[derive(Default)]
+pub(super) struct LocalSets(parking_lot::Mutex<std::collections::HashMap<String, (Instant, LocalSet)>>);
+
+/// What listing a query's Defender part found.
+#[derive(Clone)]
+pub(super) enum LocalSet {
+    /// The matching incidents, in the query's order.
+    Matches(Arc<Vec<Arc<Bodies>>>),
+    /// More than [`LOCAL_MAX_MATCHES`]: refused.
+    TooBroad,
+}
+
+/// Match sets kept at most (a handful of sync tools' queries); beyond, the oldest go.
+const LOCAL_SETS_MAX: usize = 32;
+
+impl LocalSets {
+    fn get(&self, key: &str, ttl: Duration) -> Option<LocalSet> {
+        let sets = self.0.lock();
+        let (at, set) = sets.get(key)?;
+        (at.elapsed() < ttl).then(|| set.clone())
+    }
+
+    fn put(&self, key: String, set: LocalSet) {
+        let mut sets = self.0.lock();
+        if sets.len() >= LOCAL_SETS_MAX {
+            if let Some(oldest) = sets.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) {
+                sets.remove(&oldest);
+            }
+        }
+        sets.insert(key, (Instant::now(), set));
+    }
+
+    /// After a write: every kept match set may be out of date.
+    pub(super) fn clear(&self) {
+        self.0.lock().clear();
+    }
+}
+
 /// The budget note an answer carries: the route and its windows after the call.
 type BudgetNote = Option<(RouteKind, Vec<WindowStatus>)>;
 
@@ -667,9 +752,34 @@ fn raw_list_body<'a>(
     Bytes::from(out)
 }
 
-/// The most Defender List calls one Graph query over a Defender upstream may take (the
-/// [`GraphOverDefender::Local`] plan): 10 pages of 100.
-const LOCAL_MAX_PAGES: u32 = 10;
+/// The most incidents one Graph query over a Defender upstream may have to list (the
+/// [`GraphOverDefender::Local`] plan): 10 List calls of 100, and one of 1 to see whether more
+/// match.
+const LOCAL_MAX_MATCHES: usize = 1000;
+
+fn too_broad() -> ApiError {
+    ApiError::bad_request(format!(
+        "over the Defender API this query is answered by listing every match of its Defender part, and more than {LOCAL_MAX_MATCHES} incidents match; narrow $filter (e.g. lastUpdateDateTime ge ...) or use the default order without $count"
+    ))
+}
+
+/// The view a Graph list query's items are read in.
+fn graph_view(query: &GraphListQuery) -> View {
+    if query.expand_alerts {
+        View::GraphAlerts
+    } else {
+        View::Graph
+    }
+}
+
+/// A Graph list page's `@odata.context`.
+fn graph_context(query: &GraphListQuery) -> &'static str {
+    if query.expand_alerts {
+        GRAPH_LIST_CONTEXT_ALERTS
+    } else {
+        GRAPH_LIST_CONTEXT
+    }
+}
 
 const GRAPH_LIST_CONTEXT: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents";
 const GRAPH_LIST_CONTEXT_ALERTS: &str = "https://graph.microsoft.com/v1.0/$metadata#security/incidents(alerts())";

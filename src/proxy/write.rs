@@ -130,24 +130,24 @@ impl Proxy {
                 // Graph's PATCH answer has no alerts; a Defender caller's answer takes them from
                 // the cached incident, read before the write forgets it.
                 let alerts = self.cached_alerts(job.id);
+                let commented = comment.is_some();
                 let comments = match comment {
                     None => None,
                     Some(text) => match self.post_comment(&job, &text).await {
                         Ok(page) => Some(page),
                         Err(cause) => {
                             self.written(key, None).await;
-                            return Err(Failure {
-                                error: ApiError::PartiallyApplied {
-                                    applied: format!(
-                                        "the update of {} was applied, the comment was not added",
-                                        job.plan.fields.join(", ")
-                                    )
-                                    .into(),
-                                    cause: Box::new(cause),
-                                },
-                                budget: Some((route, windows)),
-                                upstream_status: Some(200),
-                            });
+                            let comment = if matches!(cause, ApiError::OutcomeUnknown(_)) {
+                                "the comment may or may not have been added (read the incident before resending it)"
+                            } else {
+                                "the comment was not added"
+                            };
+                            return Err(partial(
+                                format!("the update of {} was applied, {comment}", job.plan.fields.join(", ")),
+                                cause,
+                                route,
+                                windows,
+                            ));
                         }
                     },
                 };
@@ -155,21 +155,23 @@ impl Proxy {
                 // the next read fetches the whole incident.
                 self.written(key, None).await;
                 let is_incident = serde_json::from_slice::<Value>(&patched).is_ok_and(|v| v.get("id").is_some());
-                let body = match (job.view, is_incident) {
-                    (View::Defender, true) => defender_after_graph_write(&patched, comments.as_ref(), alerts),
-                    (_, true) => Some(patched),
-                    // An answer without the incident (a 204, say): read it back (a Get slot).
-                    (view, false) => match self.read_back(&job).await {
+                let body = match (job.view, is_incident, alerts) {
+                    (View::Defender, true, Some(alerts)) => {
+                        defender_after_graph_write(&patched, comments.as_ref(), Some(alerts))
+                    }
+                    (View::Graph | View::GraphAlerts, true, _) => Some(patched),
+                    // No incident in the answer (a 204, say), or a Defender caller whose answer
+                    // needs alerts nobody has cached: read it back (a Get slot), never claim an
+                    // incident has no alerts.
+                    (view, _, _) => match self.read_back(&job).await {
                         Ok(bodies) => bodies.get(view).cloned(),
                         Err(cause) => {
-                            return Err(Failure {
-                                error: ApiError::PartiallyApplied {
-                                    applied: "the update was applied; reading the incident back failed".into(),
-                                    cause: Box::new(cause),
-                                },
-                                budget: Some((route, windows)),
-                                upstream_status: Some(first.response.status.as_u16()),
-                            })
+                            let applied = if commented {
+                                "the update and the comment were applied (do not resend them); reading the incident back failed"
+                            } else {
+                                "the update was applied; reading the incident back failed"
+                            };
+                            return Err(partial(applied.into(), cause, route, windows));
                         }
                     },
                 };
@@ -179,24 +181,26 @@ impl Proxy {
             (Dialect::Graph, false, _) => {
                 self.written(key.clone(), None).await;
                 let comments = first.response.body;
-                let body =
-                    match job.plan.reply {
-                        Reply::Comments => Some(comments),
-                        // A Defender caller expects the incident: read it back (a Get slot).
-                        Reply::Incident => match self.read_back(&job).await {
-                            Ok(bodies) => bodies.get(View::Defender).cloned(),
-                            Err(cause) => return Err(Failure {
-                                error: ApiError::PartiallyApplied {
-                                    applied:
-                                        "the comment was added (do not send it again); reading the incident back failed"
-                                            .into(),
-                                    cause: Box::new(cause),
-                                },
-                                budget: Some((route, windows)),
-                                upstream_status: Some(200),
-                            }),
+                let is_page = serde_json::from_slice::<Value>(&comments).is_ok_and(|v| v["value"].is_array());
+                let body = match (job.plan.reply, is_page) {
+                    (Reply::Comments, true) => Some(comments),
+                    // A Defender caller expects the incident, and an answer without the comment
+                    // list (a 201 or 204 with no body) is completed the same way: read it back.
+                    (reply, _) => match self.read_back(&job).await {
+                        Ok(bodies) => match reply {
+                            Reply::Incident => bodies.get(View::Defender).cloned(),
+                            Reply::Comments => bodies.get(View::Graph).and_then(|g| comments_page(g, job.id)),
                         },
-                    };
+                        Err(cause) => {
+                            return Err(partial(
+                                "the comment was added (do not send it again); reading the incident back failed".into(),
+                                cause,
+                                route,
+                                windows,
+                            ))
+                        }
+                    },
+                };
                 self.write_answer(body, route, windows, queued)
             }
         }
@@ -373,6 +377,7 @@ impl Proxy {
     async fn written(&self, key: Key, entry: Option<Entry>) {
         self.store.write(key.clone(), entry.map(Arc::new)).await;
         self.store.invalidate_lists().await;
+        self.local_sets.clear();
         self.flights
             .forget_if(|fk: &FlightKey| fk.key == key || fk.key.is_list());
     }
@@ -394,6 +399,19 @@ fn defender_after_graph_write(patched: &Bytes, comments: Option<&Bytes>, alerts:
     }
     let defender = graph_to_defender(&incident).ok()?;
     serde_json::to_vec(&defender).ok().map(Bytes::from)
+}
+
+/// A write stopped part-way: what was applied, and why the rest was not (see
+/// [`ApiError::PartiallyApplied`]).
+fn partial(applied: String, cause: ApiError, route: RouteKind, windows: Vec<crate::budget::WindowStatus>) -> Failure {
+    Failure {
+        error: ApiError::PartiallyApplied {
+            applied: applied.into(),
+            cause: Box::new(cause),
+        },
+        budget: Some((route, windows)),
+        upstream_status: Some(200),
+    }
 }
 
 fn comment_body(text: &str) -> Bytes {

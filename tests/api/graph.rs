@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::common::{cache_status, eventually, route_quota, spawn_app_with, TestApp};
+use crate::common::{cache_status, eventually, fault_on, route_quota, spawn_app_with, TestApp};
 use defender_proxy::{
     config::{Config, Dialect, GRAPH_BASE_URL},
     dialect::incident::{field_differences, DEFENDER_FIELDS_LOST, GRAPH_ONLY_FIELDS},
@@ -354,6 +354,7 @@ async fn bad_graph_requests_get_graphs_error_shape_and_spend_nothing() {
             "/v1.0/security/incidents?$orderby=displayName",
             "/v1.0/security/incidents?$select=id",
             "/v1.0/security/incidents?$skip=-1",
+            "/v1.0/security/incidents?$skip=2147483648",
             "/v1.0/security/incidents?$top=5&$top=6",
             "/v1.0/security/incidents/abc",
             "/v1.0/security/incidents/-1",
@@ -506,5 +507,82 @@ async fn the_sync_follows_a_graph_upstream_in_ascending_time() {
     .await;
     assert!(calls(&app, "graph_list") > before);
     assert_eq!(calls(&app, "graph_get"), 0, "served by what the sync wrote");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_comment_that_fails_after_the_patch_is_reported_exactly_and_invites_no_retry() {
+    let app = graph_app().await;
+    let id = app.existing_id(20);
+    let before = app.sim.graph_incident_json(id, false).unwrap();
+    app.sim.set_faults(fault_on(
+        "graph_comment",
+        defender_proxy::simulator::FaultKind::Status { code: 503 },
+        None,
+    ));
+    let body = json!({"status": "Resolved", "classification": "TruePositive", "comment": "closing"});
+    let resp = app
+        .patch(&format!("/api/incidents/{id}"), &body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(
+        resp.headers().get("retry-after").is_none(),
+        "a retry would add the comment twice"
+    );
+    let (_, v) = json(resp).await;
+    assert_eq!(v["error"]["code"], "PartiallyApplied", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("status, classification was applied")
+            || message.contains("classification, status was applied"),
+        "{message}"
+    );
+    assert!(message.contains("the comment was not added"), "{message}");
+    // The upstream has the update and not the comment.
+    let after = app.sim.graph_incident_json(id, false).unwrap();
+    assert_eq!(after["status"], "resolved");
+    assert_eq!(after["comments"], before["comments"]);
+    assert_eq!(calls(&app, "graph_update"), 1);
+    assert_eq!(calls(&app, "graph_comment"), 1, "never retried by the proxy");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn paging_a_locally_answered_graph_query_lists_the_defender_part_once() {
+    let app = spawn_app_with(
+        SimConfig {
+            incidents: 250,
+            ..SimConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let first = "/v1.0/security/incidents?$orderby=lastUpdateDateTime%20asc&$top=20&$count=true";
+    let (s, page) = json(app.get(first).send().await.unwrap()).await;
+    assert_eq!(s, 200, "{page}");
+    let listed = calls(&app, "list");
+    assert!(
+        (1..=3).contains(&listed),
+        "the Defender part listed in pages of 100: {listed}"
+    );
+    let mut seen = graph_ids(&page);
+    let mut next = page["@odata.nextLink"].as_str().map(str::to_string);
+    let total = page["@odata.count"].as_u64().unwrap();
+    while let Some(link) = next {
+        let (s, p) = json(app.client.get(&link).bearer_auth(&app.key).send().await.unwrap()).await;
+        assert_eq!(s, 200);
+        seen.extend(graph_ids(&p));
+        next = p["@odata.nextLink"].as_str().map(str::to_string);
+    }
+    assert_eq!(seen.len() as u64, total, "every match exactly once");
+    let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len());
+    assert_eq!(
+        calls(&app, "list"),
+        listed,
+        "the later pages were cut from the kept match set"
+    );
     app.stop().await;
 }

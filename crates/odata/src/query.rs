@@ -188,7 +188,9 @@ impl GraphListQuery {
                     let top = parse_integer("$top", &value, 1, u64::from(GRAPH_MAX_TOP))?;
                     query.top = Some(u32::try_from(top).unwrap_or(GRAPH_MAX_TOP));
                 }
-                "$skip" => query.skip = Some(parse_integer("$skip", &value, 0, u64::MAX)?),
+                // Graph's `$skip` is an Edm.Int32: a larger one is Graph's 400, refused here
+                // before it costs a List call.
+                "$skip" => query.skip = Some(parse_integer("$skip", &value, 0, i32::MAX as u64)?),
                 "$orderby" => query.orderby = Some(parse_orderby(&value)?),
                 "$expand" => {
                     if value.trim() != "alerts" {
