@@ -417,9 +417,10 @@ fn parse_target(state: &AppState, parts: &http::request::Parts) -> Result<Target
     })
 }
 
-/// The proxy's Graph collection URL as the caller reaches it: `server.public_url`, else the
-/// request's `Host` when it is a plain host name or address (never anything that could inject
-/// into a link), else the listener's.
+/// The proxy's Graph collection URL as the caller reaches it: `server.public_url`, else
+/// `http://` and the request's `Host` (lowercased) when it is a plain host name or address
+/// (never anything that could inject into a link), else `localhost`. Behind a TLS-terminating
+/// ingress set `server.public_url`, or tools follow `http://` links.
 fn graph_base(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.public_url {
         return format!("{url}{}", graph_target::GRAPH_PREFIX);
@@ -434,7 +435,7 @@ fn graph_base(state: &AppState, headers: &HeaderMap) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
         })
         .unwrap_or("localhost");
-    format!("http://{host}{}", graph_target::GRAPH_PREFIX)
+    format!("http://{}{}", host.to_ascii_lowercase(), graph_target::GRAPH_PREFIX)
 }
 
 /// Authenticates, parses and runs one request.

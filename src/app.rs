@@ -34,7 +34,7 @@ use crate::{
     exchange::Exchange,
     ingest::Ingest,
     proxy::{Policy, Proxy},
-    shared::{Shared, Tick},
+    shared::{lease::Lease, Shared, Tick},
     sync::{SyncState, Syncer},
     token::TokenSource,
     upstream::Upstream,
@@ -113,6 +113,16 @@ impl Application {
             cache: config.cache.clone(),
             flight_wait: config.budget.max_wait_cap,
         };
+        // With several replicas one of them runs the sync, under a lease that lapses half an
+        // interval after its holder stops renewing it (so another takes over within one).
+        let lease = match (&shared, config.sync.enabled) {
+            (Some((shared, _)), true) => Some(Arc::new(Lease::new(
+                shared.clone(),
+                "sync",
+                (config.sync.interval / 2).max(Duration::from_millis(500)),
+            ))),
+            _ => None,
+        };
         let syncer = sync.clone().map(|state| Syncer {
             exchange: exchange.clone(),
             store: store.clone(),
@@ -120,6 +130,7 @@ impl Application {
             metrics: metrics.clone(),
             state,
             caller: Syncer::caller(),
+            lease: lease.clone(),
         });
         let handles = Handles {
             budget: budget.clone(),
@@ -199,6 +210,7 @@ impl Application {
             syncer,
             shared,
         } = self;
+        let lease = syncer.as_ref().and_then(|s| s.lease.clone());
         let refresher = state.tokens.spawn_refresher();
         let heartbeat = shared.map(|(shared, ticks)| shared.spawn_heartbeat(ticks));
         let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
@@ -231,6 +243,9 @@ impl Application {
         state.accepting.store(false, Ordering::SeqCst);
         if let Some(s) = &syncer {
             s.abort(); // stop spending quota before draining
+        }
+        if let Some(lease) = &lease {
+            lease.release().await; // another replica takes the sync over at once
         }
         budget.close();
         let _ = stop_tx.send(true);

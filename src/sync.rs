@@ -36,6 +36,7 @@ use crate::{
     ingest::{page_items, render_incident, Ingest},
     odata::{CompareOp, Field, Filter, GraphField, GraphListQuery, GraphOrderBy, GraphOrderField, ListQuery, Literal},
     route::RouteKind,
+    shared::lease::{Holder, Lease},
     upstream::Request,
     Metrics,
 };
@@ -58,6 +59,8 @@ pub enum SyncError {
     Failed(String),
     #[error("the upstream list answer was not a page of incidents")]
     BadPage,
+    #[error("another replica took the sync's lease")]
+    LeaseLost,
 }
 
 impl SyncError {
@@ -68,6 +71,7 @@ impl SyncError {
             SyncError::Upstream(_) => "upstream_status",
             SyncError::Failed(_) => "upstream_error",
             SyncError::BadPage => "bad_page",
+            SyncError::LeaseLost => "lease_lost",
         }
     }
 }
@@ -83,6 +87,29 @@ struct Pass {
     skip: u64,
     /// When its first page was sent (proxy clock) and what the upstream's clock said then.
     started: Option<(Instant, OffsetDateTime)>,
+    /// Begun by another replica (taken over with the lease): it moves the watermark on but
+    /// vouches for nothing in this replica's cache.
+    adopted: bool,
+}
+
+/// What one replica's sync hands to the next holder of the lease: the watermark and the pass
+/// under way (upstream times as unix nanoseconds).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Watermark {
+    since: Option<i128>,
+    pass: Option<PassMark>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PassMark {
+    since: i128,
+    cursor: Option<i128>,
+    skip: u64,
+    upstream_started: Option<i128>,
+}
+
+fn from_nanos(n: i128) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(n).ok()
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +122,9 @@ struct Inner {
     last_error: Option<String>,
     /// Start of the last complete pass (for the lag).
     confirmed_at: Option<Instant>,
+    /// With `[shared]`: "holder", "standby" (another replica syncs) or "local" (Redis cannot
+    /// be asked: this replica syncs on its own).
+    role: Option<&'static str>,
 }
 
 /// The sync's own state, and what the admin endpoints read about it.
@@ -117,6 +147,10 @@ pub struct SyncStatus {
     /// Where an unfinished pass resumes (`$skip`), if one is under way.
     pub resume_skip: Option<u64>,
     pub last_error: Option<String>,
+    /// With several replicas (`[shared]`): whether this one runs the sync ("holder"), leaves it
+    /// to another ("standby"), or runs it alone because Redis cannot be asked ("local").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
 }
 
 impl SyncState {
@@ -140,7 +174,48 @@ impl SyncState {
             since: inner.since.map(format_time),
             resume_skip: inner.pass.as_ref().filter(|p| p.skip > 0).map(|p| p.skip),
             last_error: inner.last_error.clone(),
+            role: inner.role,
         }
+    }
+
+    fn set_role(&self, role: &'static str) {
+        self.inner.lock().role = Some(role);
+    }
+
+    /// The watermark and the pass under way, for the next holder of the lease.
+    fn watermark(&self) -> String {
+        let inner = self.inner.lock();
+        let mark = Watermark {
+            since: inner.since.map(OffsetDateTime::unix_timestamp_nanos),
+            pass: inner.pass.as_ref().map(|p| PassMark {
+                since: p.since.unix_timestamp_nanos(),
+                cursor: p.cursor.map(OffsetDateTime::unix_timestamp_nanos),
+                skip: p.skip,
+                upstream_started: p.started.map(|(_, u)| u.unix_timestamp_nanos()),
+            }),
+        };
+        serde_json::to_string(&mark).unwrap_or_default()
+    }
+
+    /// This replica takes the sync over: it resumes from the watermark another replica saved
+    /// (`None`: nobody has; it starts from the lookback). Its own cache missed whatever the
+    /// other replica's passes wrote meanwhile, so its chain of confirmations restarts now.
+    fn take_over(&self, saved: Option<&str>) {
+        let mark: Watermark = saved.and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+        let mut inner = self.inner.lock();
+        if let Some(since) = mark.since.and_then(from_nanos) {
+            inner.since = Some(since);
+        }
+        inner.pass = mark.pass.and_then(|p| {
+            Some(Pass {
+                since: from_nanos(p.since)?,
+                cursor: p.cursor.and_then(from_nanos),
+                skip: p.skip,
+                started: p.upstream_started.and_then(from_nanos).map(|u| (Instant::now(), u)),
+                adopted: true,
+            })
+        });
+        inner.chain_start = Some(Instant::now());
     }
 
     /// The pass to continue, or a new one from the watermark (or the lookback, the first time).
@@ -154,6 +229,7 @@ impl SyncState {
                 cursor: None,
                 skip: 0,
                 started: None,
+                adopted: false,
             })
             .clone()
     }
@@ -167,6 +243,13 @@ impl SyncState {
             return;
         };
         let mut inner = self.inner.lock();
+        if pass.adopted {
+            // Begun elsewhere: its start tells where the next pass lists from, nothing more.
+            inner.pass = None;
+            inner.since = Some(upstream_started - self.config.overlap);
+            inner.last_error = None;
+            return;
+        }
         let chain_start = *inner.chain_start.get_or_insert_with(|| {
             // The first pass reaches back `lookback`: entries fetched after that are covered.
             started
@@ -212,6 +295,8 @@ pub struct Syncer {
     pub state: Arc<SyncState>,
     /// The sync draws on the List quota as a batch flow of its own.
     pub caller: Caller,
+    /// With several replicas (`[shared]`): the lease that makes one of them run the sync.
+    pub lease: Option<Arc<Lease>>,
 }
 
 impl Syncer {
@@ -237,9 +322,49 @@ pub async fn run(syncer: Syncer) {
     let mut delay = Duration::ZERO;
     loop {
         tokio::time::sleep(delay).await;
+        if let Some(lease) = &syncer.lease {
+            match lease.hold().await {
+                Holder::This { taken } => {
+                    if taken {
+                        let saved = lease.load().await;
+                        syncer.state.take_over(saved.as_deref());
+                        tracing::info!(resumed = saved.is_some(), "this replica runs the incident sync now");
+                    }
+                    syncer.state.set_role("holder");
+                }
+                Holder::Other => {
+                    syncer.state.set_role("standby");
+                    // Check again well within one interval, so a holder that died is replaced
+                    // before its lease (half an interval) has been gone for long.
+                    delay = lease.ttl() / 3;
+                    continue;
+                }
+                // Redis cannot be asked: sync alone (within this replica's local share) rather
+                // than let cached incidents go stale; the lease sorts it out when Redis returns.
+                Holder::Unknown => syncer.state.set_role("local"),
+            }
+        }
         let started = Instant::now();
         let mut pass = syncer.state.pass(OffsetDateTime::now_utc());
-        let result = syncer.run_once(&mut share, &mut pass, config.interval).await;
+        let result = match &syncer.lease {
+            None => syncer.run_once(&mut share, &mut pass, config.interval).await,
+            // A run can outlast the lease: renew it meanwhile, and stop if another replica has
+            // taken it (the pass so far is saved for it).
+            Some(lease) => {
+                let renew = async {
+                    loop {
+                        tokio::time::sleep(lease.ttl() / 3).await;
+                        if lease.hold().await == Holder::Other {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    r = syncer.run_once(&mut share, &mut pass, config.interval) => r,
+                    () = renew => Err(SyncError::LeaseLost),
+                }
+            }
+        };
         let metrics = &syncer.metrics;
         let since = format_time(pass.since);
         match result {
@@ -255,6 +380,9 @@ pub async fn run(syncer: Syncer) {
                 metrics.sync_run(e.label());
                 tracing::warn!(%since, resume_skip = pass.skip, error = %e, "incident sync pass incomplete; it resumes in the next run");
             }
+        }
+        if let Some(lease) = &syncer.lease {
+            lease.save(syncer.state.watermark()).await;
         }
         // Poll faster while the List quota is slack (every window at least half free), but never
         // faster than the sync's own share can sustain.

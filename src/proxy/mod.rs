@@ -302,7 +302,7 @@ impl Proxy {
             .inc();
         let secs = retry_after_secs(retry_after);
         let why = match reason {
-            RefuseReason::Frozen => "Defender throttled this app registration",
+            RefuseReason::Frozen => "the upstream throttled this app registration",
             RefuseReason::QueueFull => "too many requests are already waiting for the upstream quota",
             RefuseReason::ConsumerQueueFull => "this consumer's queue for the upstream quota is full",
             RefuseReason::Budget => "the upstream quota for this route has no slot within this caller's wait",

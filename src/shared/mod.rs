@@ -16,6 +16,8 @@
 //! slot, so a script may touch them together). Nothing secret is ever written: no token, no key,
 //! no response body of the credentials. The URL (which may carry a password) is never logged.
 
+pub mod lease;
+
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},

@@ -510,7 +510,7 @@ proptest! {
     fn graph_list_query_round_trips(
         filter in proptest::option::of(arb_graph_filter()),
         top in proptest::option::of(1u32..=GRAPH_MAX_TOP),
-        skip in proptest::option::of(any::<u64>()),
+        skip in proptest::option::of(0u64..=i32::MAX as u64),
         order in proptest::option::of((any::<bool>(), any::<bool>())),
         expand_alerts in any::<bool>(),
         count in proptest::option::of(any::<bool>()),
