@@ -214,6 +214,10 @@ impl Application {
         let refresher = state.tokens.spawn_refresher();
         let heartbeat = shared.map(|(shared, ticks)| shared.spawn_heartbeat(ticks));
         let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
+        // If this future is dropped instead of finishing (a test killing a replica as a crash
+        // would), nothing it started outlives it: no sync renewing its lease, no heartbeat.
+        let mut background = Background::default();
+        background.watch([&refresher, &heartbeat, &syncer]);
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;
         let grace = config.server.grace_period;
@@ -231,6 +235,9 @@ impl Application {
             admin_stop_rx,
             grace,
         ));
+        background
+            .0
+            .extend([api_task.abort_handle(), admin_task.abort_handle()]);
         tracing::info!(
             api = %api_addr, admin = %admin_addr,
             upstream = %config.upstream.base_url, "defender-proxy serving"
@@ -264,6 +271,24 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The tasks a running proxy started, aborted when it is dropped.
+#[derive(Default)]
+struct Background(Vec<tokio::task::AbortHandle>);
+
+impl Background {
+    fn watch<'a, T: 'a>(&mut self, tasks: impl IntoIterator<Item = &'a Option<tokio::task::JoinHandle<T>>>) {
+        self.0.extend(tasks.into_iter().flatten().map(|t| t.abort_handle()));
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 

@@ -320,6 +320,9 @@ pub async fn run(syncer: Syncer) {
         .max()
         .unwrap_or_default();
     let mut delay = Duration::ZERO;
+    if let Some(lease) = &syncer.lease {
+        lease.first_contact().await;
+    }
     loop {
         tokio::time::sleep(delay).await;
         if let Some(lease) = &syncer.lease {

@@ -68,6 +68,12 @@ impl Lease {
         }
     }
 
+    /// Waits for the replica's first heartbeat (connected or found away), so a replica that
+    /// just started does not mistake a connection still being made for Redis being down.
+    pub async fn first_contact(&self) {
+        self.shared.first_contact().await;
+    }
+
     /// How long the lease lasts without renewal.
     pub fn ttl(&self) -> Duration {
         self.ttl

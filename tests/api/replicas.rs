@@ -461,3 +461,95 @@ async fn a_paused_redis_costs_one_timeout_then_the_local_share_serves() {
         app.stop().await;
     }
 }
+
+/// The sync runs on one replica only (the lease holder); when that replica dies without a word,
+/// another takes the lease over within one sync interval and resumes from the watermark the
+/// holder saved, so no change the simulator made meanwhile is missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (mut sim, mut config) = replica_config(&redis);
+    sim.incidents = 300;
+    sim.quotas.list = vec![quota(1_000, 60)];
+    route_quota(&mut config, "list_incidents", &[(1_000, 60)]);
+    let interval = Duration::from_secs(2);
+    config.sync.enabled = true;
+    config.sync.interval = interval;
+    config.sync.min_interval = Duration::from_secs(1);
+    config.sync.overlap = Duration::from_secs(2);
+    config.upstream.timeout = Duration::from_secs(2);
+    config.sync.max_lag = Duration::from_secs(4);
+    config.sync.lookback = Duration::from_secs(3650 * 24 * 3600);
+    let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        apps.push(start(demo.config.clone(), demo.simulator.clone(), demo.key.clone()).await);
+    }
+    eventually("one holder and one standby", Duration::from_secs(15), || async {
+        let (a, b) = (sync_role(&apps[0]).await, sync_role(&apps[1]).await);
+        (a == "holder" && b == "standby") || (a == "standby" && b == "holder")
+    })
+    .await;
+    let holder = if sync_role(&apps[0]).await == "holder" { 0 } else { 1 };
+    eventually("the holder completes a pass", Duration::from_secs(20), || async {
+        apps[holder].readyz().await["sync"]["healthy"] == true
+    })
+    .await;
+    let metric = "defender_proxy_sync_list_calls_total";
+    assert!(apps[holder].metric(metric).await > 0.0);
+    assert_eq!(
+        apps[1 - holder].metric(metric).await,
+        0.0,
+        "the standby replica lists nothing"
+    );
+    let survivor = apps.remove(1 - holder);
+    let dead = apps.remove(0);
+    dead.kill_proxy().await;
+    let killed = Instant::now();
+    // Changes the dead replica never saw.
+    let mut changed = Vec::new();
+    for id in [3, 77, 150, 299] {
+        let id = survivor.existing_id(id);
+        changed.push((id, survivor.sim.touch(id).expect("exists")));
+    }
+    eventually("the survivor takes the sync over", Duration::from_secs(10), || async {
+        sync_role(&survivor).await == "holder"
+    })
+    .await;
+    let took = killed.elapsed();
+    println!("sync taken over {took:?} after its holder died (interval {interval:?})");
+    assert!(
+        took <= interval + Duration::from_millis(500),
+        "taken over within one interval: {took:?}"
+    );
+    for (id, version) in changed {
+        eventually(
+            &format!("incident {id}'s change is synced"),
+            Duration::from_secs(15),
+            || async {
+                let r = survivor
+                    .get(&format!("/api/incidents/{id}"))
+                    .header("cache-control", "only-if-cached")
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() != 200 {
+                    return false;
+                }
+                let v: serde_json::Value = r.json().await.unwrap();
+                v["lastUpdateTime"] == version.as_str()
+            },
+        )
+        .await;
+    }
+    assert!(survivor.metric(metric).await > 0.0);
+    survivor.stop().await;
+}
+
+/// The sync's role on one replica: "holder", "standby" or "local".
+async fn sync_role(app: &TestApp) -> String {
+    app.readyz().await["sync"]["role"].as_str().unwrap_or("").to_string()
+}

@@ -224,6 +224,16 @@ impl TestApp {
         }
     }
 
+    /// Kills the proxy as a crash would: its tasks are dropped mid-flight, nothing is handed
+    /// over or given back (the simulator keeps running).
+    pub async fn kill_proxy(mut self) {
+        self.stop.take();
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
     /// Stops the proxy (graceful) and the simulator.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
