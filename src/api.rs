@@ -873,6 +873,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "frozen_routes": frozen,
         "sync": sync,
         "shared": state.budget.shared_detail(),
+        // Limits adopted from the upstream's 429 text, stricter than the configuration.
+        "learnt_limits": state.budget.learnt().iter().flat_map(|l| l.after.iter().map(|q| serde_json::json!({
+            "pool": l.pool, "limit": q.limit, "window_seconds": q.length.as_secs()
+        }))).collect::<Vec<_>>(),
     });
     let status = if ready {
         StatusCode::OK

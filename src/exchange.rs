@@ -17,7 +17,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::{
-    budget::{Budget, Caller, Freeze, Grant, Refusal, SlotWatch, WindowStatus},
+    budget::{Budget, Caller, Freeze, Grant, Quota, Refusal, SlotWatch, WindowStatus},
     metrics::{ConsumerLabels, ConsumerRejectLabels, RouteLabels, UpstreamLabels},
     route::RouteKind,
     token::{Token, TokenError},
@@ -245,6 +245,7 @@ impl Exchange {
 
     /// A 429: believe it, freeze the route for what it asked (capped), and say so.
     fn throttled(&self, route: RouteKind, resp: &Response) -> Freeze {
+        self.learn(route, &resp.body);
         let asked = upstream::throttle_pause(resp.retry_after.as_ref(), &resp.body);
         let freeze = self.budget.upstream_throttled(route, asked);
         let labels = RouteLabels { route: route.name() };
@@ -264,6 +265,48 @@ impl Exchange {
             "upstream answered 429; route frozen"
         );
         freeze
+    }
+}
+
+impl Exchange {
+    /// A 429 that states the upstream's limit ("Maximum allowed N per HH:MM:SS") teaches the
+    /// budget, if it is stricter than configured (the upstream counts for everyone using the
+    /// registration, and it is the judge); a looser one is never adopted without an operator.
+    /// A 429 that states none (Graph's) is counted, so an operator can see a configured limit is
+    /// too high.
+    fn learn(&self, route: RouteKind, body: &[u8]) {
+        let Some((limit, length)) = upstream::stated_limit(body) else {
+            self.metrics
+                .upstream_throttled_unstated
+                .get_or_create(&RouteLabels { route: route.name() })
+                .inc();
+            return;
+        };
+        let Some(learnt) = self.budget.learn(route, Quota { limit, length }) else {
+            return;
+        };
+        let show = |q: &[Quota]| {
+            q.iter()
+                .map(|q| format!("{}/{}s", q.limit, q.length.as_secs()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::warn!(
+            route = route.name(),
+            pool = %learnt.pool,
+            before = %show(&learnt.before),
+            after = %show(&learnt.after),
+            "the upstream stated a stricter limit than configured; adopted (raise it only in the configuration)"
+        );
+        for q in &learnt.after {
+            self.metrics
+                .budget_learnt_limit
+                .get_or_create(&crate::metrics::PoolWindowLabels {
+                    pool: learnt.pool.clone(),
+                    window_seconds: q.length.as_secs(),
+                })
+                .set(i64::from(q.limit));
+        }
     }
 }
 

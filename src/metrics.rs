@@ -25,6 +25,13 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+/// A pool of quotas and one of its windows (for limits learnt from the upstream).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolWindowLabels {
+    pub pool: String,
+    pub window_seconds: u64,
+}
+
 /// Per-consumer budget labels: the route and the consumer's flow name (configured names,
 /// `anonymous` and `sync` only).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +106,10 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub upstream_throttled: Family<RouteLabels, Counter>,
     pub retry_after_capped: Family<RouteLabels, Counter>,
+    /// 429s that stated no limit (Graph's carry only `Retry-After`).
+    pub upstream_throttled_unstated: Family<RouteLabels, Counter>,
+    /// Limits adopted from the upstream's 429 text, by pool and window.
+    pub budget_learnt_limit: Family<PoolWindowLabels, Gauge>,
     pub consumer_granted: Family<ConsumerLabels, Counter>,
     pub consumer_wait: Histograms<ConsumerLabels>,
     pub consumer_queue_depth: Family<ConsumerLabels, Gauge>,
@@ -224,8 +235,20 @@ impl Metrics {
         let upstream_throttled = Family::default();
         registry.register(
             "upstream_throttled",
-            "429 answers received from Defender",
+            "429 answers received from the upstream",
             upstream_throttled.clone(),
+        );
+        let upstream_throttled_unstated = Family::default();
+        registry.register(
+            "upstream_throttled_unstated",
+            "Upstream 429s that stated no limit (Graph's): many suggest a configured limit is too high",
+            upstream_throttled_unstated.clone(),
+        );
+        let budget_learnt_limit = Family::default();
+        registry.register(
+            "budget_learnt_limit",
+            "Limits adopted from the upstream's 429 text (stricter than configured), by pool and window",
+            budget_learnt_limit.clone(),
         );
         let retry_after_capped = Family::default();
         registry.register(
@@ -346,6 +369,8 @@ impl Metrics {
             queue_wait,
             rejected,
             upstream_throttled,
+            upstream_throttled_unstated,
+            budget_learnt_limit,
             retry_after_capped,
             consumer_granted,
             consumer_wait,

@@ -244,9 +244,53 @@ fn seconds(v: &str) -> Option<Duration> {
     Some(Duration::try_from_secs_f64(f).unwrap_or(Duration::MAX))
 }
 
+/// The limit a Defender 429 states: "... Maximum allowed N per HH:MM:SS for the key ..."
+/// (the period as .NET prints a time span, `[d.]hh:mm:ss`). `None` when the body states none
+/// (Graph's 429s never do) or states nonsense (a zero limit or period).
+pub fn stated_limit(body: &[u8]) -> Option<(u32, Duration)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let tail = text.split("Maximum allowed ").nth(1)?;
+    let (limit, rest) = tail.split_once(" per ")?;
+    let limit: u32 = limit.trim().parse().ok().filter(|n| *n > 0)?;
+    let span = rest.split_whitespace().next()?;
+    let (days, clock) = match span.split_once('.') {
+        Some((d, c)) if !c.contains('.') => (d.parse::<u64>().ok()?, c),
+        _ => (0, span),
+    };
+    let parts: Vec<u64> = clock.split(':').map(|p| p.parse::<u64>().ok()).collect::<Option<_>>()?;
+    let [h, m, s] = parts[..] else { return None };
+    if m >= 60 || s >= 60 {
+        return None;
+    }
+    let secs = days.checked_mul(86_400)?.checked_add(h * 3600 + m * 60 + s)?;
+    (secs > 0 && secs <= 31 * 86_400).then(|| (limit, Duration::from_secs(secs)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stated_limits_are_read_from_defenders_429_text() {
+        let body = br#"{"error":{"code":"429","message":"API calls quota exceeded! Maximum allowed 30 per 00:01:00 for the key Destination+TenantID+AppID. You can send requests again in 8 seconds.","target":"t"}}"#;
+        assert_eq!(stated_limit(body), Some((30, Duration::from_secs(60))));
+        let hour = b"Maximum allowed 1500 per 01:00:00 for the key x";
+        assert_eq!(stated_limit(hour), Some((1500, Duration::from_secs(3600))));
+        let day = b"Maximum allowed 5000 per 1.00:00:00 for the key x";
+        assert_eq!(stated_limit(day), Some((5000, Duration::from_secs(86_400))));
+        for bad in [
+            &b"Please retry again later."[..],
+            b"Maximum allowed 0 per 00:01:00",
+            b"Maximum allowed 30 per 00:00:00",
+            b"Maximum allowed 30 per 00:61:00",
+            b"Maximum allowed -3 per 00:01:00",
+            b"Maximum allowed 99999999999 per 00:01:00",
+            b"Maximum allowed 30 per 400.00:00:00",
+            b"Maximum allowed 30 per soon",
+        ] {
+            assert_eq!(stated_limit(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn pause_from_header_seconds_date_and_body() {

@@ -52,6 +52,8 @@ pub struct WindowStatus {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     windows: Vec<Window>,
+    /// The configured safety margin (each window's span adds the smaller of it and 5%).
+    margin: Duration,
     /// Committed sends (oldest first) followed by `queued` projected sends; sorted.
     log: VecDeque<Instant>,
     /// Per log entry: whether it is a batch call, which must leave `reserve` slots of every
@@ -80,6 +82,7 @@ impl Ledger {
         let keep = windows.iter().map(|w| w.quota.limit as usize).max().unwrap_or(1);
         Ledger {
             windows,
+            margin,
             log: VecDeque::with_capacity(keep + 1),
             batch: VecDeque::with_capacity(keep + 1),
             reserve: 0,
@@ -232,6 +235,30 @@ impl Ledger {
         self.windows.iter().map(|w| w.quota.length).max().unwrap_or_default()
     }
 
+    /// Adopts `quota` if it is stricter than what the ledger holds: a window of the same length
+    /// with a higher limit is lowered to it, and a window length the ledger lacks is added. Never
+    /// loosens. Returns whether anything changed; the sends already logged count at once
+    /// against the new limit (a window the ledger did not have counts from the sends it still
+    /// remembers).
+    pub fn tighten(&mut self, quota: Quota, now: Instant) -> bool {
+        if quota.limit == 0 || quota.length.is_zero() {
+            return false;
+        }
+        match self.windows.iter_mut().find(|w| w.quota.length == quota.length) {
+            Some(w) if w.quota.limit > quota.limit => w.quota.limit = quota.limit,
+            Some(_) => return false,
+            None => {
+                self.windows.push(Window {
+                    quota,
+                    span: quota.length + self.margin.min(quota.length / 20),
+                });
+                self.keep = self.keep.max(quota.limit as usize);
+            }
+        }
+        self.reproject(now);
+        true
+    }
+
     /// No call before `until` (the upstream said so). Only ever extends a freeze.
     pub fn freeze(&mut self, until: Instant, now: Instant) {
         self.frozen_until = Some(self.frozen_until.map_or(until, |f| f.max(until)));
@@ -373,6 +400,27 @@ mod tests {
         assert_eq!(l.next_slot(t0), t0 + Duration::from_secs(8));
         assert_eq!(l.frozen_for(t0), Some(Duration::from_secs(8)));
         assert!(l.try_now(t0 + Duration::from_secs(8)));
+    }
+
+    #[test]
+    fn tightening_lowers_or_adds_windows_and_never_loosens() {
+        let t0 = Instant::now();
+        let mut l = Ledger::new(&[q(10, 60)], Duration::ZERO);
+        for i in 0..6 {
+            assert!(l.try_now(t0 + Duration::from_millis(i)));
+        }
+        assert!(!l.tighten(q(20, 60), t0), "a looser limit is not adopted");
+        assert!(l.tighten(q(5, 60), t0), "a stricter one is");
+        assert!(
+            !l.try_now(t0 + Duration::from_secs(1)),
+            "the six sends already count against 5"
+        );
+        assert!(l.tighten(q(100, 3600), t0), "a window it lacked is added");
+        assert_eq!(l.quotas().collect::<Vec<_>>(), vec![q(5, 60), q(100, 3600)]);
+        assert!(
+            !l.tighten(q(0, 60), t0) && !l.tighten(q(1, 0), t0),
+            "nonsense is ignored"
+        );
     }
 
     #[test]

@@ -226,6 +226,26 @@ pub trait Budget: Send + Sync + 'static {
     fn shared_detail(&self) -> Option<serde_json::Value> {
         None
     }
+    /// The upstream stated a limit for `route` (a Defender 429's "Maximum allowed N per
+    /// HH:MM:SS"): adopt it at once if it is stricter than the route's pool, never a looser one.
+    /// `None` when nothing changed.
+    fn learn(&self, route: RouteKind, stated: Quota) -> Option<Learnt> {
+        let _ = (route, stated);
+        None
+    }
+    /// Every pool whose quotas were tightened by what the upstream stated, as they stand now.
+    fn learnt(&self) -> Vec<Learnt> {
+        Vec::new()
+    }
+}
+
+/// A limit the upstream stated and the budget adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Learnt {
+    /// The pool it applies to.
+    pub pool: String,
+    pub before: Vec<Quota>,
+    pub after: Vec<Quota>,
 }
 
 /// The in-process budget: one ledger and one fair queue per pool of quotas. By default every
@@ -236,6 +256,8 @@ pub struct LocalBudget {
     /// Which pool each route draws from.
     route_pool: [usize; crate::route::ROUTE_COUNT],
     gate: Option<Arc<dyn Gate>>,
+    /// What the upstream taught (for `/readyz`).
+    learnt: Mutex<Vec<Learnt>>,
 }
 
 /// One pool of quotas as configured: what a shared ledger needs to know of it.
@@ -288,6 +310,8 @@ pub fn pools(config: &BudgetConfig) -> (Vec<PoolSpec>, [usize; crate::route::ROU
 
 struct RouteBudget {
     state: Mutex<State>,
+    /// The pool's name (for what was learnt).
+    name: String,
     /// This pool's number (for the gate).
     index: usize,
     gate: Option<Arc<dyn Gate>>,
@@ -425,6 +449,7 @@ impl LocalBudget {
                     vtime: 0.0,
                     flows: HashMap::new(),
                 }),
+                name: spec.name.clone(),
                 index,
                 gate: gate.clone(),
                 fair: config.fair_queuing,
@@ -437,6 +462,7 @@ impl LocalBudget {
             pools,
             route_pool,
             gate,
+            learnt: Mutex::new(Vec::new()),
         }
     }
 
@@ -716,6 +742,30 @@ impl Budget for LocalBudget {
 
     fn upstream_ok(&self, route: RouteKind) {
         self.route(route).state.lock().consecutive_429 = 0;
+    }
+
+    fn learn(&self, route: RouteKind, stated: Quota) -> Option<Learnt> {
+        let r = self.route(route);
+        let mut st = r.state.lock();
+        let before: Vec<Quota> = st.ledger.quotas().collect();
+        if !st.ledger.tighten(stated, Instant::now()) {
+            return None;
+        }
+        // Callers already queued have new projected slots; some may now be past their wait.
+        st.notify_all();
+        let learnt = Learnt {
+            pool: r.name.clone(),
+            before,
+            after: st.ledger.quotas().collect(),
+        };
+        let mut all = self.learnt.lock();
+        all.retain(|l| l.pool != learnt.pool);
+        all.push(learnt.clone());
+        Some(learnt)
+    }
+
+    fn learnt(&self) -> Vec<Learnt> {
+        self.learnt.lock().clone()
     }
 
     fn status(&self, route: RouteKind) -> RouteStatus {

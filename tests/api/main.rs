@@ -18,6 +18,7 @@ mod concurrency;
 mod e2e_quota;
 mod get_path;
 mod graph;
+mod learnt;
 mod list_update;
 mod odata_corpus;
 mod operations;

@@ -481,6 +481,10 @@ async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies(
     config.upstream.timeout = Duration::from_secs(2);
     config.sync.max_lag = Duration::from_secs(4);
     config.sync.lookback = Duration::from_secs(3650 * 24 * 3600);
+    // A loaded machine must not make Redis look away (the lease would change hands for that
+    // reason, not the one under test).
+    config.shared.timeout = Duration::from_secs(1);
+    config.shared.heartbeat = Duration::from_millis(1_500);
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
@@ -493,11 +497,17 @@ async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies(
         (a == "holder" && b == "standby") || (a == "standby" && b == "holder")
     })
     .await;
-    let holder = if sync_role(&apps[0]).await == "holder" { 0 } else { 1 };
-    eventually("the holder completes a pass", Duration::from_secs(20), || async {
-        apps[holder].readyz().await["sync"]["healthy"] == true
+    eventually("the holder completes a pass", Duration::from_secs(30), || async {
+        for app in &apps {
+            let r = app.readyz().await;
+            if r["sync"]["role"] == "holder" && r["sync"]["healthy"] == true {
+                return true;
+            }
+        }
+        false
     })
     .await;
+    let holder = if sync_role(&apps[0]).await == "holder" { 0 } else { 1 };
     let metric = "defender_proxy_sync_list_calls_total";
     assert!(apps[holder].metric(metric).await > 0.0);
     assert_eq!(
