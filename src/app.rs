@@ -240,7 +240,7 @@ impl Application {
             .extend([api_task.abort_handle(), admin_task.abort_handle()]);
         tracing::info!(
             api = %api_addr, admin = %admin_addr,
-            upstream = %config.upstream.base_url, "defender-proxy serving"
+            upstream = %config.upstream.base_url, upstream_api = ?config.upstream.api, "defender-proxy serving"
         );
         shutdown.await;
         tracing::info!(
