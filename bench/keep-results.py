@@ -30,6 +30,11 @@ def generated(preamble):
     return f"{m.group(1) if m else 'an earlier run'}, commit {c.group(1) if c else 'unknown'}"
 
 
+def machine(preamble):
+    m = re.search(r"^\| machine \| (.*?) \|$", preamble, flags=re.M)
+    return m.group(1) if m else None
+
+
 def target_rows(body):
     return [l for l in body.splitlines() if l.startswith("| ") and not l.startswith("| target")]
 
@@ -43,6 +48,9 @@ def main(old_path, new_path):
     old_pre, old_sections, old_order = split(old)
     new_pre, new_sections, new_order = split(new)
     origin = generated(old_pre)
+    # Figures from another machine are not comparable with this run's: say which one.
+    if machine(old_pre) and machine(old_pre) != machine(new_pre):
+        origin += f", on {machine(old_pre)}"
     # Targets: the new rows, then the old rows whose target was not measured again.
     if "Targets" in old_sections and "Targets" in new_sections:
         measured = {r.split(" | ")[0] for r in target_rows(new_sections["Targets"])}

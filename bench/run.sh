@@ -285,8 +285,12 @@ EOF
 
 sim_reset() { curl -sf -X POST "$SIM_URL/_sim/stats/reset" >/dev/null; }
 
-# Upstream Get calls the simulator saw since the last reset, as "total ok throttled".
-sim_get_calls() { curl -sf "$SIM_URL/_sim/stats" | jq -r '.calls.get | "\(.total) \(.ok) \(.throttled)"'; }
+# Upstream Get calls the simulator saw since the last reset, as "total ok throttled": Defender's
+# Get route and Graph's (graph_get, the calls of a proxy with upstream.api = "graph") together.
+sim_get_calls() {
+    curl -sf "$SIM_URL/_sim/stats" | jq -r '[.calls.get, (.graph_calls.graph_get // {total: 0, ok: 0, throttled: 0})]
+        | "\(map(.total) | add) \(map(.ok) | add) \(map(.throttled) | add)"'
+}
 
 sim_token() {
     curl -sf -X POST "$SIM_URL/$TENANT/oauth2/v2.0/token" \
@@ -694,11 +698,14 @@ scenario_dialects() {
     graph_pid=$LAST_PID
     wait_http "http://127.0.0.1:$ADMIN_LOG_PORT/livez"
     local d_native="http://127.0.0.1:$PROXY_PORT/api/incidents/$HOT_ID"
-    local d_translated="http://127.0.0.1:$PROXY_PORT/v1.0/security/incidents/$HOT_ID"
+    # Both Graph-facade requests carry $expand=alerts, so the two proxies' Graph answers are the
+    # same shape (without it a Graph answer has no alerts and is a fraction of the size).
+    local d_translated="http://127.0.0.1:$PROXY_PORT/v1.0/security/incidents/$HOT_ID?%24expand=alerts"
     local g_native="http://127.0.0.1:$PROXY_LOG_PORT/v1.0/security/incidents/$HOT_ID?%24expand=alerts"
     local g_translated="http://127.0.0.1:$PROXY_LOG_PORT/api/incidents/$HOT_ID"
-    for u in "$d_native" "$d_translated" "$g_native" "$g_translated"; do
-        curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "$u" || die "warm-up of $u failed"
+    local -A size
+    for u in d_native d_translated g_native g_translated; do
+        size[$u]=$(curl -sf -o /dev/null -w '%{size_download}' -H "Authorization: Bearer $KEY" "${!u}") || die "warm-up of ${!u} failed"
     done
     for r in $(seq 1 "$ROUNDS"); do
         for c in $CONNECTIONS; do
@@ -714,12 +721,14 @@ scenario_dialects() {
     begin_section 15-dialects "Cache hits in the other dialect" <<EOF
 One cached incident ($HOT_ID) asked for through both facades, access log off:
 
-- **defender-upstream-native**: \`GET /api/incidents/$HOT_ID\` from a proxy whose upstream is Defender.
-- **defender-upstream-translated**: \`GET /v1.0/security/incidents/$HOT_ID\` from the same proxy
-  (the Graph rendering of the Defender answer, translated on its first read, then cached).
+- **defender-upstream-native**: \`GET /api/incidents/$HOT_ID\` from a proxy whose upstream is Defender
+  (${size[d_native]} byte body).
+- **defender-upstream-translated**: \`GET /v1.0/security/incidents/$HOT_ID?\$expand=alerts\` from the
+  same proxy (the Graph rendering of the Defender answer, translated on its first read, then
+  cached; ${size[d_translated]} byte body).
 - **graph-upstream-native**: \`GET /v1.0/security/incidents/$HOT_ID?\$expand=alerts\` from a proxy
-  whose upstream is Graph (\`upstream.api = "graph"\`).
-- **graph-upstream-translated**: \`GET /api/incidents/$HOT_ID\` from that proxy.
+  whose upstream is Graph (\`upstream.api = "graph"\`; ${size[g_native]} byte body).
+- **graph-upstream-translated**: \`GET /api/incidents/$HOT_ID\` from that proxy (${size[g_translated]} byte body).
 
 Server CPU µs per request (user + system, from /proc); in brackets the ratio translated / native
 of the same round and upstream (the two bodies differ in size, which accounts for some of it):
