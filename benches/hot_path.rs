@@ -106,8 +106,10 @@ fn defender_path(id: i64) -> String {
     format!("/api/incidents/{id}")
 }
 
+/// The Graph facade's read of the same incident with its alerts, like the Defender body (a
+/// bare Graph incident is a much smaller body, which would flatter the translated hit).
 fn graph_path(id: i64) -> String {
-    format!("/v1.0/security/incidents/{id}")
+    format!("/v1.0/security/incidents/{id}?$expand=alerts")
 }
 
 /// One GET through the router, body read to the end; returns the status and `Cache-Status`.
