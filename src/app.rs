@@ -36,6 +36,7 @@ use crate::{
     proxy::{Policy, Proxy},
     shared::{Shared, Tick},
     sync::{SyncState, Syncer},
+    tier::SharedCache,
     token::TokenSource,
     upstream::Upstream,
     Metrics,
@@ -126,14 +127,21 @@ impl Application {
             store: store.clone(),
             tokens,
         };
-        let proxy = Arc::new(Proxy::new(
-            policy,
-            config.upstream.api,
-            store,
-            exchange,
-            metrics.clone(),
-            confirmations,
-        ));
+        let tier = shared
+            .as_ref()
+            .filter(|_| config.shared.cache)
+            .map(|(shared, _)| SharedCache::new(shared.clone(), &config.shared, config.upstream.api));
+        let proxy = Arc::new(
+            Proxy::new(
+                policy,
+                config.upstream.api,
+                store,
+                exchange,
+                metrics.clone(),
+                confirmations,
+            )
+            .with_shared_cache(tier),
+        );
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
             tracing::warn!(
@@ -201,6 +209,7 @@ impl Application {
         } = self;
         let refresher = state.tokens.spawn_refresher();
         let heartbeat = shared.map(|(shared, ticks)| shared.spawn_heartbeat(ticks));
+        let shared_cache = state.proxy.spawn_shared_cache();
         let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;
@@ -237,7 +246,7 @@ impl Application {
         let _ = api_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
-        for task in [refresher, syncer, heartbeat].into_iter().flatten() {
+        for task in [refresher, syncer, heartbeat].into_iter().flatten().chain(shared_cache) {
             task.abort();
         }
         let log = state.access_log.clone();

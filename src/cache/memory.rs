@@ -152,6 +152,15 @@ impl Store for MokaStore {
         Box::pin(std::future::ready(()))
     }
 
+    fn forget_all(&self) -> BoxFuture<'_, ()> {
+        {
+            let mut order = self.order.lock();
+            order.floor = order.bump();
+            self.cache.invalidate_all();
+        }
+        Box::pin(std::future::ready(()))
+    }
+
     fn usage(&self) -> Usage {
         self.cache.run_pending_tasks();
         Usage {
