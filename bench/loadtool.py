@@ -6,6 +6,8 @@
   startup  spawn a server command several times; time from spawn to its first 200.
   hits     send N requests for one URL, one after another, on one keep-alive connection
            (bench/callgrind.sh: an exact request count, unlike wrk's timed runs).
+  latency  GET every id of a range once, one after another on one keep-alive connection, and
+           report the latency percentiles (each request alone: no queueing in the figures).
 
 Each prints one JSON object on stdout.
 """
@@ -213,6 +215,33 @@ def hits(args) -> dict:
     return {"requests": args.n, "statuses": statuses}
 
 
+def latency(args) -> dict:
+    url = urlsplit(args.url)
+    took, statuses = [], {}
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        f = sock.makefile("rb")
+        for i in parse_ids(args.ids):
+            req = request_bytes(url.netloc, f"{url.path}/{i}", args.key)
+            t = time.perf_counter()
+            sock.sendall(req)
+            status = int(f.readline().split(b" ", 2)[1])
+            length = 0
+            while True:
+                line = f.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            f.read(length)
+            took.append((time.perf_counter() - t) * 1e6)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+    took.sort()
+    pick = lambda q: took[min(len(took) - 1, int(q * len(took)))]
+    return {"requests": len(took), "statuses": statuses, "p50_us": pick(0.5), "p90_us": pick(0.9),
+            "p99_us": pick(0.99), "mean_us": statistics.fmean(took)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -230,6 +259,10 @@ def main() -> None:
     h.add_argument("--url", required=True)
     h.add_argument("--key", default="")
     h.add_argument("-n", type=int, default=1000)
+    lt = sub.add_parser("latency")
+    lt.add_argument("--url", required=True, help="base, e.g. http://127.0.0.1:8080/api/incidents")
+    lt.add_argument("--key", default="")
+    lt.add_argument("--ids", required=True, help="FIRST-LAST")
     s = sub.add_parser("startup")
     s.add_argument("--url", required=True, help="polled until it answers 200")
     s.add_argument("--ready-url", help="also note when this one first answers 200")
@@ -245,6 +278,8 @@ def main() -> None:
         out = asyncio.run(burst(args))
     elif args.cmd == "hits":
         out = hits(args)
+    elif args.cmd == "latency":
+        out = latency(args)
     else:
         if args.command and args.command[0] == "--":
             args.command = args.command[1:]

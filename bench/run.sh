@@ -39,7 +39,7 @@ RESULTS="$BENCH/RESULTS.md"
 
 DURATION="${BENCH_DURATION:-10}"
 CONNECTIONS="${BENCH_CONNECTIONS:-1 64}"
-SCENARIOS="${BENCH_SCENARIOS:-hot dialects zipf cold mixed startup freshness freshness_graph flood}"
+SCENARIOS="${BENCH_SCENARIOS:-hot dialects zipf cold mixed startup freshness freshness_graph flood shared}"
 FRESHNESS_MINUTES="${BENCH_FRESHNESS_MINUTES:-3}"  # per mode (with and without the sync)
 SEED="${BENCH_SEED:-42}"
 PORT_BASE="${BENCH_PORT_BASE:-18400}"
@@ -97,6 +97,8 @@ BARE_PORT=$((PORT_BASE + 6))
 # with an access log.
 PROXY_LOG_PORT=$((PORT_BASE + 7))
 ADMIN_LOG_PORT=$((PORT_BASE + 8))
+# The shared scenario's redis-server.
+REDIS_PORT=$((PORT_BASE + 10))
 NGINX_LOG_PORT=$((PORT_BASE + 9))
 SIM_URL="http://127.0.0.1:$SIM_PORT"
 TENANT="00000000-0000-0000-0000-00000000d3f0"
@@ -1021,6 +1023,111 @@ EOF
         lists=$(awk -F'|' '{ gsub(/ /, "", $8); print $8 }' <<<"$row")
         add_target "with the sync over Graph: Get and List calls per minute (reported)" "$gets Get/min, $lists List/min" true
     fi
+}
+
+# Issue 15, the shared cache: two replicas sharing one redis-server (`shared.cache = true`).
+# First-tier hits with the Redis tier on (the hot scenario's wrk run, against a proxy without Redis
+# first), then per-request latency of first-tier hits, second-tier hits (ids fetched by the other
+# replica) and misses, one request at a time on one connection.
+SHARED_IDS=500
+scenario_shared() {
+    local c r a b lat_first lat_second lat_miss plain_cpu redis_cpu added kind v
+    if ! command -v redis-server >/dev/null; then
+        [ "$(id -u)" -eq 0 ] || die "missing redis-server; as root run: apt-get install -y redis-server"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    fi
+    port_in_use "$REDIS_PORT" && die "port $REDIS_PORT is in use; set BENCH_PORT_BASE to a free range"
+    start_bg redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
+    local redis_pid=$LAST_PID
+    start_sim "$OPEN_QUOTAS"
+    # Without Redis: today's hit cost, measured here on the same machine state.
+    start_proxy "$OPEN_QUOTAS" 30s
+    curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PROXY_PORT/api/incidents/$HOT_ID"
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $CONNECTIONS; do
+            run_wrk shared defender-proxy "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT/api/incidents/$HOT_ID" hot.lua "$c" "$r"
+        done
+    done
+    stop_pid "$PROXY_PID"
+    local shared_toml="[shared]
+redis_url = \"redis://127.0.0.1:$REDIS_PORT/\"
+replicas = 2
+cache = true"
+    write_proxy_config "$OUT/proxy-$SCENARIO-a.toml" "$OPEN_QUOTAS" 30s
+    echo "$shared_toml" >>"$OUT/proxy-$SCENARIO-a.toml"
+    write_proxy_config "$OUT/proxy-$SCENARIO-b.toml" "$OPEN_QUOTAS" 30s "$TELEMETRY_OFF" "$PROXY_LOG_PORT" "$ADMIN_LOG_PORT"
+    echo "$shared_toml" >>"$OUT/proxy-$SCENARIO-b.toml"
+    start_bg proxy-a "${PIN_SERVER[@]}" "$DPX" serve --config "$OUT/proxy-$SCENARIO-a.toml"
+    a=$LAST_PID
+    start_bg proxy-b "${PIN_SERVER[@]}" "$DPX" serve --config "$OUT/proxy-$SCENARIO-b.toml"
+    b=$LAST_PID
+    wait_http "http://127.0.0.1:$ADMIN_PORT/livez"
+    wait_http "http://127.0.0.1:$ADMIN_LOG_PORT/livez"
+    sleep 2 # both replicas reach Redis and subscribe
+    curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PROXY_PORT/api/incidents/$HOT_ID"
+    for r in $(seq 1 "$ROUNDS"); do
+        for c in $CONNECTIONS; do
+            run_wrk shared defender-proxy-redis-tier "$a" "http://127.0.0.1:$PROXY_PORT/api/incidents/$HOT_ID" hot.lua "$c" "$r"
+        done
+    done
+    # Replica A fetches ids 2..N+1 (misses: upstream, then Redis); replica B reads each once
+    # (second-tier hits), then again (first-tier hits); then ids it never saw (misses).
+    local ids="2-$((SHARED_IDS + 1))" cold="$((SHARED_IDS + 2))-$((2 * SHARED_IDS + 1))" second_calls used_bytes
+    python3 "$BENCH/loadtool.py" warm --url "http://127.0.0.1:$PROXY_PORT/api/incidents" --key "$KEY" --ids "$ids" >"$OUT/shared-warm.json"
+    sim_reset
+    lat_second=$(python3 "$BENCH/loadtool.py" latency --url "http://127.0.0.1:$PROXY_LOG_PORT/api/incidents" --key "$KEY" --ids "$ids")
+    second_calls=$(sim_get_calls | cut -d' ' -f1)
+    lat_first=$(python3 "$BENCH/loadtool.py" latency --url "http://127.0.0.1:$PROXY_LOG_PORT/api/incidents" --key "$KEY" --ids "$ids")
+    # shellcheck disable=SC2034 # read through ${!v} below
+    lat_miss=$(python3 "$BENCH/loadtool.py" latency --url "http://127.0.0.1:$PROXY_LOG_PORT/api/incidents" --key "$KEY" --ids "$cold")
+    used_bytes=$(redis-cli -p "$REDIS_PORT" --raw GET '{dp:default}:cache:bytes' 2>/dev/null || echo "n/a")
+    stop_pid "$a"
+    stop_pid "$b"
+    stop_pid "$SIM_PID"
+    stop_pid "$redis_pid"
+    for kind in first second miss; do
+        v="lat_$kind"
+        record "$(jq -c --arg k "$kind" '. + {scenario: "shared-latency", server: $k}' <<<"${!v}")"
+    done
+    plain_cpu=$(shared_cpu defender-proxy)
+    redis_cpu=$(shared_cpu defender-proxy-redis-tier)
+    added=$(jq -n --argjson s "$lat_second" --argjson f "$lat_first" '($s.p50_us - $f.p50_us)')
+    local rows=""
+    for kind in first second miss; do
+        v="lat_$kind"
+        rows="$rows$(jq -r --arg k "$kind" '"| \(if $k == "first" then "first-tier hit (memory)" elif $k == "second" then "second-tier hit (Redis)" else "miss (Redis lookup and lease, then upstream)" end) | \(.requests) | \(.p50_us | round) | \(.p90_us | round) | \(.p99_us | round) | \(.mean_us | round) |"' <<<"${!v}")
+"
+    done
+    begin_section 75-shared "Shared cache tier (issue 15): hit cost and second-tier latency" <<EOF
+Two replicas share one \`redis-server\` on 127.0.0.1 (\`shared.cache = true\`, \`replicas = 2\`). First,
+\`GET /api/incidents/$HOT_ID\` cached, as in the hot scenario, against a proxy without Redis and then
+against replica A with the Redis tier on ($ROUNDS round(s), median server CPU per request at the
+last connection count: **$(fmt "$plain_cpu") µs without Redis, $(fmt "$redis_cpu") µs with the Redis
+tier**; a first-tier hit never touches Redis). Then replica A fetched ids $ids (misses), and
+replica B read each of them once (second-tier hits: one Redis lookup inside the flight, the
+incident rebuilt from its native body; the simulator saw $second_calls upstream calls meanwhile),
+again (first-tier hits), and ids $cold it never saw (misses: Redis lookup and lease, then the
+upstream). One request at a time on one keep-alive connection (a python client: its overhead is
+in every row alike). The shared tier held ${used_bytes} bytes of bodies at the end.
+
+| request on replica B | requests | p50 µs | p90 µs | p99 µs | mean µs |
+|---|--:|--:|--:|--:|--:|
+${rows}
+Added latency of a second-tier hit over a first-tier hit (p50): **$(fmt "$added" 0) µs**.
+EOF
+    load_table shared
+    add_target "first-tier hit with the Redis tier on: server CPU/request within 10% of the same proxy without Redis (median of $ROUNDS round(s))" \
+        "$(fmt "$redis_cpu") µs vs $(fmt "$plain_cpu") µs" "$(awk -v r="$redis_cpu" -v p="$plain_cpu" 'BEGIN { print (r <= p * 1.1) ? "true" : "false" }')"
+    add_target "second-tier hit: no upstream call" "$second_calls upstream calls for $SHARED_IDS second-tier reads" "$([ "$second_calls" -eq 0 ] && echo true || echo false)"
+}
+
+# shared_cpu SERVER: median server CPU µs per request of that server's shared-scenario runs at the
+# last connection count.
+shared_cpu() {
+    local c
+    c=$(awk '{ print $NF }' <<<"$CONNECTIONS")
+    median "$(jq -r --arg s "$1" --argjson c "$c" \
+        'select(.scenario == "shared" and .server == $s and .conns == $c) | .cpu_us_per_req' "$RESULTS_JSONL")"
 }
 
 # Fair sharing (issue 16): the freshness scenario without the sync while a batch tool (another

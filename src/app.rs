@@ -36,6 +36,7 @@ use crate::{
     proxy::{Policy, Proxy},
     shared::{lease::Lease, Shared, Tick},
     sync::{SyncState, Syncer},
+    tier::SharedCache,
     token::TokenSource,
     upstream::Upstream,
     Metrics,
@@ -137,14 +138,21 @@ impl Application {
             store: store.clone(),
             tokens,
         };
-        let proxy = Arc::new(Proxy::new(
-            policy,
-            config.upstream.api,
-            store,
-            exchange,
-            metrics.clone(),
-            confirmations,
-        ));
+        let tier = shared
+            .as_ref()
+            .filter(|_| config.shared.cache)
+            .map(|(shared, _)| SharedCache::new(shared.clone(), &config.shared, config.upstream.api));
+        let proxy = Arc::new(
+            Proxy::new(
+                policy,
+                config.upstream.api,
+                store,
+                exchange,
+                metrics.clone(),
+                confirmations,
+            )
+            .with_shared_cache(tier),
+        );
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
             tracing::warn!(
@@ -213,6 +221,7 @@ impl Application {
         let lease = syncer.as_ref().and_then(|s| s.lease.clone());
         let refresher = state.tokens.spawn_refresher();
         let heartbeat = shared.map(|(shared, ticks)| shared.spawn_heartbeat(ticks));
+        let shared_cache = state.proxy.spawn_shared_cache();
         let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
         // If this future is dropped instead of finishing (a test killing a replica as a crash
         // would), nothing it started outlives it: no sync renewing its lease, no heartbeat.
@@ -259,7 +268,7 @@ impl Application {
         let _ = api_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
-        for task in [refresher, syncer, heartbeat].into_iter().flatten() {
+        for task in [refresher, syncer, heartbeat].into_iter().flatten().chain(shared_cache) {
             task.abort();
         }
         let log = state.access_log.clone();

@@ -413,6 +413,18 @@ pub struct SharedConfig {
     pub heartbeat: Duration,
     /// Prefix of every key (the tenant and a hash tag follow it).
     pub key_prefix: String,
+    /// Redis as the second cache tier behind each replica's in-memory one, shared by every
+    /// replica, with misses collapsed across replicas (see `shared::cache`).
+    pub cache: bool,
+    /// Bytes of cached bodies the shared tier holds at most (earliest-expiring evicted first).
+    pub cache_max_bytes: u64,
+    /// How long a replica's claim to fetch a missing entry for every replica lasts without being
+    /// renewed (the holder renews it while it works; a dead holder's claim ends after this).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How long a replica waits for another replica's fetch before fetching itself.
+    #[serde(with = "humantime_serde")]
+    pub lease_wait: Duration,
 }
 
 impl Default for SharedConfig {
@@ -424,6 +436,10 @@ impl Default for SharedConfig {
             timeout: Duration::from_millis(150),
             heartbeat: Duration::from_secs(1),
             key_prefix: "dp".into(),
+            cache: false,
+            cache_max_bytes: 256 * 1024 * 1024,
+            lease: Duration::from_secs(2),
+            lease_wait: Duration::from_secs(10),
         }
     }
 }
@@ -808,6 +824,8 @@ impl Config {
         for (key, d) in [
             ("shared.timeout", shared.timeout),
             ("shared.heartbeat", shared.heartbeat),
+            ("shared.lease", shared.lease),
+            ("shared.lease_wait", shared.lease_wait),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
@@ -815,6 +833,15 @@ impl Config {
         }
         if shared.timeout >= shared.heartbeat {
             return Err(invalid("shared.timeout", "must be shorter than shared.heartbeat"));
+        }
+        if shared.lease <= shared.timeout * 2 {
+            return Err(invalid(
+                "shared.lease",
+                "must be longer than twice shared.timeout (the holder renews it a third of the way through)",
+            ));
+        }
+        if shared.cache && shared.cache_max_bytes < 64 * 1024 {
+            return Err(invalid("shared.cache_max_bytes", "must be at least 65536"));
         }
         if shared.key_prefix.is_empty()
             || !shared
@@ -931,6 +958,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("replica"), "{err}");
+        let err = Config::from_toml(&format!("{base}[shared]\ncache = true\ncache_max_bytes = 10\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shared.cache_max_bytes"), "{err}");
+        let err = Config::from_toml(&format!("{base}[shared]\nlease = \"100ms\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shared.lease"), "{err}");
         assert!(!Config::from_toml(base).unwrap().shared.enabled());
     }
 

@@ -26,6 +26,10 @@
 //!   once, on its first read).
 //! * [`cache`]: the byte-bounded response store ([`cache::Store`]: ordered writes, moka in
 //!   memory) and the sync's confirmations.
+//! * [`tier`]: (optional, `shared.cache`) the second cache tier in Redis shared by replicas:
+//!   one native body per key, ordered fills and writes across replicas, invalidation of every
+//!   replica's first tier by pub/sub, and one fetch per cold key across replicas (a lease).
+//!   Used by `proxy` inside a miss's flight; uses `shared`, `ingest`, `cache`.
 //! * [`flight`]: collapses concurrent misses for one key into one upstream call.
 //! * [`exchange`]: one budgeted upstream call: token first, then a slot, then the request at once;
 //!   safe retries; 429s freeze the route (capped).
@@ -76,6 +80,7 @@ pub mod shared;
 pub mod sync;
 pub mod target;
 pub mod telemetry;
+pub mod tier;
 pub mod token;
 pub mod upstream;
 

@@ -152,6 +152,15 @@ impl Store for MokaStore {
         Box::pin(std::future::ready(()))
     }
 
+    fn forget_all(&self) -> BoxFuture<'_, ()> {
+        {
+            let mut order = self.order.lock();
+            order.floor = order.bump();
+            self.cache.invalidate_all();
+        }
+        Box::pin(std::future::ready(()))
+    }
+
     fn usage(&self) -> Usage {
         self.cache.run_pending_tasks();
         Usage {
@@ -307,6 +316,24 @@ mod tests {
             Filled::Stored,
             "same state"
         );
+    }
+
+    #[tokio::test]
+    async fn forgetting_all_drops_every_entry_and_voids_earlier_tickets() {
+        let store = MokaStore::new(&CacheConfig::default(), Duration::from_secs(60));
+        fill(&store, Key::Incident(1), entry(10, 60));
+        fill(&store, Key::List("q".into()), entry(10, 60));
+        let before = store.ticket_now();
+        store.forget_all().await;
+        store.usage();
+        assert!(store.get(&Key::Incident(1)).is_none());
+        assert!(store.get(&Key::List("q".into())).is_none());
+        assert_eq!(
+            store.fill_now(Key::Incident(2), entry(1, 60), before),
+            Filled::Superseded,
+            "a read that started before may have missed a write"
+        );
+        assert_eq!(fill(&store, Key::Incident(2), entry(1, 60)), Filled::Stored);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,8 +1,9 @@
 //! The response cache: what the upstream said, how long it stays fresh, how long it may still be
 //! served when the upstream fails, and in which order answers may replace each other.
 //!
-//! [`Store`] is the interface (a Redis tier shared by replicas is the planned second
-//! implementation); [`MokaStore`] is the in-process store, bounded by bytes through a weigher.
+//! [`Store`] is the interface; [`MokaStore`] is the in-process store (the first tier: the Redis
+//! tier shared by replicas, `crate::shared::cache`, sits behind it and is consulted by the read
+//! path inside a miss's flight), bounded by bytes through a weigher.
 //! Freshness is decided by the proxy with tokio's clock, not by moka's expiry: moka only drops
 //! entries once even stale-if-error can no longer use them, and tests can drive freshness with
 //! paused time. [`Confirmations`] holds the incident sync's proof that cached incidents are
@@ -140,5 +141,8 @@ pub trait Store: Send + Sync + 'static {
     /// Drops every cached list answer and voids earlier tickets of lists (after a write, so
     /// nobody reads their own write stale from a list).
     fn invalidate_lists(&self) -> BoxFuture<'_, ()>;
+    /// Drops every entry and voids every earlier ticket (a replica that may have missed other
+    /// replicas' writes, its invalidation channel having broken, starts over).
+    fn forget_all(&self) -> BoxFuture<'_, ()>;
     fn usage(&self) -> Usage;
 }

@@ -28,6 +28,7 @@ use crate::{
     odata::{GraphListQuery, ListQuery},
     route::RouteKind,
     target::{Directives, Target},
+    tier::{Invalidation, SharedCache},
     upstream::UpstreamError,
     Metrics,
 };
@@ -96,6 +97,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// When the incident sync runs: its confirmations extend incidents' freshness.
     confirmations: Option<Arc<Confirmations>>,
+    /// The second tier shared by replicas (`shared.cache`), consulted inside a miss's flight.
+    tier: Option<Arc<SharedCache>>,
 }
 
 impl Proxy {
@@ -116,6 +119,57 @@ impl Proxy {
             local_sets: read::LocalSets::default(),
             metrics,
             confirmations,
+            tier: None,
+        }
+    }
+
+    /// Puts the shared tier behind the in-memory one.
+    pub fn with_shared_cache(mut self, tier: Option<Arc<SharedCache>>) -> Proxy {
+        self.tier = tier;
+        self
+    }
+
+    /// Starts listening for other replicas' writes (when the shared tier is on): the listener
+    /// and the task that applies what it hears to this replica's first tier and flights.
+    pub fn spawn_shared_cache(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(tier) = self.tier.clone() else {
+            return Vec::new();
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let listener = tier.listen(tx);
+        let weak = Arc::downgrade(self);
+        let applier = tokio::spawn(async move {
+            while let Some(news) = rx.recv().await {
+                let Some(proxy) = weak.upgrade() else { return };
+                proxy.invalidated(news).await;
+            }
+        });
+        vec![listener, applier]
+    }
+
+    /// Another replica's write (or a gap in what this replica heard): drop what it makes stale
+    /// from the first tier, void older tickets, and let no newcomer join a read that started
+    /// before it (as a local write does).
+    async fn invalidated(&self, news: Invalidation) {
+        match news {
+            Invalidation::Incident(id) => {
+                let key = Key::Incident(id);
+                self.store.write(key.clone(), None).await;
+                self.store.invalidate_lists().await;
+                self.local_sets.clear();
+                self.flights
+                    .forget_if(|fk: &read::FlightKey| fk.key == key || fk.key.is_list());
+            }
+            Invalidation::All => {
+                self.store.forget_all().await;
+                self.local_sets.clear();
+                self.flights.forget_if(|_| true);
+            }
+            Invalidation::Heard(generation) => {
+                if let Some(tier) = &self.tier {
+                    tier.acknowledge(generation).await;
+                }
+            }
         }
     }
 

@@ -33,6 +33,7 @@ use crate::{
     odata::{GraphListQuery, ListQuery, GRAPH_MAX_TOP},
     outcome::json_content_type,
     route::RouteKind,
+    tier::{Found, SharedTicket},
     upstream::Request,
 };
 
@@ -163,6 +164,25 @@ impl Proxy {
         let stale = cached.filter(|e| self.freshness(&fk.key, e, now).is_none());
         // Taken before anything is sent: a write that lands after this voids our answer.
         let ticket = self.store.ticket().await;
+        // The second tier: another replica's answer, or the right to fetch for all of them (the
+        // lease is held until this flight ends), or a wait for whoever holds it.
+        let (shared_ticket, _lease) = match &self.tier {
+            None => (None, None),
+            Some(tier) => match tier.find(&fk.key, fk.forced, &request_id).await {
+                Found::Hit(entry) => {
+                    let entry = Arc::new(entry);
+                    let fresh = self.freshness(&fk.key, &entry, Instant::now());
+                    // Stored here only if no write reached this replica since `ticket`.
+                    self.store.fill(fk.key.clone(), entry.clone(), ticket).await;
+                    match fresh {
+                        Some(fresh) => return Ok(Self::shared_hit(&entry, fresh)),
+                        None => (None, None),
+                    }
+                }
+                Found::Fetch { ticket, lease } => (Some(ticket), lease),
+                Found::Unavailable => (None, None),
+            },
+        };
         let call = Call {
             route,
             caller: &caller,
@@ -170,6 +190,7 @@ impl Proxy {
             request_id: &request_id,
             stale: stale.as_deref(),
             forced: fk.forced,
+            shared: shared_ticket.as_ref(),
         };
         let upstream = self.upstream_api();
         match fk.key.clone() {
@@ -296,12 +317,13 @@ impl Proxy {
             },
             _ => return self.non_success(call.route, sent, call.stale, call.request_id),
         };
-        self.store_entry(fk, entry, ticket, budget, sent.queued).await
+        self.store_entry(call, fk, entry, ticket, budget, sent.queued).await
     }
 
     /// Stores a read's entry and answers every caller of the flight from it.
     async fn store_entry(
         &self,
+        call: &Call<'_>,
         fk: FlightKey,
         entry: Entry,
         ticket: Ticket,
@@ -310,6 +332,9 @@ impl Proxy {
     ) -> Outcome {
         let (status, bodies, content_type) = (entry.status, entry.bodies.clone(), entry.content_type.clone());
         let fwd = if fk.forced { "request" } else { "miss" };
+        if let (Some(tier), Some(shared)) = (&self.tier, call.shared) {
+            tier.fill(&fk.key, &entry, shared).await;
+        }
         let stored = self.ingest.fill(fk.key, entry, ticket).await == Filled::Stored;
         let mut answer = Answer::forwarded(status, Bytes::new(), content_type, fwd, stored, budget, queued);
         answer.bodies = Some(bodies);
@@ -346,7 +371,7 @@ impl Proxy {
             return self.invalid_body(call, budget, 200);
         }
         let entry = self.list_entry(Bodies::one(View::Defender, body), sent_at);
-        self.store_entry(fk, entry, ticket, budget, sent.queued).await
+        self.store_entry(call, fk, entry, ticket, budget, sent.queued).await
     }
 
     /// A Defender List over a Graph upstream: Graph pages (at most 50 each; a Defender page holds
@@ -415,7 +440,7 @@ impl Proxy {
         );
         self.ingest.spread(incidents, sent_at, ticket).await;
         let entry = self.list_entry(Bodies::one(View::Defender, body), sent_at);
-        self.store_entry(fk, entry, ticket, budget, queued).await
+        self.store_entry(call, fk, entry, ticket, budget, queued).await
     }
 
     /// A Graph List page for the Graph facade, from either upstream; `@odata.nextLink` points
@@ -494,7 +519,7 @@ impl Proxy {
         let body = raw_list_body(graph_context(query), rendered.iter(), shown_count, next.as_deref());
         self.ingest.spread(complete, sent_at, ticket).await;
         let entry = self.list_entry(Bodies::one(view, body), sent_at);
-        self.store_entry(fk, entry, ticket, budget, sent.queued).await
+        self.store_entry(call, fk, entry, ticket, budget, sent.queued).await
     }
 
     /// A Graph query one Defender call cannot answer (another order, `$count`, a Graph-only
@@ -606,7 +631,7 @@ impl Proxy {
         let count = (query.count == Some(true)).then_some(total);
         let body = raw_list_body(graph_context(query), shown.iter(), count, next.as_deref());
         let entry = self.list_entry(Bodies::one(view, body), fetched.unwrap_or_else(Instant::now));
-        self.store_entry(fk, entry, ticket, budget, queued).await
+        self.store_entry(call, fk, entry, ticket, budget, queued).await
     }
 
     /// Any upstream answer other than 200/404 for a read or a write: throttling (the route is
@@ -721,6 +746,8 @@ struct Call<'a> {
     /// An expired entry that may stand in for a failed call.
     stale: Option<&'a Entry>,
     forced: bool,
+    /// The flight's place in the shared order of writes (its answer goes to the shared tier).
+    shared: Option<&'a SharedTicket>,
 }
 
 /// A list page's body from its items' JSON, as they are (no re-serialisation).

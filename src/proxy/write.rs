@@ -374,12 +374,18 @@ impl Proxy {
 
     /// After a write (whatever its outcome): the incident's entry becomes the write's answer or
     /// is forgotten, cached lists go, and reads in flight for them take no newcomers.
+    /// With the shared tier, every replica learns of it (and Redis holds the new state) before
+    /// the caller is answered.
     async fn written(&self, key: Key, entry: Option<Entry>) {
-        self.store.write(key.clone(), entry.map(Arc::new)).await;
+        let entry = entry.map(Arc::new);
+        self.store.write(key.clone(), entry.clone()).await;
         self.store.invalidate_lists().await;
         self.local_sets.clear();
         self.flights
             .forget_if(|fk: &FlightKey| fk.key == key || fk.key.is_list());
+        if let Some(tier) = &self.tier {
+            tier.write(&key, entry.as_deref()).await;
+        }
     }
 }
 

@@ -169,6 +169,16 @@ impl Shared {
         format!("{{{}:{}}}:{}", self.prefix, tenant, rest)
     }
 
+    /// A dedicated pub/sub connection (a subscribed connection can do nothing else), made within
+    /// a few timeouts.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, SharedError> {
+        match tokio::time::timeout(self.timeout * 4, self.client.get_async_pubsub()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(SharedError::from(e)),
+            Err(_) => Err(SharedError::Timeout(self.timeout * 4)),
+        }
+    }
+
     /// This replica's member name.
     pub fn replica(&self) -> &str {
         &self.replica

@@ -94,6 +94,16 @@ impl RedisProc {
         (!v.is_empty()).then_some(v)
     }
 
+    /// Runs one redis-cli command; its output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -128,7 +138,22 @@ fn replica_config(redis: &RedisProc) -> (SimConfig, Config) {
 
 /// The simulator and `n` proxies in front of it, all sharing `redis`.
 async fn replicas(redis: &RedisProc, n: usize) -> (Vec<TestApp>, Config) {
-    let (sim, config) = replica_config(redis);
+    replicas_with(redis, n, |_| {}).await
+}
+
+/// The same, with the shared cache tier on, and generous quotas for every route (the cache is
+/// under test, not the budget).
+async fn cached_replicas(redis: &RedisProc, n: usize) -> (Vec<TestApp>, Config) {
+    replicas_with(redis, n, |c| {
+        c.shared.cache = true;
+        route_quota(c, "get_incident", &[(100, 2)]);
+    })
+    .await
+}
+
+async fn replicas_with(redis: &RedisProc, n: usize, adjust: impl FnOnce(&mut Config)) -> (Vec<TestApp>, Config) {
+    let (sim, mut config) = replica_config(redis);
+    adjust(&mut config);
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
@@ -562,4 +587,233 @@ async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies(
 /// The sync's role on one replica: "holder", "standby" or "local".
 async fn sync_role(app: &TestApp) -> String {
     app.readyz().await["sync"]["role"].as_str().unwrap_or("").to_string()
+}
+
+/// Waits until every replica listens for the others' writes (the shared tier is used from then).
+async fn listening(redis: &RedisProc, n: usize) {
+    eventually("every replica subscribed", Duration::from_secs(5), || async {
+        redis
+            .cli(&["PUBSUB", "NUMSUB", "{dp:default}:cache:invalidations"])
+            .lines()
+            .nth(1)
+            .and_then(|n| n.parse::<usize>().ok())
+            == Some(n)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_cold_requests_for_one_id_over_three_replicas_make_one_upstream_call() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (apps, _) = cached_replicas(&redis, 3).await;
+    listening(&redis, 3).await;
+    // A slow upstream answer: every request arrives while the one fetch is still out.
+    apps[0].sim.set_faults(crate::common::fault_on(
+        "get",
+        defender_proxy::simulator::FaultKind::Latency { ms: 300 },
+        Some(1),
+    ));
+    let id = apps[0].existing_id(4242);
+    let path = format!("/api/incidents/{id}");
+    let t = Instant::now();
+    let requests = (0..300).map(|i| apps[i % 3].get(&path).send());
+    let answers = futures_util::future::join_all(requests).await;
+    let elapsed = t.elapsed();
+    let mut statuses = std::collections::BTreeMap::new();
+    for a in answers {
+        *statuses.entry(a.unwrap().status().as_u16()).or_insert(0) += 1;
+    }
+    let calls = apps[0].calls("get");
+    println!("300 cold requests for one id over three replicas: {statuses:?}, {calls} upstream call(s), {elapsed:?}");
+    assert_eq!(statuses.get(&200), Some(&300), "{statuses:?}");
+    assert_eq!(calls, 1, "one upstream call for all three replicas");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_on_one_replica_is_a_hit_in_redis_for_the_others() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (apps, _) = cached_replicas(&redis, 3).await;
+    listening(&redis, 3).await;
+    let id = apps[0].existing_id(10);
+    let missing = apps[0].missing_id(500);
+    let path = format!("/api/incidents/{id}");
+    let first: serde_json::Value = apps[0].get(&path).send().await.unwrap().json().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = apps[1].get(&path).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let age: u64 = r.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(age >= 1, "the age counts from the first replica's fetch: {age}");
+    assert!(
+        crate::common::cache_status(&r).contains("hit"),
+        "{}",
+        crate::common::cache_status(&r)
+    );
+    let second: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(first, second);
+    // The other dialect is translated from the native body on load.
+    let graph = apps[2]
+        .get(&format!("/v1.0/security/incidents/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(graph.status(), 200);
+    assert_eq!(apps[0].calls("get"), 1, "one upstream call for three replicas");
+    // 404s are shared too, in each caller's envelope.
+    assert_eq!(
+        apps[0]
+            .get(&format!("/api/incidents/{missing}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = apps[1]
+        .get(&format!("/v1.0/security/incidents/{missing}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"]["code"].is_string(), "{body}");
+    assert_eq!(apps[0].calls("get"), 2);
+    // Lists: one call for every replica, then a write anywhere invalidates them everywhere.
+    for app in &apps {
+        assert_eq!(app.get("/api/incidents?$top=5").send().await.unwrap().status(), 200);
+    }
+    assert_eq!(apps[0].calls("list"), 1);
+    // Nothing secret in Redis: only cache, budget and membership keys, no token.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(!keys.contains("token"), "{keys}");
+    let stored = redis.cli(&["HGETALL", &format!("{{dp:default}}:cache:e:i:{id}")]);
+    assert!(
+        !stored.contains("Bearer") && !stored.contains(&apps[0].key),
+        "no credential stored"
+    );
+    let r = apps[2]
+        .patch(&path, r#"{"assignedTo":"shared@example.com"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(apps[1].get("/api/incidents?$top=5").send().await.unwrap().status(), 200);
+    assert_eq!(
+        apps[0].calls("list"),
+        2,
+        "the write invalidated the list on the other replicas"
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_through_one_replica_is_what_every_other_replica_reads_next() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (apps, _) = cached_replicas(&redis, 3).await;
+    listening(&redis, 3).await;
+    let id = apps[0].existing_id(20);
+    let path = format!("/api/incidents/{id}");
+    for round in 0..10 {
+        // Every replica holds the incident in its first tier.
+        for app in &apps {
+            assert_eq!(app.get(&path).send().await.unwrap().status(), 200);
+        }
+        let writer = round % 3;
+        let who = format!("analyst{round}@example.com");
+        let r = apps[writer]
+            .patch(&path, &format!(r#"{{"assignedTo":"{who}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        for (i, app) in apps.iter().enumerate() {
+            let got: serde_json::Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+            assert_eq!(
+                got["assignedTo"],
+                who.as_str(),
+                "round {round}: replica {i} after a write through {writer}"
+            );
+        }
+    }
+    println!(
+        "10 PATCHes through rotating replicas, each read back through all three: always the new state ({} upstream GETs)",
+        apps[0].calls("get")
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_fetchers_lease_ends_and_another_replica_fetches() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (apps, _) = cached_replicas(&redis, 2).await;
+    listening(&redis, 2).await;
+    let id = apps[0].existing_id(30);
+    // A replica took the lease and died: nobody renews it.
+    redis.cli(&[
+        "SET",
+        &format!("{{dp:default}}:cache:lease:i:{id}"),
+        "dead-replica",
+        "PX",
+        "800",
+    ]);
+    let t = Instant::now();
+    let r = apps[1].get(&format!("/api/incidents/{id}")).send().await.unwrap();
+    let waited = t.elapsed();
+    assert_eq!(r.status(), 200);
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
+        "waited for the lease to end, then fetched: {waited:?}"
+    );
+    assert_eq!(apps[1].calls("get"), 1);
+    // Redis away: the shared tier is skipped, misses go upstream as on one replica.
+    redis.signal("-STOP");
+    let r = apps[0].get(&format!("/api/incidents/{}", id + 1)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    redis.signal("-CONT");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_subscription_broke_catches_up_on_the_writes_it_missed() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (apps, _) = cached_replicas(&redis, 2).await;
+    listening(&redis, 2).await;
+    let id = apps[0].existing_id(40);
+    let path = format!("/api/incidents/{id}");
+    assert_eq!(apps[1].get(&path).send().await.unwrap().status(), 200);
+    // Every subscription dropped: the write below is published to nobody.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let r = apps[0]
+        .patch(&path, r#"{"assignedTo":"missed@example.com"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    listening(&redis, 2).await;
+    eventually(
+        "replica 1 caught up from the write log",
+        Duration::from_secs(3),
+        || async {
+            let got: serde_json::Value = apps[1].get(&path).send().await.unwrap().json().await.unwrap();
+            got["assignedTo"] == "missed@example.com"
+        },
+    )
+    .await;
+    for app in apps {
+        app.stop().await;
+    }
 }
