@@ -510,6 +510,7 @@ async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies(
     // reason, not the one under test).
     config.shared.timeout = Duration::from_secs(1);
     config.shared.heartbeat = Duration::from_millis(1_500);
+    config.shared.lease = Duration::from_secs(3);
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
