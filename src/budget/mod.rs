@@ -82,6 +82,11 @@ pub trait Gate: Send + Sync + 'static {
     fn windows(&self, pool: usize) -> Option<Vec<WindowStatus>>;
     /// What `/readyz` shows about the shared state.
     fn detail(&self) -> serde_json::Value;
+    /// The upstream stated stricter limits for `pool` (see [`Budget::learn`]): every replica
+    /// keeps to them from its next check of the shared ledger.
+    fn learn(&self, pool: usize, quotas: &[Quota]) {
+        let _ = (pool, quotas);
+    }
 }
 
 /// What the shared ledger said to the head of the queue.
@@ -753,6 +758,9 @@ impl Budget for LocalBudget {
         }
         // Callers already queued have new projected slots; some may now be past their wait.
         st.notify_all();
+        if let Some(gate) = &r.gate {
+            gate.learn(r.index, &st.ledger.quotas().collect::<Vec<_>>());
+        }
         let learnt = Learnt {
             pool: r.name.clone(),
             before,

@@ -140,14 +140,65 @@ return 1
 /// What the shared ledger needs to know of one pool, and this replica's own sends to it.
 struct Pool {
     spec: PoolSpec,
+    /// The quotas the script checks: the configured ones, tightened by limits the upstream
+    /// stated (learnt by any replica, shared through `learnt_key`).
+    limits: parking_lot::RwLock<Limits>,
+    log_key: String,
+    /// Limits learnt from the upstream, by window in milliseconds (a hash; only ever lowered).
+    learnt_key: String,
+    freeze_key: String,
+    mine: Mutex<Mine>,
+}
+
+/// A pool's quotas with their spans.
+#[derive(Debug, Clone)]
+struct Limits {
+    quotas: Vec<Quota>,
     /// `length + margin` per quota, as the local ledger computes it.
     spans: Vec<Duration>,
     /// The longest span: older sends matter to no window.
     keep: Duration,
-    log_key: String,
-    freeze_key: String,
-    mine: Mutex<Mine>,
 }
+
+impl Limits {
+    fn new(quotas: Vec<Quota>, margin: Duration) -> Limits {
+        let spans: Vec<Duration> = quotas.iter().map(|q| q.length + margin.min(q.length / 20)).collect();
+        let keep = spans.iter().copied().max().unwrap_or_default();
+        Limits { quotas, spans, keep }
+    }
+
+    /// Adopts `stated` where stricter (a lower limit for a window, or a window not yet held).
+    fn tightened(&self, stated: &[Quota], margin: Duration) -> Option<Limits> {
+        let mut quotas = self.quotas.clone();
+        let mut changed = false;
+        for q in stated.iter().filter(|q| q.limit > 0 && !q.length.is_zero()) {
+            match quotas.iter_mut().find(|have| have.length == q.length) {
+                Some(have) if have.limit > q.limit => {
+                    have.limit = q.limit;
+                    changed = true;
+                }
+                Some(_) => {}
+                None => {
+                    quotas.push(*q);
+                    changed = true;
+                }
+            }
+        }
+        changed.then(|| Limits::new(quotas, margin))
+    }
+}
+
+/// Lowers (never raises) the learnt limit of each window given: ARGV = window_ms, limit, ...
+const LEARN: &str = r"
+for i = 1, #ARGV, 2 do
+  local have = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  local limit = tonumber(ARGV[i + 1])
+  if have == 0 or limit < have then
+    redis.call('HSET', KEYS[1], ARGV[i], limit)
+  end
+end
+return 1
+";
 
 #[derive(Default)]
 struct Mine {
@@ -177,6 +228,9 @@ enum Reply {
 pub struct RedisGate {
     shared: Arc<Shared>,
     pools: Vec<Pool>,
+    /// The budget's safety margin (for the spans of learnt windows).
+    margin: Duration,
+    learn_script: redis::Script,
     epoch_key: String,
     /// The epoch this replica last wrote its sends back under (0: never).
     epoch: AtomicU64,
@@ -195,24 +249,18 @@ impl RedisGate {
     pub fn new(shared: Arc<Shared>, pools: Vec<PoolSpec>, margin: Duration) -> Arc<RedisGate> {
         let pools = pools
             .into_iter()
-            .map(|spec| {
-                let spans: Vec<Duration> = spec
-                    .quotas
-                    .iter()
-                    .map(|q| q.length + margin.min(q.length / 20))
-                    .collect();
-                let keep = spans.iter().copied().max().unwrap_or_default();
-                Pool {
-                    log_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:log", spec.name)),
-                    freeze_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:frozen", spec.name)),
-                    spec,
-                    spans,
-                    keep,
-                    mine: Mutex::new(Mine::default()),
-                }
+            .map(|spec| Pool {
+                log_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:log", spec.name)),
+                learnt_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:learnt", spec.name)),
+                freeze_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:frozen", spec.name)),
+                limits: parking_lot::RwLock::new(Limits::new(spec.quotas.clone(), margin)),
+                spec,
+                mine: Mutex::new(Mine::default()),
             })
             .collect();
         Arc::new(RedisGate {
+            margin,
+            learn_script: redis::Script::new(LEARN),
             epoch_key: shared.key(DEFAULT_TENANT, "budget:epoch"),
             shared,
             pools,
@@ -243,9 +291,10 @@ impl RedisGate {
         if !ever_up {
             // This process has no memory of what its previous incarnation sent, and Redis could
             // not tell it: it must let one longest window pass first.
-            earliest = earliest.max(started + pool.keep);
+            earliest = earliest.max(started + pool.limits.read().keep);
         }
-        for (q, span) in pool.spec.quotas.iter().zip(&pool.spans) {
+        let limits = pool.limits.read().clone();
+        for (q, span) in limits.quotas.iter().zip(&limits.spans) {
             let limit = if batch {
                 q.limit.saturating_sub(pool.spec.reserve).max(1)
             } else {
@@ -270,7 +319,8 @@ impl RedisGate {
 
     fn record(&self, pool: &Pool, id: u64, at: Instant, written: bool) {
         let mut mine = pool.mine.lock();
-        mine.sends.retain(|s| s.at + pool.keep > at);
+        let keep = pool.limits.read().keep;
+        mine.sends.retain(|s| s.at + keep > at);
         mine.sends.push_back(OwnSend { at, id, written });
         if !written {
             self.dirty.store(true, Ordering::Release);
@@ -298,6 +348,7 @@ impl RedisGate {
     }
 
     async fn run_acquire(&self, pool: &Pool, batch: bool, id: u64) -> Result<Reply, SharedError> {
+        let limits = pool.limits.read().clone();
         let mut invocation = self.acquire.prepare_invoke();
         invocation
             .key(&self.epoch_key)
@@ -307,10 +358,10 @@ impl RedisGate {
             .arg(self.epoch.load(Ordering::Acquire))
             .arg(fresh_epoch())
             .arg(if batch { 1 } else { 0 })
-            .arg(pool.keep.as_micros() as u64)
+            .arg(limits.keep.as_micros() as u64)
             .arg(pool.spec.reserve)
-            .arg(pool.spec.quotas.len());
-        for (q, span) in pool.spec.quotas.iter().zip(&pool.spans) {
+            .arg(limits.quotas.len());
+        for (q, span) in limits.quotas.iter().zip(&limits.spans) {
             invocation.arg(q.limit).arg(span.as_micros() as u64);
         }
         let reply: Vec<i64> = self
@@ -367,11 +418,12 @@ impl RedisGate {
         let mut pipe = redis::pipe();
         let mut written: Vec<(usize, Vec<u64>)> = Vec::new();
         for (index, pool) in self.pools.iter().enumerate() {
+            let keep = pool.limits.read().keep;
             let mine = pool.mine.lock();
             let entries: Vec<(u64, String, u64)> = mine
                 .sends
                 .iter()
-                .filter(|s| s.at + pool.keep > now && (changed || !s.written))
+                .filter(|s| s.at + keep > now && (changed || !s.written))
                 .map(|s| {
                     // Mapped from `before`: a written-back time is never earlier than the truth.
                     let back = before.saturating_duration_since(s.at).as_micros() as i64;
@@ -383,8 +435,7 @@ impl RedisGate {
             }
             let items: Vec<(u64, &str)> = entries.iter().map(|(score, m, _)| (*score, m.as_str())).collect();
             pipe.zadd_multiple(&pool.log_key, &items).ignore();
-            pipe.pexpire(&pool.log_key, (pool.keep.as_millis() as i64) + 1000)
-                .ignore();
+            pipe.pexpire(&pool.log_key, (keep.as_millis() as i64) + 1000).ignore();
             written.push((index, entries.iter().map(|e| e.2).collect()));
         }
         if !written.is_empty() {
@@ -431,7 +482,7 @@ impl RedisGate {
         for pool in &self.pools {
             let (key, from) = (
                 pool.log_key.clone(),
-                format!("({}", server_now - pool.keep.as_micros() as i64),
+                format!("({}", server_now - pool.limits.read().keep.as_micros() as i64),
             );
             let entries: Vec<(String, f64)> = self
                 .shared
@@ -494,11 +545,11 @@ impl RedisGate {
             match reply {
                 Ok(Reply::Granted(per_quota, server_now, after)) => {
                     self.record(pool, id, Instant::now(), true);
-                    let windows = pool
-                        .spec
+                    let limits = pool.limits.read().clone();
+                    let windows = limits
                         .quotas
                         .iter()
-                        .zip(&pool.spans)
+                        .zip(&limits.spans)
                         .zip(per_quota)
                         .map(|((q, span), (count, oldest))| {
                             let reset = after + micros(oldest + span.as_micros() as i64 - server_now);
@@ -563,6 +614,28 @@ fn fresh_epoch() -> u64 {
 impl Gate for RedisGate {
     fn try_send(&self, pool: usize, batch: bool) -> BoxFuture<'_, GateAnswer> {
         Box::pin(self.send(pool, batch))
+    }
+
+    fn learn(&self, index: usize, quotas: &[Quota]) {
+        let Some(pool) = self.pools.get(index) else { return };
+        self.tighten(pool, quotas);
+        // Written for the other replicas (they read it after each heartbeat); a failure only
+        // delays them until they see a 429 of their own.
+        let (script, key) = (self.learn_script.clone(), pool.learnt_key.clone());
+        let args: Vec<(u64, u32)> = quotas.iter().map(|q| (q.length.as_millis() as u64, q.limit)).collect();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _: Result<i64, SharedError> = shared
+                .call(false, |mut c| async move {
+                    let mut invocation = script.prepare_invoke();
+                    invocation.key(key);
+                    for (ms, limit) in args {
+                        invocation.arg(ms).arg(limit);
+                    }
+                    invocation.invoke_async(&mut c).await
+                })
+                .await;
+        });
     }
 
     fn release(&self, pool: usize, id: u64) {
@@ -637,7 +710,52 @@ impl Tick for RedisGate {
         Box::pin(async move {
             if self.shared.is_up() {
                 let _ = self.reconcile().await;
+                self.read_learnt().await;
             }
         })
+    }
+}
+
+impl RedisGate {
+    /// Tightens `pool`'s quotas to what was learnt (never loosens).
+    fn tighten(&self, pool: &Pool, stated: &[Quota]) {
+        let mut limits = pool.limits.write();
+        if let Some(tighter) = limits.tightened(stated, self.margin) {
+            tracing::warn!(
+                pool = %pool.spec.name,
+                quotas = ?tighter.quotas,
+                "shared budget keeps to a stricter limit the upstream stated"
+            );
+            *limits = tighter;
+        }
+    }
+
+    /// Adopts the limits other replicas learnt from the upstream.
+    async fn read_learnt(&self) {
+        for pool in &self.pools {
+            let key = pool.learnt_key.clone();
+            let Ok(learnt) = self
+                .shared
+                .call(false, |mut c| async move {
+                    redis::cmd("HGETALL")
+                        .arg(key)
+                        .query_async::<std::collections::HashMap<u64, u32>>(&mut c)
+                        .await
+                })
+                .await
+            else {
+                return;
+            };
+            let stated: Vec<Quota> = learnt
+                .into_iter()
+                .map(|(ms, limit)| Quota {
+                    limit,
+                    length: Duration::from_millis(ms),
+                })
+                .collect();
+            if !stated.is_empty() {
+                self.tighten(pool, &stated);
+            }
+        }
     }
 }
