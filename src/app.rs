@@ -114,6 +114,10 @@ impl Application {
             cache: config.cache.clone(),
             flight_wait: config.budget.max_wait_cap,
         };
+        let tier = shared
+            .as_ref()
+            .filter(|_| config.shared.cache)
+            .map(|(shared, _)| SharedCache::new(shared.clone(), &config.shared, config.upstream.api));
         // With several replicas one of them runs the sync, under a lease that lapses half an
         // interval after its holder stops renewing it (so another takes over within one).
         let lease = match (&shared, config.sync.enabled) {
@@ -132,16 +136,13 @@ impl Application {
             state,
             caller: Syncer::caller(),
             lease: lease.clone(),
+            tier: tier.clone(),
         });
         let handles = Handles {
             budget: budget.clone(),
             store: store.clone(),
             tokens,
         };
-        let tier = shared
-            .as_ref()
-            .filter(|_| config.shared.cache)
-            .map(|(shared, _)| SharedCache::new(shared.clone(), &config.shared, config.upstream.api));
         let proxy = Arc::new(
             Proxy::new(
                 policy,

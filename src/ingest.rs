@@ -247,32 +247,46 @@ impl Ingest {
     /// or a write came after `ticket`), so a tool that lists then fetches each incident spends one
     /// call, not N+1. `sent_at` is when the List request left. The incidents must be complete
     /// (a Graph page with its alerts expanded).
-    pub async fn spread(&self, incidents: Vec<Incident>, sent_at: Instant, ticket: Ticket) -> Page {
+    /// Returns the page's figures and the entries offered (for a shared tier, which the caller
+    /// fills with the same order rules).
+    pub async fn spread(
+        &self,
+        incidents: Vec<Incident>,
+        sent_at: Instant,
+        ticket: Ticket,
+    ) -> (Page, Vec<(Key, Arc<Entry>)>) {
         let mut out = Page {
             items: incidents.len(),
             newest: None,
         };
+        let mut offered = Vec::with_capacity(incidents.len());
         for incident in incidents {
             out.newest = out.newest.max(incident.last_update);
             let key = Key::Incident(incident.id);
-            let entry = self.incident_entry(incident, sent_at);
-            self.store.fill(key, Arc::new(entry), ticket).await;
+            let entry = Arc::new(self.incident_entry(incident, sent_at));
+            self.store.fill(key.clone(), entry.clone(), ticket).await;
+            offered.push((key, entry));
         }
-        out
+        (out, offered)
     }
 
     /// A whole upstream List page (in the upstream's dialect, alerts included) spread into the
     /// per-incident entries. `None` when the body is no page.
-    pub async fn spread_list(&self, body: &[u8], sent_at: Instant, ticket: Ticket) -> Option<Page> {
+    pub async fn spread_list(
+        &self,
+        body: &[u8],
+        sent_at: Instant,
+        ticket: Ticket,
+    ) -> Option<(Page, Vec<(Key, Arc<Entry>)>)> {
         let items = page_items(body)?.items;
         let total = items.len();
         let incidents: Vec<Incident> = items
             .iter()
             .filter_map(|raw| render_incident(self.upstream, raw.get().as_bytes()))
             .collect();
-        let mut page = self.spread(incidents, sent_at, ticket).await;
+        let (mut page, offered) = self.spread(incidents, sent_at, ticket).await;
         page.items = total;
-        Some(page)
+        Some((page, offered))
     }
 
     /// Offers a read's own answer to the store.

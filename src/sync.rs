@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::{
     budget::{Caller, Ledger, Priority, Quota},
-    cache::{Confirmations, Store},
+    cache::{Confirmations, Key, Store},
     config::SyncConfig,
     dialect::Dialect,
     exchange::{CallError, Exchange, Retry},
@@ -37,6 +37,7 @@ use crate::{
     odata::{CompareOp, Field, Filter, GraphField, GraphListQuery, GraphOrderBy, GraphOrderField, ListQuery, Literal},
     route::RouteKind,
     shared::lease::{Holder, Lease},
+    tier::{Found, SharedCache},
     upstream::Request,
     Metrics,
 };
@@ -297,6 +298,9 @@ pub struct Syncer {
     pub caller: Caller,
     /// With several replicas (`[shared]`): the lease that makes one of them run the sync.
     pub lease: Option<Arc<Lease>>,
+    /// With `shared.cache`: what the sync writes goes to the shared tier too, so every replica
+    /// serves it (the others do not sync).
+    pub tier: Option<Arc<SharedCache>>,
 }
 
 impl Syncer {
@@ -486,6 +490,15 @@ impl Syncer {
             request_id: format!("sync-{}", uuid::Uuid::new_v4()),
         };
         let ticket = self.store.ticket().await;
+        // A position in the replicas' shared order, taken before the page is asked for: writes
+        // that land after it win over what this page says.
+        let shared_ticket = match &self.tier {
+            Some(tier) => match tier.find(&Key::List("sync".into()), true, &req.request_id).await {
+                Found::Fetch { ticket, .. } => Some(ticket),
+                _ => None,
+            },
+            None => None,
+        };
         let wall = OffsetDateTime::now_utc();
         let sent_at = Instant::now();
         let sent = self
@@ -511,7 +524,12 @@ impl Syncer {
             .collect();
         // Change times at the upstream's precision (100 ns for Graph), for the cursor.
         let changed: Vec<Option<i128>> = incidents.iter().map(|i| i.last_update).collect();
-        self.ingest.spread(incidents, sent_at, ticket).await;
+        let (_, offered) = self.ingest.spread(incidents, sent_at, ticket).await;
+        if let (Some(tier), Some(shared)) = (&self.tier, &shared_ticket) {
+            for (key, entry) in offered {
+                tier.fill(&key, &entry, shared).await;
+            }
+        }
         if pass.started.is_none() {
             // The upstream's clock, not ours: its `Date`, else our own as a last resort.
             let upstream_now = resp.date.map(OffsetDateTime::from).unwrap_or(wall);

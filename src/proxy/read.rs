@@ -320,6 +320,16 @@ impl Proxy {
         self.store_entry(call, fk, entry, ticket, budget, sent.queued).await
     }
 
+    /// The incidents of a list page go to the shared tier too (under the page's ticket), so
+    /// another replica's Get of one of them is a hit in Redis.
+    async fn share_spread(&self, call: &Call<'_>, offered: Vec<(Key, Arc<Entry>)>) {
+        if let (Some(tier), Some(shared)) = (&self.tier, call.shared) {
+            for (key, entry) in offered {
+                tier.fill(&key, &entry, shared).await;
+            }
+        }
+    }
+
     /// Stores a read's entry and answers every caller of the flight from it.
     async fn store_entry(
         &self,
@@ -367,9 +377,10 @@ impl Proxy {
             return self.non_success(call.route, sent, call.stale, call.request_id);
         }
         let body = sent.response.body.clone();
-        if self.ingest.spread_list(&body, sent_at, ticket).await.is_none() {
+        let Some((_, offered)) = self.ingest.spread_list(&body, sent_at, ticket).await else {
             return self.invalid_body(call, budget, 200);
-        }
+        };
+        self.share_spread(call, offered).await;
         let entry = self.list_entry(Bodies::one(View::Defender, body), sent_at);
         self.store_entry(call, fk, entry, ticket, budget, sent.queued).await
     }
@@ -438,7 +449,8 @@ impl Proxy {
             None,
             None,
         );
-        self.ingest.spread(incidents, sent_at, ticket).await;
+        let (_, offered) = self.ingest.spread(incidents, sent_at, ticket).await;
+        self.share_spread(call, offered).await;
         let entry = self.list_entry(Bodies::one(View::Defender, body), sent_at);
         self.store_entry(call, fk, entry, ticket, budget, queued).await
     }
@@ -517,7 +529,8 @@ impl Proxy {
         let next = graph_next_link_if(base, query, returned, more);
         let shown_count = if query.count == Some(true) { total } else { None };
         let body = raw_list_body(graph_context(query), rendered.iter(), shown_count, next.as_deref());
-        self.ingest.spread(complete, sent_at, ticket).await;
+        let (_, offered) = self.ingest.spread(complete, sent_at, ticket).await;
+        self.share_spread(call, offered).await;
         let entry = self.list_entry(Bodies::one(view, body), sent_at);
         self.store_entry(call, fk, entry, ticket, budget, sent.queued).await
     }
@@ -613,7 +626,8 @@ impl Proxy {
                 let matches: Arc<Vec<Arc<Bodies>>> = Arc::new(matching.into_iter().map(|(_, b)| b).collect());
                 self.local_sets.put(set_key, LocalSet::Matches(matches.clone()));
                 let sent_at = first_sent.unwrap_or_else(Instant::now);
-                self.ingest.spread(incidents, sent_at, ticket).await;
+                let (_, offered) = self.ingest.spread(incidents, sent_at, ticket).await;
+                self.share_spread(call, offered).await;
                 (matches, Some(sent_at), budget, queued)
             }
         };

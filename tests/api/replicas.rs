@@ -517,6 +517,8 @@ async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies(
     config.shared.timeout = Duration::from_secs(1);
     config.shared.heartbeat = Duration::from_millis(1_500);
     config.shared.lease = Duration::from_secs(3);
+    // With the shared tier, what the holder's sync writes is served by every replica.
+    config.shared.cache = true;
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
@@ -542,6 +544,23 @@ async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies(
     let holder = if sync_role(&apps[0]).await == "holder" { 0 } else { 1 };
     let metric = "defender_proxy_sync_list_calls_total";
     assert!(apps[holder].metric(metric).await > 0.0);
+    // The standby serves what the holder's sync wrote, from Redis: no Get upstream.
+    listening(&redis, 2).await;
+    let gets = apps[0].stats().calls["get"].total;
+    for id in [10, 120, 240] {
+        let id = apps[0].existing_id(id);
+        let r = apps[1 - holder]
+            .get(&format!("/api/incidents/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        apps[0].stats().calls["get"].total,
+        gets,
+        "served from the sync's writes in Redis"
+    );
     assert_eq!(
         apps[1 - holder].metric(metric).await,
         0.0,
