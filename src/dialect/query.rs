@@ -106,7 +106,7 @@ pub const DEFENDER_ORDER: GraphOrderBy = GraphOrderBy {
 /// at `skip + 50`. The second need not be sent when the first returned fewer than it asked for
 /// ([`needs_next_page`]). Every request expands alerts, as Defender incidents carry them.
 pub fn defender_list_plan(query: &ListQuery) -> Vec<GraphListQuery> {
-    let filter = query.filter.as_ref().map(defender_filter_to_graph);
+    let base = defender_list_base(query);
     let top = u64::from(query.top.unwrap_or(DEFENDER_DEFAULT_TOP));
     let skip = query.skip.unwrap_or(0);
     let mut plan = Vec::new();
@@ -114,17 +114,28 @@ pub fn defender_list_plan(query: &ListQuery) -> Vec<GraphListQuery> {
     while asked < top {
         let this = (top - asked).min(u64::from(GRAPH_MAX_TOP));
         plan.push(GraphListQuery {
-            filter: filter.clone(),
             // `this` is at most GRAPH_MAX_TOP, so it fits.
             top: Some(u32::try_from(this).unwrap_or(GRAPH_MAX_TOP)),
             skip: Some(skip.saturating_add(asked)),
-            orderby: Some(DEFENDER_ORDER),
-            expand_alerts: true,
-            count: None,
+            ..base.clone()
         });
         asked += this;
     }
     plan
+}
+
+/// What every Graph page of a Defender list request shares: the translated filter, Defender's
+/// order and the alerts; `$top` and `$skip` are set per page (the proxy pages from what each
+/// page returned, see [`defender_list_plan`] for the plan when every page comes back full).
+pub fn defender_list_base(query: &ListQuery) -> GraphListQuery {
+    GraphListQuery {
+        filter: query.filter.as_ref().map(defender_filter_to_graph),
+        top: None,
+        skip: None,
+        orderby: Some(DEFENDER_ORDER),
+        expand_alerts: true,
+        count: None,
+    }
 }
 
 /// Whether the next request of a plan is needed, given what the previous one returned.

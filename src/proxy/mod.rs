@@ -202,11 +202,7 @@ impl Proxy {
     /// `GET /v1.0/security/incidents?...`; `base` is the proxy's own collection URL, which
     /// `@odata.nextLink` points at.
     pub async fn list_graph(self: &Arc<Self>, query: &GraphListQuery, base: &str, ctx: Ctx) -> Outcome {
-        let view = if query.expand_alerts {
-            View::GraphAlerts
-        } else {
-            View::Graph
-        };
+        let view = read::graph_view(query);
         let key = Key::GraphList(graph_list_key(base, query).into());
         self.read(RouteKind::ListIncidents, key, view, ctx).await
     }

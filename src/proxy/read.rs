@@ -21,7 +21,7 @@ use crate::{
     dialect::{
         incident::DEFENDER_LIST_CONTEXT,
         query::{
-            defender_list_plan, graph_list_over_defender, graph_matches, graph_next_link, graph_next_link_if,
+            defender_list_base, graph_list_over_defender, graph_matches, graph_next_link, graph_next_link_if,
             graph_order, GraphOverDefender, GRAPH_DEFAULT_TOP,
         },
         Dialect,
@@ -404,7 +404,7 @@ impl Proxy {
         let mut first_sent = None;
         let mut queued = Duration::ZERO;
         let mut budget = None;
-        let base = defender_list_plan(query).into_iter().next().unwrap_or_default();
+        let base = defender_list_base(query);
         while incidents.len() < wanted {
             let asked = (wanted - incidents.len()).min(GRAPH_MAX_TOP as usize);
             let page = GraphListQuery {
@@ -805,7 +805,7 @@ fn too_broad() -> ApiError {
 }
 
 /// The view a Graph list query's items are read in.
-fn graph_view(query: &GraphListQuery) -> View {
+pub(super) fn graph_view(query: &GraphListQuery) -> View {
     if query.expand_alerts {
         View::GraphAlerts
     } else {
