@@ -208,6 +208,7 @@ fn never_binding_budget() -> LocalBudget {
     let quotas = RouteQuotas {
         quotas: vec![quota(10_000, 1), quota(100_000, 2)],
         pool: None,
+        pools: Vec::new(),
     };
     let mut config = BudgetConfig::default();
     for route in RouteKind::ALL {

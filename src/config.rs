@@ -269,6 +269,12 @@ pub struct RouteQuotas {
     /// ...or the name of a shared pool in `budget.pools` it draws from instead (then its own
     /// quotas, the defaults included, are not used).
     pub pool: Option<String>,
+    /// Further `budget.pools` this route draws from on every call, besides the pool above (its
+    /// own or `pool`): a call is sent only when every one of them has room, and is counted in
+    /// all of them in the same step (the Defender overview's limit for the API as a whole,
+    /// beside each method's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<String>,
 }
 
 /// A named pool of quotas that several routes can draw from (`budget.routes.<route>.pool`).
@@ -333,6 +339,7 @@ fn default_quotas(spec: &crate::route::RouteSpec) -> RouteQuotas {
             })
             .collect(),
         pool: None,
+        pools: Vec::new(),
     }
 }
 
@@ -667,6 +674,25 @@ impl Config {
             }
             check_quotas(&format!("budget.routes.{name}.quotas"), &route.quotas)?;
         }
+        for (name, route) in &self.budget.routes {
+            for (i, extra) in route.pools.iter().enumerate() {
+                let key = format!("budget.routes.{name}.pools[{i}]");
+                if !self.budget.pools.contains_key(extra) {
+                    return Err(invalid(key, format!("no pool named '{extra}' in budget.pools")));
+                }
+                if route.pool.as_deref() == Some(extra.as_str()) || route.pools[..i].contains(extra) {
+                    return Err(invalid(key, format!("the route already draws from '{extra}'")));
+                }
+                if self.shared.enabled() {
+                    // The shared ledger in Redis checks one pool per call; a further pool kept
+                    // in this replica's memory would let every replica spend it whole.
+                    return Err(invalid(
+                        key,
+                        "further pools are not yet shared between replicas: not with shared.redis_url",
+                    ));
+                }
+            }
+        }
         for (name, pool) in &self.budget.pools {
             check_quotas(&format!("budget.pools.{name}.quotas"), &pool.quotas)?;
             if ROUTE_NAMES.contains(&name.as_str()) {
@@ -895,6 +921,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("budget.routes.get_incident.pool"), "{err}");
+    }
+
+    #[test]
+    fn further_pools_are_checked_by_name_and_kept_to_one_replica() {
+        let base = "[token]\nmode = \"static\"\nstatic_token = \"x\"\n\
+                    [budget.pools.incidents_api]\nquotas = [{ limit = 50, window = \"60s\" }]\n";
+        let c = Config::from_toml(&format!(
+            "{base}[budget.routes.get_incident]\nquotas = [{{ limit = 100, window = \"60s\" }}]\npools = [\"incidents_api\"]\n"
+        ))
+        .expect("a route may draw from its own quotas and a further pool");
+        assert_eq!(c.budget.routes["get_incident"].pools, vec!["incidents_api".to_string()]);
+        for (extra, key) in [
+            ("pools = [\"nope\"]", "budget.routes.get_incident.pools[0]"),
+            (
+                "pools = [\"incidents_api\", \"incidents_api\"]",
+                "budget.routes.get_incident.pools[1]",
+            ),
+            (
+                "pools = [\"incidents_api\"]\n[shared]\nredis_url = \"redis://127.0.0.1:6379\"",
+                "budget.routes.get_incident.pools[0]",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("{base}[budget.routes.get_incident]\n{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

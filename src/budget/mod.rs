@@ -261,8 +261,69 @@ pub struct LocalBudget {
     /// Which pool each route draws from.
     route_pool: [usize; crate::route::ROUTE_COUNT],
     gate: Option<Arc<dyn Gate>>,
+    /// The further pools routes draw from (`budget.routes.<route>.pools`).
+    extras: Arc<Extras>,
+    /// Which further pools each route draws from (indices into `extras`).
+    route_extras: [Vec<usize>; crate::route::ROUTE_COUNT],
     /// What the upstream taught (for `/readyz`).
     learnt: Mutex<Vec<Learnt>>,
+}
+
+/// The further pools routes draw from besides their own (`budget.routes.<route>.pools`): plain
+/// sliding-window ledgers with no queue of their own. The head of a route's queue checks every
+/// one of its further pools and spends from all of them (and its own) in one step under one
+/// lock, so a call refused by one pool spends nothing from any other, and no window of any
+/// pool ever holds more calls than its limit. Callers always hold their own pool's lock before
+/// this one (never the other way round), so the two locks cannot deadlock.
+#[derive(Default)]
+struct Extras {
+    ledgers: Mutex<Vec<Ledger>>,
+}
+
+impl Extras {
+    /// If every pool in `ids` has room at `now`, runs `own` (which spends from the caller's own
+    /// pool and says whether it could); when it could, spends from every pool in `ids` too.
+    /// `Err(at)`: some pool has no room before `at`, and nothing was spent anywhere.
+    fn spend_with(&self, ids: &[usize], now: Instant, own: impl FnOnce() -> bool) -> Result<bool, Instant> {
+        if ids.is_empty() {
+            return Ok(own());
+        }
+        let mut ledgers = self.ledgers.lock();
+        let at = ids.iter().map(|&i| ledgers[i].next_slot(now)).max().unwrap_or(now);
+        if at > now {
+            return Err(at);
+        }
+        if !own() {
+            return Ok(false);
+        }
+        for &i in ids {
+            let spent = ledgers[i].try_now(now);
+            debug_assert!(spent, "checked under the same lock");
+        }
+        Ok(true)
+    }
+
+    /// Takes back a send at `at` from every pool in `ids` (see [`Budget::release`]).
+    fn unspend(&self, ids: &[usize], at: Instant, now: Instant) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut ledgers = self.ledgers.lock();
+        for &i in ids {
+            ledgers[i].uncommit(at, now);
+        }
+    }
+
+    /// The windows of every pool in `ids`, appended to `windows`.
+    fn append_status(&self, ids: &[usize], now: Instant, windows: &mut Vec<WindowStatus>) {
+        if ids.is_empty() {
+            return;
+        }
+        let ledgers = self.ledgers.lock();
+        for &i in ids {
+            windows.extend(ledgers[i].status(now));
+        }
+    }
 }
 
 /// One pool of quotas as configured: what a shared ledger needs to know of it.
@@ -440,6 +501,35 @@ impl LocalBudget {
 
     fn build(config: &BudgetConfig, gate: Option<Arc<dyn Gate>>) -> LocalBudget {
         let (specs, route_pool) = pools(config);
+        // Further pools are ledgers of their own, one per name, whichever routes draw from it.
+        let mut extra_names: Vec<&str> = Vec::new();
+        let mut extra_ledgers = Vec::new();
+        let route_extras = RouteKind::ALL.map(|kind| {
+            let names = config.routes.get(kind.name()).map_or(&[][..], |r| &r.pools[..]);
+            names
+                .iter()
+                .filter_map(|name| {
+                    if let Some(i) = extra_names.iter().position(|n| n == name) {
+                        return Some(i);
+                    }
+                    let pool = config.pools.get(name)?; // validation ensures it exists
+                    let quotas: Vec<Quota> = pool
+                        .quotas
+                        .iter()
+                        .map(|q| Quota {
+                            limit: q.limit,
+                            length: q.window,
+                        })
+                        .collect();
+                    extra_names.push(name);
+                    extra_ledgers.push(Ledger::new(&quotas, config.safety_margin));
+                    Some(extra_names.len() - 1)
+                })
+                .collect()
+        });
+        let extras = Arc::new(Extras {
+            ledgers: Mutex::new(extra_ledgers),
+        });
         let pools = specs
             .iter()
             .enumerate()
@@ -467,6 +557,8 @@ impl LocalBudget {
             pools,
             route_pool,
             gate,
+            extras,
+            route_extras,
             learnt: Mutex::new(Vec::new()),
         }
     }
@@ -477,7 +569,15 @@ impl LocalBudget {
 }
 
 impl RouteBudget {
-    async fn acquire(&self, caller: &Caller, max_wait: Duration, slot: Option<&SlotWatch>) -> Result<Grant, Refusal> {
+    /// `extras` are the further pools of the calling route, in `further`.
+    async fn acquire(
+        &self,
+        caller: &Caller,
+        max_wait: Duration,
+        slot: Option<&SlotWatch>,
+        further: &Extras,
+        extras: &[usize],
+    ) -> Result<Grant, Refusal> {
         let fifo;
         let caller = if self.fair {
             caller
@@ -499,15 +599,21 @@ impl RouteBudget {
             }
             let tag = st.tag_for(caller);
             // With a shared ledger every call goes through the queue's head, which asks it.
-            if self.gate.is_none() && st.ledger.try_now_as(start, batch) {
+            let now_ok = self.gate.is_none()
+                && further
+                    .spend_with(extras, start, || st.ledger.try_now_as(start, batch))
+                    .unwrap_or(false);
+            if now_ok {
                 st.vtime = st.vtime.max(tag);
                 let flow = st.flows.entry(caller.flow.clone()).or_default();
                 flow.last_tag = flow.last_tag.max(tag);
                 flow.granted += 1;
                 publish(SlotState::Granted);
+                let mut status = st.ledger.status(start);
+                further.append_status(extras, start, &mut status);
                 return Ok(Grant {
                     queued: Duration::ZERO,
-                    status: st.ledger.status(start),
+                    status,
                     at: start,
                     shared: None,
                 });
@@ -587,11 +693,22 @@ impl RouteBudget {
                             st.gating = Some(id);
                             Step::Gate
                         }
-                        (Ok(()), None) => {
-                            guard.done = true;
-                            publish(SlotState::Granted);
-                            return Ok(st.grant_head(now, start, Vec::new(), None));
-                        }
+                        (Ok(()), None) => match further.spend_with(extras, now, || true) {
+                            Ok(_) => {
+                                guard.done = true;
+                                publish(SlotState::Granted);
+                                let mut grant = st.grant_head(now, start, Vec::new(), None);
+                                further.append_status(extras, now, &mut grant.status);
+                                return Ok(grant);
+                            }
+                            // A further pool is spent until `at` (by another route): the whole
+                            // queue moves back, and those now past their wait leave with a 429.
+                            Err(at) => {
+                                st.ledger.hold(at, now);
+                                st.notify_all();
+                                Step::Sleep(Some(at))
+                            }
+                        },
                         (Err(t), _) => Step::Sleep(Some(t)),
                     }
                 } else {
@@ -712,13 +829,16 @@ impl Budget for LocalBudget {
         max_wait: Duration,
         slot: Option<&'a SlotWatch>,
     ) -> BoxFuture<'a, Result<Grant, Refusal>> {
-        Box::pin(self.route(route).acquire(caller, max_wait, slot))
+        let extras = &self.route_extras[route.index()];
+        Box::pin(self.route(route).acquire(caller, max_wait, slot, &self.extras, extras))
     }
 
     fn release(&self, route: RouteKind, grant: &Grant) {
         let r = self.route(route);
         let mut st = r.state.lock();
-        st.ledger.uncommit(grant.at, Instant::now());
+        let now = Instant::now();
+        st.ledger.uncommit(grant.at, now);
+        self.extras.unspend(&self.route_extras[route.index()], grant.at, now);
         st.notify_head();
         if let (Some(gate), Some(id)) = (&r.gate, grant.shared) {
             gate.release(r.index, id);
@@ -790,11 +910,13 @@ impl Budget for LocalBudget {
             })
             .collect();
         flows.sort_by(|a, b| a.flow.cmp(&b.flow));
-        let windows = r
+        let mut windows = r
             .gate
             .as_ref()
             .and_then(|g| g.windows(r.index))
             .unwrap_or_else(|| st.ledger.status(now));
+        self.extras
+            .append_status(&self.route_extras[route.index()], now, &mut windows);
         RouteStatus {
             windows,
             queued: st.waiters.len(),
@@ -841,6 +963,7 @@ mod tests {
                 RouteQuotas {
                     quotas: vec![QuotaConfig { limit, window }],
                     pool: None,
+                    pools: Vec::new(),
                 },
             );
         }
@@ -1045,6 +1168,7 @@ mod tests {
                 RouteQuotas {
                     quotas: vec![],
                     pool: Some("incidents_api".into()),
+                    pools: Vec::new(),
                 },
             );
         }
@@ -1086,6 +1210,130 @@ mod tests {
             .acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
             .await
             .is_err());
+    }
+
+    /// get and list each have their own quota and both draw from `api` too; update draws from
+    /// `api` alone besides its own. Limits are small, so the pools overlap and bind in turn.
+    fn overlapping(own: [u32; 3], api: u32, window: Duration) -> LocalBudget {
+        let mut cfg = BudgetConfig {
+            safety_margin: Duration::ZERO,
+            ..BudgetConfig::default()
+        };
+        cfg.pools.insert(
+            "api".into(),
+            crate::config::PoolConfig {
+                quotas: vec![QuotaConfig { limit: api, window }],
+            },
+        );
+        for (route, limit) in crate::config::ROUTE_NAMES.iter().zip(own.iter().chain(&[own[2]])) {
+            cfg.routes.insert(
+                (*route).into(),
+                RouteQuotas {
+                    quotas: vec![QuotaConfig { limit: *limit, window }],
+                    pool: None,
+                    pools: vec!["api".into()],
+                },
+            );
+        }
+        LocalBudget::new(&cfg)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_refused_by_a_further_pool_spends_nothing_from_its_own() {
+        let w = Duration::from_secs(10);
+        let b = overlapping([5, 5, 5], 2, w);
+        b.acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
+            .await
+            .unwrap();
+        b.acquire(RouteKind::ListIncidents, &C, Duration::ZERO, None)
+            .await
+            .unwrap();
+        // `api` is spent by the two routes together: get is refused with the exact time...
+        match b
+            .acquire(RouteKind::GetIncident, &C, Duration::from_secs(3), None)
+            .await
+        {
+            Err(Refusal::Throttled { retry_after, .. }) => assert_eq!(retry_after, w),
+            other => panic!("{other:?}"),
+        }
+        // ...and its own pool was not spent by the refused call (4 of 5 left), while the
+        // binding window in its status is `api`'s.
+        let st = b.status(RouteKind::GetIncident);
+        assert_eq!(st.windows[0].remaining, 4);
+        assert_eq!(st.windows[1].remaining, 0);
+        assert_eq!(binding(&st.windows).unwrap().quota.limit, 2);
+        // A queued caller goes once `api` has room, and a released grant gives `api` back.
+        let t = Instant::now();
+        let g = b
+            .acquire(RouteKind::UpdateIncident, &C, Duration::from_secs(30), None)
+            .await
+            .unwrap();
+        assert_eq!(Instant::now() - t, w);
+        b.release(RouteKind::UpdateIncident, &g);
+        assert!(b
+            .acquire(RouteKind::GetIncident, &C, Duration::ZERO, None)
+            .await
+            .is_ok());
+    }
+
+    /// The most calls any window of `length` holds among `sends` (sorted).
+    fn max_in_window(sends: &[Instant], length: Duration) -> usize {
+        let mut best = 0;
+        let mut start = 0;
+        for end in 0..sends.len() {
+            while sends[end] - sends[start] >= length {
+                start += 1;
+            }
+            best = best.max(end - start + 1);
+        }
+        best
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Random callers on all three routes, with random waits and random give-backs, against
+        /// overlapping pools: no window of any route's own pool, nor of the pool they share,
+        /// ever holds more grants than its limit.
+        #[test]
+        fn overlapping_pools_are_never_over(
+            own in proptest::array::uniform3(1u32..6),
+            api in 1u32..8,
+            calls in proptest::collection::vec((0usize..3, 0u64..4_000, 0u64..6_000, proptest::bool::weighted(0.1)), 1..120),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            let window = Duration::from_secs(2);
+            let sends = rt.block_on(async {
+                let b = Arc::new(overlapping(own, api, window));
+                let tasks: Vec<_> = calls.into_iter().map(|(route, at_ms, wait_ms, give_back)| {
+                    let b = b.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(at_ms)).await;
+                        let kind = RouteKind::ALL[route];
+                        let g = b.acquire(kind, &C, Duration::from_millis(wait_ms), None).await.ok()?;
+                        if give_back {
+                            b.release(kind, &g);
+                            return None;
+                        }
+                        Some((route, g.at))
+                    })
+                }).collect();
+                let mut sends = Vec::new();
+                for t in tasks {
+                    if let Some(s) = t.await.unwrap() {
+                        sends.push(s);
+                    }
+                }
+                sends
+            });
+            let mut all: Vec<Instant> = sends.iter().map(|s| s.1).collect();
+            all.sort();
+            proptest::prop_assert!(max_in_window(&all, window) <= api as usize, "shared pool over");
+            for (route, limit) in own.iter().enumerate() {
+                let mut mine: Vec<Instant> = sends.iter().filter(|s| s.0 == route).map(|s| s.1).collect();
+                mine.sort();
+                proptest::prop_assert!(max_in_window(&mine, window) <= *limit as usize, "route {} over", route);
+            }
+        }
     }
 
     /// A shared ledger stand-in: no slot before `free_at`, then one send per call; records

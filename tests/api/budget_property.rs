@@ -290,6 +290,7 @@ mod fairness {
                 RouteQuotas {
                     quotas: vec![QuotaConfig { limit, window }],
                     pool: None,
+                    pools: Vec::new(),
                 },
             );
         }
