@@ -782,8 +782,8 @@ scenario_zipf() {
         --key "$KEY" --ids "1-$ZIPF_IDS" --concurrency 16 >"$OUT/zipf-warm-nginx.json"
     rss=$(status_kib "$PROXY_PID" VmHWM)
     now=$(status_kib "$PROXY_PID" VmRSS)
-    bytes=$(proxy_metric defender_proxy_cache_bytes)
-    entries=$(proxy_metric defender_proxy_cache_entries)
+    bytes=$(proxy_metric 'defender_proxy_cache_bytes{tenant="default"}')
+    entries=$(proxy_metric 'defender_proxy_cache_entries{tenant="default"}')
     record "$(jq -nc --argjson rss "$rss" --argjson now "$now" --argjson base "$base" --argjson bytes "$bytes" \
         --argjson entries "$entries" '{scenario: "zipf", server: "defender-proxy-warm", peak_rss_kib: $rss,
         rss_kib: $now, rss_before_warm_kib: $base, cache_bytes: $bytes, cache_entries: $entries}')"

@@ -17,8 +17,6 @@
 //! as soon as they start waiting for a budget slot or for another caller's upstream call.
 
 use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, OnceLock,
@@ -37,7 +35,6 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use parking_lot::RwLock;
-use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
@@ -46,7 +43,7 @@ use tracing::Instrument;
 
 use crate::{
     access_log::{AccessLog, Line},
-    auth::Consumers,
+    auth::{Consumer, Consumers, Rights},
     body::View,
     budget::{binding, WindowStatus},
     cache::Key,
@@ -57,11 +54,12 @@ use crate::{
         TranslateError,
     },
     error::ApiError,
-    metrics::{CacheLabels, RejectLabels, RequestLabels, RouteLabels, WindowLabels},
+    metrics::{route_name, RejectLabels, RequestMetrics},
     odata::GraphListQuery,
     proxy::{Answer, CacheResult, Ctx, Failure, Proxy, WorkPermit},
     route::RouteKind,
     target::{self, Directives, Target},
+    tenant::{Common, Tenant, Tenants},
     Metrics,
 };
 
@@ -80,18 +78,13 @@ const OTHER_ROUTE: usize = RouteKind::ALL.len();
 
 /// What the handlers share.
 pub struct AppState {
-    pub proxy: Arc<Proxy>,
-    /// Handles for the admin endpoints (metrics, readiness): the same objects the proxy uses.
-    pub budget: Arc<dyn crate::budget::Budget>,
-    pub store: Arc<dyn crate::cache::Store>,
-    pub tokens: Arc<crate::token::TokenSource>,
-    /// The incident sync's state, when it runs (for `/readyz` and metrics).
-    pub sync: Option<Arc<crate::sync::SyncState>>,
+    /// The tenants served, swapped whole (with the consumers) when a reload adds or removes one.
+    pub tenants: RwLock<Arc<Tenants>>,
     /// Swapped whole on SIGHUP.
     pub consumers: RwLock<Arc<Consumers>>,
+    /// What a tenant added by a reload is built with.
+    pub common: Arc<Common>,
     pub metrics: Arc<Metrics>,
-    pub max_wait: Duration,
-    pub max_wait_cap: Duration,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     /// Places for requests being worked on (`server.max_concurrency`).
@@ -103,20 +96,16 @@ pub struct AppState {
     pub access_log: Arc<AccessLog>,
     /// False from the moment shutdown starts.
     pub accepting: AtomicBool,
+    /// Requests that reach no tenant (unauthenticated, unknown tenant) are counted here.
+    untenanted: RequestMetrics,
+    /// One scrape at a time sets the mirroring gauges (they are cleared first, so a removed
+    /// tenant's series go).
+    scrape: parking_lot::Mutex<()>,
     hot: HotPath,
-}
-
-/// The shared objects the admin endpoints read (budget, store, tokens).
-pub struct Handles {
-    pub budget: Arc<dyn crate::budget::Budget>,
-    pub store: Arc<dyn crate::cache::Store>,
-    pub tokens: Arc<crate::token::TokenSource>,
 }
 
 /// Settings of [`AppState`] that come from the configuration.
 pub struct Limits {
-    pub max_wait: Duration,
-    pub max_wait_cap: Duration,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub max_concurrency: usize,
@@ -126,25 +115,21 @@ pub struct Limits {
 
 impl AppState {
     pub fn new(
-        proxy: Arc<Proxy>,
-        handles: Handles,
-        sync: Option<Arc<crate::sync::SyncState>>,
+        tenants: Tenants,
+        common: Arc<Common>,
         consumers: Consumers,
-        metrics: Arc<Metrics>,
         limits: Limits,
         access_log: Arc<AccessLog>,
     ) -> AppState {
+        let metrics = common.metrics.clone();
         AppState {
-            proxy,
-            budget: handles.budget,
-            store: handles.store,
-            tokens: handles.tokens,
-            sync,
+            tenants: RwLock::new(Arc::new(tenants)),
             consumers: RwLock::new(Arc::new(consumers)),
-            hot: HotPath::new(&metrics),
+            untenanted: RequestMetrics::new(&metrics, Arc::new(String::new())),
+            scrape: parking_lot::Mutex::new(()),
+            hot: HotPath::new(),
+            common,
             metrics,
-            max_wait: limits.max_wait,
-            max_wait_cap: limits.max_wait_cap,
             max_body_bytes: limits.max_body_bytes,
             body_read_timeout: limits.body_read_timeout,
             work: Arc::new(Semaphore::new(limits.max_concurrency)),
@@ -154,99 +139,35 @@ impl AppState {
             accepting: true.into(),
         }
     }
+
+    /// The tenant label of samples that belong to no tenant (empty: Prometheus reads it as no
+    /// label).
+    fn untenanted_label(&self) -> Arc<String> {
+        self.hot.no_tenant.clone()
+    }
+
+    /// A tenant served now, by name.
+    pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.read().get(name).cloned()
+    }
 }
 
-/// Everything per request that can be made once: metric handles (no label hashing per request)
-/// and header values.
+/// Header values made once and reused.
 struct HotPath {
-    durations: Vec<Histogram>,
-    /// `cache_lookups_total` for [incident, list] x [hit, negative].
-    lookups: [[Counter; 2]; 2],
-    /// `requests_total` by (address of the consumer's name, route index, status). The value keeps
-    /// the name alive, so its address cannot be reused by another name after a reload.
-    requests: RwLock<RequestCounters>,
     unauthenticated: Arc<String>,
+    no_tenant: Arc<String>,
     hit_status: Box<[OnceLock<HeaderValue>]>,
     seconds: Box<[OnceLock<HeaderValue>]>,
 }
 
-/// `requests_total` handles by (consumer name address, route index, status).
-type RequestCounters = HashMap<(usize, usize, u16), (Arc<String>, Counter), BuildHasherDefault<KeyHasher>>;
-
-/// A multiply-rotate hasher for the small integer keys of [`HotPath::requests`]: SipHash's
-/// resistance to chosen keys is not needed for keys made of configured consumers, and it costs
-/// more than the rest of the lookup.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.write_u64(u64::from(i));
-    }
-}
-
-fn route_name(index: usize) -> &'static str {
-    RouteKind::ALL.get(index).map_or("other", |r| r.name())
-}
-
 impl HotPath {
-    fn new(metrics: &Metrics) -> HotPath {
-        let lookup = |kind, result| {
-            metrics
-                .cache_lookups
-                .get_or_create(&CacheLabels { kind, result })
-                .clone()
-        };
+    fn new() -> HotPath {
         HotPath {
-            durations: (0..=OTHER_ROUTE)
-                .map(|i| {
-                    metrics
-                        .request_duration
-                        .get_or_create(&RouteLabels { route: route_name(i) })
-                        .clone()
-                })
-                .collect(),
-            lookups: [
-                [lookup("incident", "hit"), lookup("incident", "negative")],
-                [lookup("list", "hit"), lookup("list", "negative")],
-            ],
-            requests: RwLock::new(HashMap::default()),
             unauthenticated: Arc::new("unauthenticated".to_string()),
+            no_tenant: Arc::new(String::new()),
             hit_status: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
             seconds: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
         }
-    }
-
-    fn count_request(&self, metrics: &Metrics, consumer: &Arc<String>, route: usize, status: u16) {
-        let key = (Arc::as_ptr(consumer) as usize, route, status);
-        if let Some((_, c)) = self.requests.read().get(&key) {
-            c.inc();
-            return;
-        }
-        let counter = metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route_name(route),
-                status,
-                consumer: consumer.clone(),
-            })
-            .clone();
-        counter.inc();
-        self.requests.write().insert(key, (consumer.clone(), counter));
     }
 
     fn cache_status(&self, cache: &CacheResult) -> Option<HeaderValue> {
@@ -303,6 +224,8 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 struct Done {
     route: Option<RouteKind>,
     consumer: Option<Arc<String>>,
+    /// The tenant the request was for, once known.
+    tenant: Option<Arc<Tenant>>,
     resp: Response<ApiBody>,
     cache: &'static str,
     upstream_status: Option<u16>,
@@ -314,6 +237,7 @@ impl Done {
         Done {
             route,
             consumer,
+            tenant: None,
             resp,
             cache: "none",
             upstream_status: None,
@@ -349,15 +273,15 @@ where
     let status = done.resp.status().as_u16();
     let route = done.route.map_or(OTHER_ROUTE, RouteKind::index);
     let consumer = done.consumer.as_ref().unwrap_or(&state.hot.unauthenticated);
-    state.hot.count_request(&state.metrics, consumer, route, status);
     let elapsed = started.elapsed();
-    state.hot.durations[route].observe(elapsed.as_secs_f64());
+    let counted = done.tenant.as_ref().map_or(&state.untenanted, |t| &t.requests);
+    counted.answered(&state.metrics, consumer, route, status, elapsed.as_secs_f64());
     state.access_log.record(&Line {
         request_id: id_str,
         method: method.as_str(),
         route: route_name(route),
         consumer: consumer.as_str(),
-        tenant: None,
+        tenant: done.tenant.as_ref().map(|t| t.name.as_str()),
         cache: done.cache,
         status,
         upstream_status: done.upstream_status,
@@ -387,9 +311,37 @@ fn facade_view(path: &str) -> View {
 
 const GRAPH_VERSION_PREFIX: &str = "/v1.0/";
 
-/// Parses a request of either facade.
-fn parse_target(state: &AppState, parts: &http::request::Parts) -> Result<Target, ApiError> {
-    let (method, path, query) = (&parts.method, parts.uri.path(), parts.uri.query());
+/// Where a request names its tenant: `/tenants/{name}` before the facade's path.
+const TENANTS_PREFIX: &str = "/tenants/";
+
+/// A request's path split into its tenant (when it names one) and the facade's path.
+struct Routed<'a> {
+    tenant: Option<&'a str>,
+    /// The facade's path: `/api/...` or `/v1.0/...`.
+    path: &'a str,
+    /// What comes before it (`/tenants/{name}`, or nothing): links the proxy makes keep it.
+    prefix: &'a str,
+}
+
+fn route_path(path: &str) -> Routed<'_> {
+    if let Some(rest) = path.strip_prefix(TENANTS_PREFIX) {
+        let (name, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        return Routed {
+            tenant: Some(name),
+            path: tail,
+            prefix: &path[..TENANTS_PREFIX.len() + name.len()],
+        };
+    }
+    Routed {
+        tenant: None,
+        path,
+        prefix: "",
+    }
+}
+
+/// Parses a request of either facade (`path` without any tenant prefix, which `prefix` holds).
+fn parse_target(state: &AppState, parts: &http::request::Parts, path: &str, prefix: &str) -> Result<Target, ApiError> {
+    let (method, query) = (&parts.method, parts.uri.query());
     if !path.starts_with(GRAPH_VERSION_PREFIX) {
         return target::parse(method, path, query);
     }
@@ -409,7 +361,7 @@ fn parse_target(state: &AppState, parts: &http::request::Parts) -> Result<Target
             let query = GraphListQuery::parse(&raw).map_err(|e| ApiError::bad_request(e.message))?;
             Target::GraphList {
                 query,
-                base: graph_base(state, &parts.headers).into(),
+                base: graph_base(state, &parts.headers, prefix).into(),
             }
         }
         GraphTarget::UpdateIncident(id) => Target::GraphUpdate(id),
@@ -420,10 +372,11 @@ fn parse_target(state: &AppState, parts: &http::request::Parts) -> Result<Target
 /// The proxy's Graph collection URL as the caller reaches it: `server.public_url`, else
 /// `http://` and the request's `Host` (lowercased) when it is a plain host name or address
 /// (never anything that could inject into a link), else `localhost`. Behind a TLS-terminating
-/// ingress set `server.public_url`, or tools follow `http://` links.
-fn graph_base(state: &AppState, headers: &HeaderMap) -> String {
+/// ingress set `server.public_url`, or tools follow `http://` links. A tenant's prefix
+/// (`/tenants/{name}`) stays in the links, so the next page goes to the same tenant.
+fn graph_base(state: &AppState, headers: &HeaderMap, prefix: &str) -> String {
     if let Some(url) = &state.public_url {
-        return format!("{url}{}", graph_target::GRAPH_PREFIX);
+        return format!("{url}{prefix}{}", graph_target::GRAPH_PREFIX);
     }
     let host = headers
         .get(header::HOST)
@@ -435,16 +388,23 @@ fn graph_base(state: &AppState, headers: &HeaderMap) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
         })
         .unwrap_or("localhost");
-    format!("http://{}{}", host.to_ascii_lowercase(), graph_target::GRAPH_PREFIX)
+    format!(
+        "http://{}{prefix}{}",
+        host.to_ascii_lowercase(),
+        graph_target::GRAPH_PREFIX
+    )
 }
 
-/// Authenticates, parses and runs one request.
+/// Authenticates, finds the tenant, parses and runs one request.
 async fn dispatch<B>(state: &AppState, id: &str, req: http::Request<B>, started: Instant) -> Done
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let facade = facade_view(req.uri().path());
+    // The path is kept apart from the request, which is taken apart below.
+    let uri = req.uri().clone();
+    let routed = route_path(uri.path());
+    let facade = facade_view(routed.path);
     let consumer = match state.consumers.read().authenticate(req.headers()) {
         Ok(c) => c,
         Err(e) => {
@@ -462,40 +422,51 @@ where
             );
         }
     }
-    let (parts, body) = req.into_parts();
-    let target = match parse_target(state, &parts) {
-        Ok(t) => t,
+    let (tenant, rights) = match find_tenant(state, &consumer, &routed) {
+        Ok(found) => found,
         Err(e) => return Done::refused(None, name, error_response(e.into(), id, facade)),
+    };
+    let (parts, body) = req.into_parts();
+    let target = match parse_target(state, &parts, routed.path, routed.prefix) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut done = Done::refused(None, name, error_response(e.into(), id, facade));
+            done.tenant = Some(tenant);
+            return done;
+        }
     };
     let view = target.view();
     let route = target.route();
     let spec = route.spec();
     let refused = |what| {
         let e = ApiError::Forbidden(consumer.name.as_str().into(), what);
-        Done::refused(Some(route), name.clone(), error_response(e.into(), id, view))
+        let mut done = Done::refused(Some(route), name.clone(), error_response(e.into(), id, view));
+        done.tenant = Some(tenant.clone());
+        done
     };
-    if spec.writes && !consumer.write {
+    if spec.writes && !rights.write {
         return refused("update incidents");
     }
-    if !spec.writes && !consumer.read {
+    if !spec.writes && !rights.read {
         return refused("read incidents");
     }
+    let budget = &tenant.config.budget;
     let preferred = if parts.headers.contains_key(&PREFER) {
-        target::preferred_wait(&parts.headers, state.max_wait_cap)
+        target::preferred_wait(&parts.headers, budget.max_wait_cap)
     } else {
         None
     };
     let directives = Directives::from_headers(&parts.headers);
     let mut done = match hit_key(&target)
-        .and_then(|(key, kind)| Some((state.proxy.lookup(&key, view, &directives, started)?, kind)))
+        .and_then(|(key, kind)| Some((tenant.proxy.lookup(&key, view, &directives, started)?, kind)))
     {
         // A fresh hit needs no place under max_concurrency: it never waits behind other work.
         Some((answer, kind)) => {
-            let negative = answer.status == StatusCode::NOT_FOUND;
-            state.hot.lookups[kind][usize::from(negative)].inc();
+            tenant.requests.hit(kind, answer.status == StatusCode::NOT_FOUND);
             Done {
                 route: Some(route),
                 consumer: name,
+                tenant: Some(tenant),
                 cache: answer.cache.label(),
                 upstream_status: answer.upstream_status,
                 queued: answer.queued,
@@ -504,7 +475,12 @@ where
         }
         None => {
             let req = http::Request::from_parts(parts, body);
-            work(state, id, req, target, directives, preferred, &consumer).await
+            let asked = Asked {
+                target,
+                directives,
+                preferred,
+            };
+            work(state, id, req, asked, &consumer, tenant).await
         }
     };
     if let Some(d) = preferred {
@@ -517,15 +493,59 @@ where
     done
 }
 
+/// The tenant a request is for, and the consumer's rights there: the one its path names
+/// (`/tenants/{name}/...`), else the consumer's only tenant. A tenant that does not exist and
+/// one the consumer is not granted get the same 404, before anything is parsed or spent, so the
+/// answer never tells whether a tenant exists.
+fn find_tenant(state: &AppState, consumer: &Consumer, routed: &Routed<'_>) -> Result<(Arc<Tenant>, Rights), ApiError> {
+    let tenants = state.tenants.read().clone();
+    let not_found = || ApiError::NotFound(format!("{}{}", routed.prefix, routed.path).into());
+    let found = match routed.tenant {
+        Some(name) => tenants
+            .get(name)
+            .and_then(|t| Some((t.clone(), consumer.rights_in(name)?)))
+            .filter(|_| routed.path.starts_with(API_PREFIX) || routed.path.starts_with(GRAPH_VERSION_PREFIX)),
+        None => match consumer.sole_tenant(tenants.names()) {
+            Some(name) => tenants
+                .get(name)
+                .and_then(|t| Some((t.clone(), consumer.rights_in(name)?))),
+            None if tenants.names().iter().filter(|t| consumer.rights_in(t).is_some()).count() > 1 => {
+                return Err(ApiError::bad_request(
+                    "this consumer reaches several tenants: name one in the path, as /tenants/{name}/api/incidents/... \
+                     or /tenants/{name}/v1.0/security/incidents/...",
+                ))
+            }
+            None => None,
+        },
+    };
+    found.ok_or_else(|| {
+        if let Some(name) = routed.tenant {
+            tracing::info!(
+                consumer = consumer.name.as_str(),
+                tenant = %name.chars().take(64).collect::<String>().escape_debug(),
+                "a consumer asked for a tenant that does not exist or that it is not granted"
+            );
+        }
+        not_found()
+    })
+}
+
+const API_PREFIX: &str = "/api/";
+
 /// A write's body, read, checked and translated into the upstream's dialect: a body we would
 /// refuse spends nothing.
-async fn write_plan<B>(state: &AppState, req: http::Request<B>, target: &Target) -> Result<WritePlan, ApiError>
+async fn write_plan<B>(
+    state: &AppState,
+    tenant: &Tenant,
+    req: http::Request<B>,
+    target: &Target,
+) -> Result<WritePlan, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let body = read_json_body(req, state.max_body_bytes, state.body_read_timeout).await?;
-    let upstream = state.proxy.upstream_api();
+    let upstream = tenant.proxy.upstream_api();
     let bad = |e: TranslateError| ApiError::bad_request(e.to_string());
     match target {
         Target::UpdateIncident(_) => {
@@ -538,20 +558,31 @@ where
     }
 }
 
-/// Everything but a fresh hit: body, a place under max_concurrency, then the proxy.
+/// What a request asks for, parsed: the target and the caller's cache and wait preferences.
+struct Asked {
+    target: Target,
+    directives: Directives,
+    preferred: Option<Duration>,
+}
+
+/// Everything but a fresh hit: body, a place under max_concurrency, then the tenant's proxy.
 async fn work<B>(
     state: &AppState,
     id: &str,
     req: http::Request<B>,
-    target: Target,
-    directives: Directives,
-    preferred: Option<Duration>,
-    consumer: &crate::auth::Consumer,
+    asked: Asked,
+    consumer: &Consumer,
+    tenant: Arc<Tenant>,
 ) -> Done
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let Asked {
+        target,
+        directives,
+        preferred,
+    } = asked;
     let route = target.route();
     let view = target.view();
     let name = Some(consumer.name.clone());
@@ -563,9 +594,13 @@ where
     // The body first (read and validated: a body we would refuse spends nothing); waiting for
     // a client is not work, so it takes no place.
     let plan = if route.spec().writes {
-        match write_plan(state, req, &target).await {
+        match write_plan(state, &tenant, req, &target).await {
             Ok(p) => Some(p),
-            Err(e) => return Done::refused(Some(route), name, error_response(e.into(), id, view)),
+            Err(e) => {
+                let mut done = Done::refused(Some(route), name, error_response(e.into(), id, view));
+                done.tenant = Some(tenant);
+                return done;
+            }
         }
     } else {
         None
@@ -577,21 +612,24 @@ where
                 .metrics
                 .rejected
                 .get_or_create(&RejectLabels {
+                    tenant: tenant.name.clone(),
                     route: route.name(),
                     reason: "overloaded",
                 })
                 .inc();
-            return Done::refused(Some(route), name, error_response(e.into(), id, view));
+            let mut done = Done::refused(Some(route), name, error_response(e.into(), id, view));
+            done.tenant = Some(tenant);
+            return done;
         }
     };
     let ctx = Ctx {
         request_id: id.to_string(),
         caller,
         directives,
-        wait: preferred.unwrap_or(state.max_wait),
+        wait: preferred.unwrap_or(tenant.config.budget.max_wait),
         work: WorkPermit::new(permit),
     };
-    let proxy = &state.proxy;
+    let proxy = &tenant.proxy;
     let outcome = match (target, plan) {
         (Target::GetIncident(incident), _) => proxy.get_incident(incident, view, ctx).await,
         (Target::GraphGet { id: incident, .. }, _) => proxy.get_incident(incident, view, ctx).await,
@@ -607,6 +645,7 @@ where
         Ok(answer) => Done {
             route: Some(route),
             consumer: name,
+            tenant: Some(tenant),
             cache: answer.cache.label(),
             upstream_status: answer.upstream_status,
             queued: answer.queued,
@@ -615,6 +654,7 @@ where
         Err(failure) => Done {
             route: Some(route),
             consumer: name,
+            tenant: Some(tenant),
             cache: "none",
             upstream_status: failure.upstream_status,
             queued: Duration::ZERO,
@@ -648,6 +688,7 @@ fn caller_rate_response(
         .metrics
         .rejected
         .get_or_create(&RejectLabels {
+            tenant: state.untenanted_label(),
             route: "any",
             reason: "caller_rate",
         })
@@ -656,6 +697,7 @@ fn caller_rate_response(
         .metrics
         .consumer_rejected
         .get_or_create(&crate::metrics::ConsumerRejectLabels {
+            tenant: state.untenanted_label(),
             route: "any",
             consumer: consumer.to_string(),
             reason: "caller_rate",
@@ -751,9 +793,11 @@ fn error_response(failure: Failure, id: &str, view: View) -> Response<ApiBody> {
     resp.map(Either::Right)
 }
 
-/// `RateLimit-Policy` lists every quota of the route; `RateLimit` reports the one that binds.
-fn rate_limit_headers(h: &mut HeaderMap, route: RouteKind, windows: &[WindowStatus]) {
-    let name = |w: &WindowStatus| format!("\"{}-{}s\"", route.name(), w.quota.length.as_secs());
+/// `RateLimit-Policy` lists every quota the route draws from (its pool's, then any further
+/// pool's), each named `<pool>-<window>s` (a route's own pool is named like the route);
+/// `RateLimit` reports the one that binds.
+fn rate_limit_headers(h: &mut HeaderMap, _route: RouteKind, windows: &[WindowStatus]) {
+    let name = |w: &WindowStatus| format!("\"{}-{}s\"", w.pool, w.quota.length.as_secs());
     let policy: Vec<String> = windows
         .iter()
         .map(|w| format!("{};q={};w={}", name(w), w.quota.limit, w.quota.length.as_secs()))
@@ -772,54 +816,17 @@ fn rate_limit_headers(h: &mut HeaderMap, route: RouteKind, windows: &[WindowStat
 /// Refreshes the state-mirroring gauges, then renders every metric: OpenMetrics when the scraper
 /// asks for it (Prometheus does), the classic text format otherwise.
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let m = &state.metrics;
-    for route in RouteKind::ALL {
-        let status = state.budget.status(route);
-        let labels = RouteLabels { route: route.name() };
-        for w in &status.windows {
-            let wl = WindowLabels {
-                route: route.name(),
-                window: format!("{}s", w.quota.length.as_secs()),
-            };
-            m.budget_remaining.get_or_create(&wl).set(i64::from(w.remaining));
-            m.budget_limit.get_or_create(&wl).set(i64::from(w.quota.limit));
+    let text = {
+        let _one = state.scrape.lock();
+        let m = &state.metrics;
+        // Mirrors are set afresh: a tenant removed by a reload (or a flow no longer queued)
+        // leaves no series behind.
+        m.clear_mirrors();
+        for tenant in state.tenants.read().iter() {
+            tenant.export_gauges();
         }
-        m.queue_depth.get_or_create(&labels).set(status.queued as i64);
-        for f in &status.flows {
-            m.consumer_queue_depth
-                .get_or_create(&crate::metrics::ConsumerLabels {
-                    route: route.name(),
-                    consumer: f.flow.clone(),
-                })
-                .set(f.queued as i64);
-        }
-        m.queue_capacity
-            .get_or_create(&labels)
-            .set(status.queue_capacity as i64);
-        m.frozen_seconds
-            .get_or_create(&labels)
-            .set(status.frozen_for.map_or(0.0, |d| d.as_secs_f64()));
-    }
-    if let Some(sync) = &state.sync {
-        m.sync_lag
-            .set(sync.status(Instant::now()).lag_seconds.unwrap_or(f64::NAN));
-    }
-    let usage = state.store.usage();
-    m.cache_entries.set(usage.entries as i64);
-    m.cache_bytes.set(usage.bytes as i64);
-    let tokens = &state.tokens;
-    if let Some(exp) = tokens.expires_at_unix() {
-        m.token_expiry.set(exp as i64);
-    }
-    for (code, n) in tokens.failures() {
-        let c = m
-            .token_refresh_failures
-            .get_or_create(&crate::metrics::CodeLabels { code });
-        let seen = c.get();
-        if n > seen {
-            c.inc_by(n - seen);
-        }
-    }
+        m.encode()
+    };
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
@@ -830,54 +837,39 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            m.encode(),
+            text,
         )
             .into_response()
     } else {
-        let text = crate::metrics::to_prometheus_text(&m.encode());
         (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-            text,
+            crate::metrics::to_prometheus_text(&text),
         )
             .into_response()
     }
 }
 
+/// Ready while accepting and at least one tenant can reach its upstream: one customer's revoked
+/// consent must not take the proxy out of service for every other tenant (its own state is in
+/// the detail). With one tenant, its detail is also at the top level, as before tenants.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let accepting = state.accepting.load(Ordering::SeqCst);
-    let token = state.tokens.ready();
-    let frozen: Vec<serde_json::Value> = RouteKind::ALL
-        .iter()
-        .filter_map(|r| {
-            state
-                .budget
-                .status(*r)
-                .frozen_for
-                .map(|d| serde_json::json!({"route": r.name(), "frozen_seconds": d.as_secs_f64()}))
-        })
-        .collect();
-    let ready = accepting && token;
-    let sync = state.sync.as_ref().map(|s| s.status(Instant::now()));
-    let queues: Vec<serde_json::Value> = RouteKind::ALL
-        .iter()
-        .map(|r| {
-            let st = state.budget.status(*r);
-            serde_json::json!({"route": r.name(), "queued": st.queued, "capacity": st.queue_capacity, "consumers": st.flows})
-        })
-        .collect();
-    let body = serde_json::json!({
+    let tenants = state.tenants.read().clone();
+    let any_token = tenants.iter().any(|t| t.ready());
+    let ready = accepting && any_token;
+    let detail: serde_json::Map<String, serde_json::Value> =
+        tenants.iter().map(|t| (t.name.to_string(), t.readiness())).collect();
+    let mut body = serde_json::json!({
         "ready": ready,
-        "queues": queues,
         "accepting": accepting,
-        "upstream_token": if token { "ok" } else { "unavailable" },
-        "frozen_routes": frozen,
-        "sync": sync,
-        "shared": state.budget.shared_detail(),
-        // Limits adopted from the upstream's 429 text, stricter than the configuration.
-        "learnt_limits": state.budget.learnt().iter().flat_map(|l| l.after.iter().map(|q| serde_json::json!({
-            "pool": l.pool, "limit": q.limit, "window_seconds": q.length.as_secs()
-        }))).collect::<Vec<_>>(),
+        "shared": tenants.iter().find_map(|t| t.budget.shared_detail()),
     });
+    if let (Some(only), 1) = (tenants.iter().next(), tenants.len()) {
+        if let (Some(top), serde_json::Value::Object(mine)) = (body.as_object_mut(), only.readiness()) {
+            top.extend(mine);
+        }
+    }
+    body["tenants"] = serde_json::Value::Object(detail);
     let status = if ready {
         StatusCode::OK
     } else {

@@ -26,19 +26,12 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     access_log::AccessLog,
-    api::{self, AppState, Handles, Limits},
+    api::{self, AppState, Limits},
     auth::Consumers,
-    budget::{redis::RedisGate, Budget, LocalBudget},
-    cache::{Confirmations, MokaStore, Store},
+    budget::Extras,
     config::Config,
-    exchange::Exchange,
-    ingest::Ingest,
-    proxy::{Policy, Proxy},
-    shared::{lease::Lease, Shared, Tick},
-    sync::{SyncState, Syncer},
-    tier::SharedCache,
-    token::TokenSource,
-    upstream::Upstream,
+    shared::Shared,
+    tenant::{Common, Tenant, Tenants},
     Metrics,
 };
 
@@ -51,28 +44,6 @@ pub struct Application {
     api: TcpListener,
     admin: TcpListener,
     state: Arc<AppState>,
-    budget: Arc<dyn Budget>,
-    syncer: Option<Syncer>,
-    /// The replicas' shared state and what runs after each of its heartbeats.
-    shared: Option<SharedParts>,
-}
-
-/// The replicas' shared state and the work that follows each of its heartbeats.
-type SharedParts = (Arc<Shared>, Vec<Arc<dyn Tick>>);
-
-/// The budget: in process memory, or (with `shared.redis_url`) the local queue in front of the
-/// ledger shared by every replica through Redis.
-fn build_budget(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<(Arc<dyn Budget>, Option<SharedParts>)> {
-    if !config.shared.enabled() {
-        return Ok((Arc::new(LocalBudget::new(&config.budget)), None));
-    }
-    let shared = Shared::new(&config.shared, metrics.clone()).context("shared state")?;
-    // Degraded until the first heartbeat reaches Redis.
-    metrics.shared_degraded.set(1);
-    let (pools, _) = crate::budget::pools(&config.budget);
-    let gate = RedisGate::new(shared.clone(), pools, config.budget.safety_margin);
-    let budget = Arc::new(LocalBudget::with_gate(&config.budget, gate.clone()));
-    Ok((budget, Some((shared, vec![gate as Arc<dyn Tick>]))))
 }
 
 impl Application {
@@ -93,76 +64,32 @@ impl Application {
             )
             .context("access log")?,
         );
-        let tokens = Arc::new(TokenSource::from_config(&config.token).context("upstream token")?);
-        let upstream = Upstream::new(&config.upstream, tokens.clone()).context("upstream client")?;
-        let confirmations = config
-            .sync
-            .enabled
-            .then(|| Arc::new(Confirmations::new(config.sync.max_lag, config.sync.max_entry_age)));
-        let sync = confirmations
-            .as_ref()
-            .map(|c| Arc::new(SyncState::new(config.sync.clone(), c.clone())));
-        let incident_lifetime = if config.sync.enabled {
-            config.cache.ttl.max(config.sync.max_entry_age)
+        let shared = if config.shared.enabled() {
+            let shared = Shared::new(&config.shared, metrics.clone()).context("shared state")?;
+            // Degraded until the first heartbeat reaches Redis.
+            metrics.shared_degraded.set(1);
+            Some(shared)
         } else {
-            config.cache.ttl
+            None
         };
-        let store: Arc<dyn Store> = Arc::new(MokaStore::new(&config.cache, incident_lifetime));
-        let (budget, shared) = build_budget(&config, &metrics)?;
-        let exchange = Arc::new(Exchange::new(budget.clone(), upstream, metrics.clone()));
-        let policy = Policy {
-            cache: config.cache.clone(),
-            flight_wait: config.budget.max_wait_cap,
-        };
-        let tier = shared
-            .as_ref()
-            .filter(|_| config.shared.cache)
-            .map(|(shared, _)| SharedCache::new(shared.clone(), &config.shared, config.upstream.api));
-        // With several replicas one of them runs the sync, under a lease that lapses half an
-        // interval after its holder stops renewing it (so another takes over within one).
-        let lease = match (&shared, config.sync.enabled) {
-            (Some((shared, _)), true) => Some(Arc::new(Lease::new(
-                shared.clone(),
-                "sync",
-                (config.sync.interval / 2).max(Duration::from_millis(500)),
-            ))),
-            _ => None,
-        };
-        let syncer = sync.clone().map(|state| Syncer {
-            exchange: exchange.clone(),
-            store: store.clone(),
-            ingest: Ingest::new(store.clone(), config.cache.clone(), config.upstream.api),
+        let common = Arc::new(Common {
             metrics: metrics.clone(),
-            state,
-            caller: Syncer::caller(),
-            lease: lease.clone(),
-            tier: tier.clone(),
+            shared,
+            shared_config: config.shared.clone(),
+            extras: Arc::new(Extras::default()),
+            app_pools: config.app_pools.clone(),
         });
-        let handles = Handles {
-            budget: budget.clone(),
-            store: store.clone(),
-            tokens,
-        };
-        let proxy = Arc::new(
-            Proxy::new(
-                policy,
-                config.upstream.api,
-                store,
-                exchange,
-                metrics.clone(),
-                confirmations,
-            )
-            .with_shared_cache(tier),
-        );
+        let mut tenants = Vec::new();
+        for (name, tenant) in config.tenant_configs()? {
+            tenants.push(Arc::new(Tenant::build(&name, &tenant, &common)?));
+        }
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
             tracing::warn!(
-                "auth.allow_anonymous is true: anyone who can reach the proxy can read and update every incident"
+                "auth.allow_anonymous is true: anyone who can reach the proxy can read and update every incident of every tenant"
             );
         }
         let limits = Limits {
-            max_wait: config.budget.max_wait,
-            max_wait_cap: config.budget.max_wait_cap,
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             max_concurrency: config.server.max_concurrency,
@@ -170,7 +97,11 @@ impl Application {
             public_url: config.server.public_url.clone(),
         };
         let state = Arc::new(AppState::new(
-            proxy, handles, sync, consumers, metrics, limits, access_log,
+            Tenants::new(tenants),
+            common,
+            consumers,
+            limits,
+            access_log,
         ));
         let api = TcpListener::bind(config.server.listen)
             .await
@@ -183,9 +114,6 @@ impl Application {
             api,
             admin,
             state,
-            budget,
-            syncer,
-            shared,
         })
     }
 
@@ -215,19 +143,19 @@ impl Application {
             api,
             admin,
             state,
-            budget,
-            syncer,
-            shared,
         } = self;
-        let lease = syncer.as_ref().and_then(|s| s.lease.clone());
-        let refresher = state.tokens.spawn_refresher();
-        let heartbeat = shared.map(|(shared, ticks)| shared.spawn_heartbeat(ticks));
-        let shared_cache = state.proxy.spawn_shared_cache();
-        let syncer = syncer.map(|s| tokio::spawn(crate::sync::run(s)));
         // If this future is dropped instead of finishing (a test killing a replica as a crash
         // would), nothing it started outlives it: no sync renewing its lease, no heartbeat.
-        let mut background = Background::default();
-        background.watch([&refresher, &heartbeat, &syncer]);
+        let mut background = Background {
+            handles: Vec::new(),
+            state: state.clone(),
+        };
+        let tenants = state.tenants.read().clone();
+        for tenant in tenants.iter() {
+            tenant.start(tenants.sync_offset(&tenant.name, tenant.config.sync.interval));
+        }
+        let heartbeat = state.common.shared.as_ref().map(|s| s.spawn_heartbeat());
+        background.handles.extend(heartbeat.iter().map(|t| t.abort_handle()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let header_timeout = config.server.header_read_timeout;
         let grace = config.server.grace_period;
@@ -246,32 +174,35 @@ impl Application {
             grace,
         ));
         background
-            .0
+            .handles
             .extend([api_task.abort_handle(), admin_task.abort_handle()]);
-        tracing::info!(
-            api = %api_addr, admin = %admin_addr,
-            upstream = %config.upstream.base_url, upstream_api = ?config.upstream.api, "defender-proxy serving"
-        );
+        for tenant in tenants.iter() {
+            tracing::info!(
+                tenant = tenant.name.as_str(),
+                upstream = %tenant.config.upstream.base_url,
+                upstream_api = ?tenant.config.upstream.api,
+                "serving tenant"
+            );
+        }
+        drop(tenants);
+        tracing::info!(api = %api_addr, admin = %admin_addr, "defender-proxy serving");
         shutdown.await;
         tracing::info!(
             grace_secs = grace.as_secs_f64(),
             "shutting down: draining in-flight requests"
         );
         state.accepting.store(false, Ordering::SeqCst);
-        if let Some(s) = &syncer {
-            s.abort(); // stop spending quota before draining
+        // Stop spending quota before draining: syncs stop (another replica takes their leases at
+        // once) and queued callers are released.
+        let tenants = state.tenants.read().clone();
+        for tenant in tenants.iter() {
+            tenant.stop_spending().await;
         }
-        if let Some(lease) = &lease {
-            lease.release().await; // another replica takes the sync over at once
-        }
-        budget.close();
         let _ = stop_tx.send(true);
         let _ = api_task.await;
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
-        for task in [refresher, syncer, heartbeat].into_iter().flatten().chain(shared_cache) {
-            task.abort();
-        }
+        drop(background); // the heartbeat and every tenant's background work
         let log = state.access_log.clone();
         let flushed = tokio::task::spawn_blocking(move || log.flush(ACCESS_LOG_FLUSH))
             .await
@@ -284,20 +215,20 @@ impl Application {
     }
 }
 
-/// The tasks a running proxy started, aborted when it is dropped.
-#[derive(Default)]
-struct Background(Vec<tokio::task::AbortHandle>);
-
-impl Background {
-    fn watch<'a, T: 'a>(&mut self, tasks: impl IntoIterator<Item = &'a Option<tokio::task::JoinHandle<T>>>) {
-        self.0.extend(tasks.into_iter().flatten().map(|t| t.abort_handle()));
-    }
+/// What a running proxy started, stopped when it is dropped: its own tasks, and every tenant's
+/// background work (tenants added by reloads included).
+struct Background {
+    handles: Vec<tokio::task::AbortHandle>,
+    state: Arc<AppState>,
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        for t in &self.0 {
+        for t in &self.handles {
             t.abort();
+        }
+        for tenant in self.state.tenants.read().iter() {
+            tenant.stop_tasks();
         }
     }
 }
@@ -372,8 +303,7 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// On SIGHUP, re-reads the configuration and applies new consumers and keys. Connections and the
-/// cache are untouched; other changed keys need a restart and are reported as such.
+/// On SIGHUP, re-reads the configuration and applies it with [`reload`].
 pub fn spawn_reloader(state: Arc<AppState>, path: Option<std::path::PathBuf>) {
     #[cfg(unix)]
     tokio::spawn(async move {
@@ -381,15 +311,89 @@ pub fn spawn_reloader(state: Arc<AppState>, path: Option<std::path::PathBuf>) {
             return;
         };
         while hup.recv().await.is_some() {
-            match Config::load(path.as_deref()) {
-                Ok(config) => {
-                    let consumers = Consumers::from_config(&config.auth);
-                    let n = consumers.names().len();
-                    *state.consumers.write() = Arc::new(consumers);
-                    tracing::info!(consumers = n, "configuration reloaded: consumers and keys applied");
-                }
-                Err(e) => tracing::error!(error = %e, "configuration reload refused; keeping the running one"),
+            let applied = match Config::load(path.as_deref()) {
+                Ok(config) => reload(&state, &config).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = applied {
+                tracing::error!(error = %format!("{e:#}"), "configuration reload refused; keeping the running one");
             }
         }
     });
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Tenants whose settings changed: they keep running as they were until a restart.
+    pub unchanged_until_restart: Vec<String>,
+    pub consumers: usize,
+}
+
+/// Applies a new configuration to a running proxy: consumers and keys, tenants added (built and
+/// started) and removed (their queued callers released, their sync and token refresh stopped,
+/// their cache dropped). Tenants and consumers change in one step, so no request sees one
+/// without the other. Connections and kept tenants' caches are untouched; a kept tenant whose
+/// settings changed, and other sections, need a restart and are reported as such. Nothing
+/// changes when any new tenant cannot be built.
+pub async fn reload(state: &AppState, config: &Config) -> anyhow::Result<Reloaded> {
+    let wanted = config.tenant_configs()?;
+    let current = state.tenants.read().clone();
+    let mut report = Reloaded::default();
+    let mut next = Vec::new();
+    for (name, settings) in &wanted {
+        match current.get(name) {
+            Some(kept) => {
+                if !kept.config.same_as(settings) {
+                    report.unchanged_until_restart.push(name.clone());
+                }
+                next.push(kept.clone());
+            }
+            None => {
+                next.push(Arc::new(Tenant::build(name, settings, &state.common)?));
+                report.added.push(name.clone());
+            }
+        }
+    }
+    report.removed = current
+        .names()
+        .iter()
+        .filter(|n| !wanted.contains_key(*n))
+        .cloned()
+        .collect();
+    let next = Arc::new(Tenants::new(next));
+    for name in &report.added {
+        if let Some(t) = next.get(name) {
+            t.start(next.sync_offset(name, t.config.sync.interval));
+        }
+    }
+    let consumers = Consumers::from_config(&config.auth);
+    report.consumers = consumers.names().len();
+    {
+        let mut tenants = state.tenants.write();
+        let mut who = state.consumers.write();
+        *tenants = next;
+        *who = Arc::new(consumers);
+    }
+    for name in &report.removed {
+        if let Some(gone) = current.get(name) {
+            gone.stop_spending().await;
+            gone.stop_tasks();
+        }
+    }
+    if !report.unchanged_until_restart.is_empty() {
+        tracing::warn!(
+            tenants = ?report.unchanged_until_restart,
+            "changed tenant settings take effect at the next restart"
+        );
+    }
+    tracing::info!(
+        consumers = report.consumers,
+        added = ?report.added,
+        removed = ?report.removed,
+        "configuration reloaded: consumers, keys and tenants applied"
+    );
+    Ok(report)
 }

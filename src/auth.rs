@@ -1,7 +1,8 @@
-//! Who is calling: consumers identified by API keys, and what they may do.
+//! Who is calling: consumers identified by API keys, and what they may do in which tenant.
 //!
-//! defender-proxy holds an app-only token that reads every incident of the tenant, so it is the
-//! access-control boundary. Keys are configured only as SHA-256 hashes (keys are random 256-bit
+//! defender-proxy holds app-only tokens that read every incident of each tenant it serves, so it
+//! is the access-control boundary: a consumer reaches only the tenants it is granted, with the
+//! rights it has there. Keys are configured only as SHA-256 hashes (keys are random 256-bit
 //! values made by `defender-proxy hash-key`, so a fast hash is enough); a presented key is hashed
 //! and compared with every configured hash in constant time, without early exit.
 
@@ -14,16 +15,44 @@ use subtle::ConstantTimeEq;
 
 use crate::{
     budget::{Caller, Priority},
-    config::{AuthConfig, KeyHash, Right},
+    config::{AuthConfig, KeyHash, Right, DEFAULT_TENANT},
 };
+
+/// What a consumer may do in one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rights {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Rights {
+    fn of(rights: &[Right]) -> Rights {
+        Rights {
+            read: rights.contains(&Right::Read),
+            write: rights.contains(&Right::Write),
+        }
+    }
+}
+
+/// The tenants a consumer is granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grants {
+    /// Every tenant (`tenants = ["*"]`, and anonymous access), now and after reloads.
+    All,
+    /// These tenants only.
+    Only(Vec<String>),
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
     /// Configured name; a bounded metrics label.
     pub name: Arc<String>,
-    pub read: bool,
-    pub write: bool,
+    /// Its rights where no per-tenant rights are configured.
+    pub rights: Rights,
+    pub grants: Grants,
+    /// Rights per tenant (`tenant_rights`), instead of `rights` there.
+    pub tenant_rights: BTreeMap<String, Rights>,
     /// Its flow in the budget's fair queuing: name, weight, configured priority.
     pub caller: Caller,
     /// Its ceiling on requests to the proxy itself (GCRA), if configured.
@@ -53,6 +82,25 @@ impl PartialEq for CallerRate {
 }
 
 impl Eq for CallerRate {}
+
+impl Consumer {
+    /// Its rights in `tenant`; `None` when it is not granted that tenant.
+    pub fn rights_in(&self, tenant: &str) -> Option<Rights> {
+        let granted = match &self.grants {
+            Grants::All => true,
+            Grants::Only(names) => names.iter().any(|n| n == tenant),
+        };
+        granted.then(|| self.tenant_rights.get(tenant).copied().unwrap_or(self.rights))
+    }
+
+    /// The tenant a request without `/tenants/{name}` is for: the consumer's only one, among
+    /// `configured` (the tenants served now).
+    pub fn sole_tenant<'a>(&'a self, configured: &'a [String]) -> Option<&'a str> {
+        let mut reachable = configured.iter().filter(|t| self.rights_in(t).is_some());
+        let one = reachable.next()?;
+        reachable.next().is_none().then_some(one.as_str())
+    }
+}
 
 impl CallerRate {
     fn new(per_second: f64, burst: Option<u32>) -> Option<CallerRate> {
@@ -113,10 +161,23 @@ impl Consumers {
     pub fn from_config(config: &AuthConfig) -> Consumers {
         let mut keys = Vec::new();
         for (name, c) in &config.consumers {
+            let grants = if c.tenants.iter().any(|t| t == "*") {
+                Grants::All
+            } else if c.tenants.is_empty() {
+                // Without [tenants] there is one tenant, and it is this consumer's.
+                Grants::Only(vec![DEFAULT_TENANT.to_string()])
+            } else {
+                Grants::Only(c.tenants.clone())
+            };
             let consumer = Arc::new(Consumer {
                 name: Arc::new(name.clone()),
-                read: c.rights.contains(&Right::Read),
-                write: c.rights.contains(&Right::Write),
+                rights: Rights::of(&c.rights),
+                grants,
+                tenant_rights: c
+                    .tenant_rights
+                    .iter()
+                    .map(|(t, r)| (t.clone(), Rights::of(r)))
+                    .collect(),
                 caller: Caller::new(name.as_str(), c.weight, c.priority),
                 rate: c
                     .rate_per_second
@@ -132,8 +193,12 @@ impl Consumers {
         let anonymous = config.allow_anonymous.then(|| {
             Arc::new(Consumer {
                 name: Arc::new("anonymous".into()),
-                read: true,
-                write: true,
+                rights: Rights {
+                    read: true,
+                    write: true,
+                },
+                grants: Grants::All,
+                tenant_rights: BTreeMap::new(),
                 caller: Caller::new("anonymous", 1, Priority::Interactive),
                 rate: None,
             })
@@ -229,7 +294,14 @@ mod tests {
             .authenticate(&headers("authorization", &format!("Bearer {key}")))
             .unwrap();
         assert_eq!(who.name.as_str(), "soar");
-        assert!(who.read && !who.write);
+        assert_eq!(
+            who.rights_in("default"),
+            Some(Rights {
+                read: true,
+                write: false
+            })
+        );
+        assert_eq!(who.rights_in("other"), None);
         assert_eq!(c.authenticate(&headers("x-api-key", &key)).unwrap().name, who.name);
         assert_eq!(c.authenticate(&headers("x-api-key", "old-key")).unwrap().name, who.name);
     }
@@ -257,6 +329,45 @@ mod tests {
         let (c, _) = consumers(true);
         assert_eq!(c.authenticate(&HeaderMap::new()).unwrap().name.as_str(), "anonymous");
         assert_eq!(c.authenticate(&headers("x-api-key", "nope")), Err(AuthError::Unknown));
+    }
+
+    #[test]
+    fn grants_and_rights_per_tenant() {
+        let mut cfg = AuthConfig::default();
+        let consumer = |tenants: &[&str], rights: &[(&str, &[Right])]| ConsumerConfig {
+            key_hashes: vec![hash_key("k")],
+            rights: vec![Right::Read, Right::Write],
+            tenants: tenants.iter().map(|t| t.to_string()).collect(),
+            tenant_rights: rights.iter().map(|(t, r)| (t.to_string(), r.to_vec())).collect(),
+            ..ConsumerConfig::default()
+        };
+        cfg.consumers
+            .insert("soc".into(), consumer(&["a", "b"], &[("b", &[Right::Read])]));
+        let c = Consumers::from_config(&cfg);
+        let soc = c.authenticate(&headers("x-api-key", "k")).unwrap();
+        let rw = Rights {
+            read: true,
+            write: true,
+        };
+        assert_eq!(soc.rights_in("a"), Some(rw));
+        assert_eq!(
+            soc.rights_in("b"),
+            Some(Rights {
+                read: true,
+                write: false
+            })
+        );
+        assert_eq!(soc.rights_in("c"), None);
+        let served: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(soc.sole_tenant(&served), None, "two tenants: the path must name one");
+        assert_eq!(soc.sole_tenant(&served[1..]), Some("b"));
+        let mut cfg = AuthConfig::default();
+        cfg.consumers.insert("all".into(), consumer(&["*"], &[]));
+        let all = Consumers::from_config(&cfg)
+            .authenticate(&headers("x-api-key", "k"))
+            .unwrap();
+        assert_eq!(all.rights_in("anything"), Some(rw));
+        assert_eq!(all.sole_tenant(&served[2..]), Some("c"));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use secrecy::SecretString;
 
 use crate::{
     auth,
-    config::{Config, ConsumerConfig, Right, TokenMode},
-    simulator::{SimConfig, SimHandle, Simulator},
+    config::{Config, ConsumerConfig, Right, TenantOverrides, TokenMode, TokenOverrides},
+    simulator::{SimConfig, SimHandle, SimTenant, Simulator},
 };
 
 /// A running simulator and the configuration that points a proxy at it.
@@ -37,6 +37,12 @@ pub async fn prepare(mut base: Config, sim: SimConfig, sim_listen: SocketAddr) -
         ConsumerConfig {
             key_hashes: vec![auth::hash_key(&key)],
             rights: vec![Right::Read, Right::Write],
+            // With [tenants], the demo consumer reaches every one of them.
+            tenants: if base.tenants.is_empty() {
+                Vec::new()
+            } else {
+                vec!["*".into()]
+            },
             ..ConsumerConfig::default()
         },
     );
@@ -46,4 +52,26 @@ pub async fn prepare(mut base: Config, sim: SimConfig, sim_listen: SocketAddr) -
         config: base,
         key,
     })
+}
+
+/// A service provider's setup in miniature: the simulator serves a tenant per name (its id is
+/// the name), each consenting to the demo's app registration, and the proxy serves each as
+/// `[tenants.<name>]` with only its `token.tenant_id` set: one multi-tenant app, a token per
+/// customer. Call before [`prepare`].
+pub fn add_tenants(base: &mut Config, sim: &mut SimConfig, names: &[String]) {
+    for name in names {
+        let mut tenant = SimTenant::new(name);
+        tenant.consented_apps.push(sim.client_id.clone());
+        sim.tenants.push(tenant);
+        base.tenants.insert(
+            name.clone(),
+            TenantOverrides {
+                token: Some(TokenOverrides {
+                    tenant_id: Some(name.clone()),
+                    ..TokenOverrides::default()
+                }),
+                ..TenantOverrides::default()
+            },
+        );
+    }
 }

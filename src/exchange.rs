@@ -18,11 +18,10 @@ use tokio::time::Instant;
 
 use crate::{
     budget::{Budget, Caller, Freeze, Grant, Quota, Refusal, SlotWatch, WindowStatus},
-    metrics::{ConsumerLabels, ConsumerRejectLabels, RouteLabels, UpstreamLabels},
+    metrics::{ConsumerLabels, ConsumerRejectLabels, TenantMetrics, UpstreamLabels},
     route::RouteKind,
     token::{Token, TokenError},
     upstream::{self, Request, Response, Upstream, UpstreamError},
-    Metrics,
 };
 
 /// Which retries a call allows.
@@ -74,15 +73,15 @@ pub struct Sent {
     pub freeze: Option<Freeze>,
 }
 
-/// The budgeted upstream call, shared by the proxy and the sync.
+/// The budgeted upstream call of one tenant, shared by its proxy and its sync.
 pub struct Exchange {
     budget: Arc<dyn Budget>,
     upstream: Upstream,
-    metrics: Arc<Metrics>,
+    metrics: TenantMetrics,
 }
 
 impl Exchange {
-    pub fn new(budget: Arc<dyn Budget>, upstream: Upstream, metrics: Arc<Metrics>) -> Exchange {
+    pub fn new(budget: Arc<dyn Budget>, upstream: Upstream, metrics: TenantMetrics) -> Exchange {
         Exchange {
             budget,
             upstream,
@@ -123,6 +122,7 @@ impl Exchange {
     ) -> Result<Admitted, CallError> {
         let token = self.upstream.token().await.map_err(no_token)?;
         let labels = ConsumerLabels {
+            tenant: self.metrics.tenant.clone(),
             route: route.name(),
             consumer: caller.flow.to_string(),
         };
@@ -133,6 +133,7 @@ impl Exchange {
                     self.metrics
                         .consumer_rejected
                         .get_or_create(&ConsumerRejectLabels {
+                            tenant: self.metrics.tenant.clone(),
                             route: route.name(),
                             consumer: labels.consumer,
                             reason: reason.as_str(),
@@ -144,7 +145,7 @@ impl Exchange {
         };
         self.metrics
             .queue_wait
-            .get_or_create(&RouteLabels { route: route.name() })
+            .get_or_create(&self.metrics.route(route.name()))
             .observe(grant.queued.as_secs_f64());
         self.metrics
             .consumer_wait
@@ -227,13 +228,14 @@ impl Exchange {
         self.metrics
             .upstream_requests
             .get_or_create(&UpstreamLabels {
+                tenant: self.metrics.tenant.clone(),
                 route: route.name(),
                 status,
             })
             .inc();
         self.metrics
             .upstream_duration
-            .get_or_create(&RouteLabels { route: route.name() })
+            .get_or_create(&self.metrics.route(route.name()))
             .observe(started.elapsed().as_secs_f64());
         if let Ok(r) = &result {
             if r.status != StatusCode::TOO_MANY_REQUESTS {
@@ -248,7 +250,7 @@ impl Exchange {
         self.learn(route, &resp.body);
         let asked = upstream::throttle_pause(resp.retry_after.as_ref(), &resp.body);
         let freeze = self.budget.upstream_throttled(route, asked);
-        let labels = RouteLabels { route: route.name() };
+        let labels = self.metrics.route(route.name());
         self.metrics.upstream_throttled.get_or_create(&labels).inc();
         if freeze.capped {
             self.metrics.retry_after_capped.get_or_create(&labels).inc();
@@ -278,7 +280,7 @@ impl Exchange {
         let Some((limit, length)) = upstream::stated_limit(body) else {
             self.metrics
                 .upstream_throttled_unstated
-                .get_or_create(&RouteLabels { route: route.name() })
+                .get_or_create(&self.metrics.route(route.name()))
                 .inc();
             return;
         };
@@ -298,15 +300,6 @@ impl Exchange {
             after = %show(&learnt.after),
             "the upstream stated a stricter limit than configured; adopted (raise it only in the configuration)"
         );
-        for q in &learnt.after {
-            self.metrics
-                .budget_learnt_limit
-                .get_or_create(&crate::metrics::PoolWindowLabels {
-                    pool: learnt.pool.clone(),
-                    window_seconds: q.length.as_secs(),
-                })
-                .set(i64::from(q.limit));
-        }
     }
 }
 

@@ -8,10 +8,13 @@
 //!
 //! * [`api`]: HTTP in and out for both facades (`/api/incidents...`, Defender's dialect, and
 //!   `/v1.0/security/incidents...`, Graph's); request ids, `RateLimit` headers, each facade's error
-//!   envelope, admin endpoints (`/metrics`, `/livez`, `/readyz`). Uses `auth`, `target`,
-//!   `dialect` (Graph targets, write plans, Graph's envelope), `proxy`, `outcome`, `sync` (status
-//!   only).
-//! * [`auth`]: which consumer is calling (API keys stored as hashes) and what it may do.
+//!   envelope, admin endpoints (`/metrics`, `/livez`, `/readyz`). Uses `auth`, `tenant`,
+//!   `target`, `dialect` (Graph targets, write plans, Graph's envelope), `proxy`, `outcome`.
+//! * [`auth`]: which consumer is calling (API keys stored as hashes), which tenants it may reach
+//!   and what it may do in each.
+//! * [`tenant`]: one tenant's whole stack (token, upstream client, budget, cache, flights, sync),
+//!   built from its effective settings, and the set of tenants served (the request path picks
+//!   one: `/tenants/{name}/...`, or the consumer's only tenant). Builds on everything below.
 //! * [`target`]: parses the request target (route, incident id) and the caller's cache and wait
 //!   preferences; [`odata`] (the `defender-odata` crate, `crates/odata`) parses List query
 //!   options.
@@ -45,7 +48,8 @@
 //! `ingest` and `sync`, with [`enums`] (re-exported from `defender-odata`), the one table per enum
 //! type where the documents' disagreements are decided (also used by [`odata`]).
 //!
-//! Around them: [`config`] (typed, layered configuration), [`route`] (the upstream routes as
+//! Around them: [`config`] (typed, layered configuration; [`config::TenantConfig`] is one
+//! tenant's sections after inheritance), [`learnt`] (`config check --learnt`), [`route`] (the upstream routes as
 //! data), [`error`] (the one error type and its statuses), [`metrics`], [`telemetry`] (diagnostic
 //! events), [`access_log`] (the per-request line, off the request path), [`app`] (build, serve,
 //! drain) and [`simulator`] (the `defender-simulator` crate, `crates/simulator`: a faithful fake
@@ -71,6 +75,7 @@ pub mod error;
 pub mod exchange;
 pub mod flight;
 pub mod ingest;
+pub mod learnt;
 pub mod metrics;
 pub mod odata;
 pub mod outcome;
@@ -80,6 +85,7 @@ pub mod shared;
 pub mod sync;
 pub mod target;
 pub mod telemetry;
+pub mod tenant;
 pub mod tier;
 pub mod token;
 pub mod upstream;

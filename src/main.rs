@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use defender_proxy::{app, auth, config::Config, demo, simulator, telemetry, Application};
+use defender_proxy::{app, auth, config::Config, demo, learnt, simulator, telemetry, Application};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,11 @@ enum Command {
         /// serves both over the same incidents; callers may use either facade either way).
         #[arg(long, default_value = "defender")]
         upstream: String,
+        /// Serve several simulated customer tenants through one multi-tenant app registration
+        /// (comma-separated names, e.g. `contoso,fabrikam,northwind`), each reached under
+        /// `/tenants/{name}/...`.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
     },
     /// Run only the built-in Defender simulator (for benchmarks and manual tests).
     Simulate {
@@ -65,6 +70,11 @@ enum ConfigCommand {
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also print the limits the upstream stated and the proxies adopted: from Redis with
+        /// `[shared]`, or from a running proxy's admin listener given as a URL
+        /// (`--learnt http://127.0.0.1:9090`).
+        #[arg(long, num_args = 0..=1, value_name = "ADMIN_URL")]
+        learnt: Option<Option<String>>,
     },
 }
 
@@ -104,6 +114,7 @@ fn main() -> ExitCode {
             config,
             simulator_listen,
             upstream,
+            tenants,
         } => {
             // The demo fills in upstream and credentials itself, so the base config may lack them.
             let mut base = match Config::load_unvalidated(config.as_deref()) {
@@ -125,8 +136,10 @@ fn main() -> ExitCode {
                 }
             }
             telemetry::init(&base.telemetry);
+            let mut sim = simulator::SimConfig::default();
+            demo::add_tenants(&mut base, &mut sim, &tenants);
             runtime.block_on(async move {
-                let demo = demo::prepare(base, simulator::SimConfig::default(), simulator_listen).await?;
+                let demo = demo::prepare(base, sim, simulator_listen).await?;
                 let application = Application::build(demo.config.clone()).await?;
                 let (api, admin) = (application.api_addr(), application.admin_addr());
                 println!(
@@ -134,12 +147,19 @@ fn main() -> ExitCode {
                     demo.simulator.base_url()
                 );
                 println!("consumer key (read+write): {}", demo.key);
+                let prefix = tenants.first().map(|t| format!("/tenants/{t}")).unwrap_or_default();
+                if !tenants.is_empty() {
+                    println!(
+                        "tenants: {} (each under http://{api}/tenants/<name>/...)",
+                        tenants.join(", ")
+                    );
+                }
                 println!(
-                    "try:\n  curl -si -H 'Authorization: Bearer {}' http://{api}/api/incidents/1",
+                    "try:\n  curl -si -H 'Authorization: Bearer {}' http://{api}{prefix}/api/incidents/1",
                     demo.key
                 );
                 println!(
-                    "  curl -si -H 'Authorization: Bearer {}' 'http://{api}/v1.0/security/incidents?$top=5'",
+                    "  curl -si -H 'Authorization: Bearer {}' 'http://{api}{prefix}/v1.0/security/incidents?$top=5'",
                     demo.key
                 );
                 println!("  curl -s http://{admin}/metrics | grep defender_proxy_cache_lookups");
@@ -170,12 +190,22 @@ fn main() -> ExitCode {
             })
         }
         Command::Config {
-            command: ConfigCommand::Check { config },
+            command: ConfigCommand::Check { config, learnt },
         } => match load(config.as_deref()) {
             Ok(cfg) => {
                 println!("# configuration is valid; effective values (secrets redacted):");
                 print!("{}", cfg.to_redacted_toml());
-                Ok(())
+                match learnt {
+                    None => Ok(()),
+                    Some(admin) => runtime.block_on(async {
+                        let (found, source) = match &admin {
+                            Some(url) => (learnt::from_admin(url).await?, format!("the proxy at {url}")),
+                            None => (learnt::from_redis(&cfg).await?, "every replica, from Redis".to_string()),
+                        };
+                        print!("{}", learnt::render(&cfg, &found, &source));
+                        Ok(())
+                    }),
+                }
             }
             Err(code) => return code,
         },

@@ -5,7 +5,11 @@
 //! queue, cache size, token expiry) are read from their owners at scrape time, so there is one
 //! source of truth and no background updater.
 
-use std::sync::{atomic::AtomicU64, Arc};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    sync::{atomic::AtomicU64, Arc},
+};
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -13,8 +17,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use crate::route::RouteKind;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    pub tenant: Arc<String>,
     pub route: &'static str,
     pub status: u16,
     pub consumer: Arc<String>,
@@ -22,12 +29,14 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
+    pub tenant: Arc<String>,
     pub route: &'static str,
 }
 
 /// A pool of quotas and one of its windows (for limits learnt from the upstream).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolWindowLabels {
+    pub tenant: Arc<String>,
     pub pool: String,
     pub window_seconds: u64,
 }
@@ -36,12 +45,14 @@ pub struct PoolWindowLabels {
 /// `anonymous` and `sync` only).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabels {
+    pub tenant: Arc<String>,
     pub route: &'static str,
     pub consumer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerRejectLabels {
+    pub tenant: Arc<String>,
     pub route: &'static str,
     pub consumer: String,
     pub reason: &'static str,
@@ -49,35 +60,54 @@ pub struct ConsumerRejectLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
+    pub tenant: Arc<String>,
     pub kind: &'static str,
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
+    pub tenant: Arc<String>,
     pub route: &'static str,
     pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WindowLabels {
+    pub tenant: Arc<String>,
     pub route: &'static str,
+    /// The pool the window belongs to (the route's own by default, named like the route).
+    pub pool: String,
     pub window: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
+    pub tenant: Arc<String>,
     pub route: &'static str,
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
+    pub tenant: Arc<String>,
     pub code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// A tenant alone (gauges of one tenant's cache, token and sync).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantResultLabels {
+    pub tenant: Arc<String>,
     pub result: &'static str,
 }
 
@@ -94,8 +124,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Histograms<RouteLabels>,
     pub cache_lookups: Family<CacheLabels, Counter>,
-    pub cache_entries: Gauge,
-    pub cache_bytes: Gauge,
+    pub cache_entries: Family<TenantLabels, Gauge>,
+    pub cache_bytes: Family<TenantLabels, Gauge>,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_duration: Histograms<RouteLabels>,
     pub budget_remaining: Family<WindowLabels, Gauge>,
@@ -115,12 +145,12 @@ pub struct Metrics {
     pub consumer_queue_depth: Family<ConsumerLabels, Gauge>,
     pub consumer_rejected: Family<ConsumerRejectLabels, Counter>,
     pub frozen_seconds: Family<RouteLabels, FGauge>,
-    pub token_expiry: Gauge,
+    pub token_expiry: Family<TenantLabels, Gauge>,
     pub token_refresh_failures: Family<CodeLabels, Counter>,
-    pub sync_runs: Family<ResultLabels, Counter>,
-    pub sync_refreshed: Counter,
-    pub sync_list_calls: Counter,
-    pub sync_lag: FGauge,
+    pub sync_runs: Family<TenantResultLabels, Counter>,
+    pub sync_refreshed: Family<TenantLabels, Counter>,
+    pub sync_list_calls: Family<TenantLabels, Counter>,
+    pub sync_lag: Family<TenantLabels, FGauge>,
     pub access_log_lines: Counter,
     pub access_log_dropped: Counter,
     /// 1 while Redis is unreachable and this replica spends only its local share.
@@ -178,9 +208,9 @@ impl Metrics {
             "Cache lookups by kind and result",
             cache_lookups.clone(),
         );
-        let cache_entries = Gauge::default();
+        let cache_entries = Family::default();
         registry.register("cache_entries", "Entries in the cache", cache_entries.clone());
-        let cache_bytes = Gauge::default();
+        let cache_bytes = Family::default();
         registry.register_with_unit("cache", "Bytes held by the cache", Unit::Bytes, cache_bytes.clone());
         let upstream_requests = Family::default();
         registry.register(
@@ -288,7 +318,7 @@ impl Metrics {
             Unit::Seconds,
             frozen_seconds.clone(),
         );
-        let token_expiry = Gauge::default();
+        let token_expiry = Family::default();
         registry.register_with_unit(
             "token_expiry_timestamp",
             "Unix time at which the current upstream token expires",
@@ -307,19 +337,19 @@ impl Metrics {
             "Incident sync runs, by result (ok or why it did not complete)",
             sync_runs.clone(),
         );
-        let sync_refreshed = Counter::default();
+        let sync_refreshed = Family::default();
         registry.register(
             "sync_incidents_refreshed",
             "Incidents written into the cache by the sync",
             sync_refreshed.clone(),
         );
-        let sync_list_calls = Counter::default();
+        let sync_list_calls = Family::default();
         registry.register(
             "sync_list_calls",
             "List calls spent by the incident sync",
             sync_list_calls.clone(),
         );
-        let sync_lag = FGauge::default();
+        let sync_lag = Family::<TenantLabels, FGauge>::default();
         registry.register_with_unit(
             "sync_watermark_lag",
             "Time since the start of the last complete sync run (what cached incidents are confirmed up to)",
@@ -390,12 +420,19 @@ impl Metrics {
         }
     }
 
-    pub fn sync_run(&self, result: &'static str) {
-        self.sync_runs.get_or_create(&ResultLabels { result }).inc();
-    }
-
-    pub fn cache_lookup(&self, kind: &'static str, result: &'static str) {
-        self.cache_lookups.get_or_create(&CacheLabels { kind, result }).inc();
+    /// Forgets every gauge that mirrors state read at scrape time, before it is set afresh.
+    pub fn clear_mirrors(&self) {
+        self.budget_remaining.clear();
+        self.budget_limit.clear();
+        self.queue_depth.clear();
+        self.queue_capacity.clear();
+        self.consumer_queue_depth.clear();
+        self.frozen_seconds.clear();
+        self.budget_learnt_limit.clear();
+        self.sync_lag.clear();
+        self.cache_entries.clear();
+        self.cache_bytes.clear();
+        self.token_expiry.clear();
     }
 
     /// The OpenMetrics text exposition (gauges must have been refreshed by the caller).
@@ -404,6 +441,178 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The metrics as one tenant's parts record them: every sample they make carries the tenant.
+#[derive(Clone)]
+pub struct TenantMetrics {
+    all: Arc<Metrics>,
+    /// The configured tenant name (a bounded label).
+    pub tenant: Arc<String>,
+}
+
+impl std::ops::Deref for TenantMetrics {
+    type Target = Metrics;
+    fn deref(&self) -> &Metrics {
+        &self.all
+    }
+}
+
+impl TenantMetrics {
+    pub fn new(all: Arc<Metrics>, tenant: Arc<String>) -> TenantMetrics {
+        TenantMetrics { all, tenant }
+    }
+
+    /// The process-wide metrics.
+    pub fn all(&self) -> &Arc<Metrics> {
+        &self.all
+    }
+
+    pub fn route(&self, route: &'static str) -> RouteLabels {
+        RouteLabels {
+            tenant: self.tenant.clone(),
+            route,
+        }
+    }
+
+    pub fn tenant_labels(&self) -> TenantLabels {
+        TenantLabels {
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    pub fn sync_run(&self, result: &'static str) {
+        self.sync_runs
+            .get_or_create(&TenantResultLabels {
+                tenant: self.tenant.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn cache_lookup(&self, kind: &'static str, result: &'static str) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels {
+                tenant: self.tenant.clone(),
+                kind,
+                result,
+            })
+            .inc();
+    }
+}
+
+/// The samples a request itself makes (`requests_total`, its duration, a hit's lookup), as
+/// handles made once per tenant: no label hashing per request on the hit path. Requests that
+/// reach no tenant (unauthenticated, unknown tenant) count under the empty tenant label.
+pub struct RequestMetrics {
+    tenant: Arc<String>,
+    /// `request_duration_seconds` by route index (the last: no route).
+    durations: Vec<Histogram>,
+    /// `cache_lookups_total` for [incident, list] x [hit, negative] (none without a tenant: no
+    /// cache is looked up).
+    lookups: Option<[[Counter; 2]; 2]>,
+    /// `requests_total` by (address of the consumer's name, route index, status). The value keeps
+    /// the name alive, so its address cannot be reused by another name after a reload.
+    requests: parking_lot::RwLock<RequestCounters>,
+}
+
+/// `requests_total` handles by (consumer name address, route index, status).
+type RequestCounters = HashMap<(usize, usize, u16), (Arc<String>, Counter), BuildHasherDefault<KeyHasher>>;
+
+/// A multiply-rotate hasher for the small integer keys of [`RequestMetrics`]: SipHash's
+/// resistance to chosen keys is not needed for keys made of configured consumers, and it costs
+/// more than the rest of the lookup.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(u64::from(i));
+    }
+}
+
+/// A route's metric name by index; the index past the last route is "other" (no route).
+pub fn route_name(index: usize) -> &'static str {
+    RouteKind::ALL.get(index).map_or("other", |r| r.name())
+}
+
+impl RequestMetrics {
+    /// Handles for `tenant`'s requests; the empty name for requests that reach no tenant.
+    pub fn new(metrics: &Metrics, tenant: Arc<String>) -> RequestMetrics {
+        let lookup = |kind, result| {
+            metrics
+                .cache_lookups
+                .get_or_create(&CacheLabels {
+                    tenant: tenant.clone(),
+                    kind,
+                    result,
+                })
+                .clone()
+        };
+        RequestMetrics {
+            durations: (0..=RouteKind::ALL.len())
+                .map(|i| {
+                    metrics
+                        .request_duration
+                        .get_or_create(&RouteLabels {
+                            tenant: tenant.clone(),
+                            route: route_name(i),
+                        })
+                        .clone()
+                })
+                .collect(),
+            lookups: (!tenant.is_empty()).then(|| {
+                [
+                    [lookup("incident", "hit"), lookup("incident", "negative")],
+                    [lookup("list", "hit"), lookup("list", "negative")],
+                ]
+            }),
+            requests: parking_lot::RwLock::new(HashMap::default()),
+            tenant,
+        }
+    }
+
+    /// A fresh hit of `kind` (0 incident, 1 list), `negative` for a remembered 404.
+    pub fn hit(&self, kind: usize, negative: bool) {
+        if let Some(lookups) = &self.lookups {
+            lookups[kind][usize::from(negative)].inc();
+        }
+    }
+
+    /// One answered request: its count and its duration.
+    pub fn answered(&self, metrics: &Metrics, consumer: &Arc<String>, route: usize, status: u16, took: f64) {
+        self.durations[route.min(self.durations.len() - 1)].observe(took);
+        let key = (Arc::as_ptr(consumer) as usize, route, status);
+        if let Some((_, c)) = self.requests.read().get(&key) {
+            c.inc();
+            return;
+        }
+        let counter = metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                tenant: self.tenant.clone(),
+                route: route_name(route),
+                status,
+                consumer: consumer.clone(),
+            })
+            .clone();
+        counter.inc();
+        self.requests.write().insert(key, (consumer.clone(), counter));
     }
 }
 
@@ -440,7 +649,7 @@ mod tests {
 
     #[test]
     fn prometheus_text_names_counter_families_with_total() {
-        let m = Metrics::new();
+        let m = TenantMetrics::new(Arc::new(Metrics::new()), Arc::new("default".into()));
         m.cache_lookup("incident", "hit");
         let text = to_prometheus_text(&m.encode());
         assert!(
@@ -448,8 +657,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP defender_proxy_cache_lookups_total "));
-        assert!(text.contains("defender_proxy_cache_lookups_total{kind=\"incident\",result=\"hit\"} 1"));
+        assert!(
+            text.contains("defender_proxy_cache_lookups_total{tenant=\"default\",kind=\"incident\",result=\"hit\"} 1")
+        );
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
-        assert!(text.contains("# TYPE defender_proxy_cache_bytes gauge"));
+        assert!(text.contains("# TYPE defender_proxy_cache_bytes gauge"), "{text}");
     }
 }

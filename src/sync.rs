@@ -34,12 +34,12 @@ use crate::{
     dialect::Dialect,
     exchange::{CallError, Exchange, Retry},
     ingest::{page_items, render_incident, Ingest},
+    metrics::TenantMetrics,
     odata::{CompareOp, Field, Filter, GraphField, GraphListQuery, GraphOrderBy, GraphOrderField, ListQuery, Literal},
     route::RouteKind,
     shared::lease::{Holder, Lease},
     tier::{Found, SharedCache},
     upstream::Request,
-    Metrics,
 };
 
 /// Incidents per page (the Defender API's maximum `$top`).
@@ -292,7 +292,7 @@ pub struct Syncer {
     pub exchange: Arc<Exchange>,
     pub store: Arc<dyn Store>,
     pub ingest: Ingest,
-    pub metrics: Arc<Metrics>,
+    pub metrics: TenantMetrics,
     pub state: Arc<SyncState>,
     /// The sync draws on the List quota as a batch flow of its own.
     pub caller: Caller,
@@ -301,6 +301,9 @@ pub struct Syncer {
     /// With `shared.cache`: what the sync writes goes to the shared tier too, so every replica
     /// serves it (the others do not sync).
     pub tier: Option<Arc<SharedCache>>,
+    /// When the first run starts: the tenants' syncs spread their runs over the interval
+    /// instead of all listing at once (tenant `i` of `n` starts `interval * i / n` in).
+    pub start_after: Duration,
 }
 
 impl Syncer {
@@ -323,7 +326,7 @@ pub async fn run(syncer: Syncer) {
         .map(|q| q.length / q.limit.max(1))
         .max()
         .unwrap_or_default();
-    let mut delay = Duration::ZERO;
+    let mut delay = syncer.start_after;
     if let Some(lease) = &syncer.lease {
         lease.first_contact().await;
     }
@@ -378,7 +381,10 @@ pub async fn run(syncer: Syncer) {
             Ok((pages, refreshed)) => {
                 syncer.state.completed(&pass);
                 metrics.sync_run("ok");
-                metrics.sync_refreshed.inc_by(refreshed as u64);
+                metrics
+                    .sync_refreshed
+                    .get_or_create(&metrics.tenant_labels())
+                    .inc_by(refreshed as u64);
                 tracing::debug!(%since, pages, refreshed, "incident sync pass complete");
             }
             Err(e) => {
@@ -431,7 +437,10 @@ impl Syncer {
                 return Err(SyncError::Share);
             }
             let (n, full) = self.page(pass).await?;
-            self.metrics.sync_list_calls.inc();
+            self.metrics
+                .sync_list_calls
+                .get_or_create(&self.metrics.tenant_labels())
+                .inc();
             pages += 1;
             refreshed += n;
             if !full {

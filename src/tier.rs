@@ -61,7 +61,7 @@ use http::StatusCode;
 use redis::Value;
 use tokio::{sync::mpsc, time::Instant};
 
-use crate::shared::{Shared, SharedError, DEFAULT_TENANT};
+use crate::shared::{Shared, SharedError};
 use crate::{
     body::{Bodies, View},
     cache::{Entry, Key},
@@ -323,6 +323,8 @@ pub struct SharedCache {
     write_log_key: String,
     applied_key: String,
     members_key: String,
+    /// The tenant whose entries these are (part of every key).
+    tenant: String,
     catch_up: redis::Script,
     lagging: redis::Script,
     /// Subscribed to the invalidation channel (only then is the tier used for reads).
@@ -366,8 +368,8 @@ fn native_view(upstream: Dialect) -> View {
 }
 
 impl SharedCache {
-    pub fn new(shared: Arc<Shared>, config: &SharedConfig, upstream: Dialect) -> Arc<SharedCache> {
-        let key = |rest: &str| shared.key(DEFAULT_TENANT, rest);
+    pub fn new(shared: Arc<Shared>, tenant: &str, config: &SharedConfig, upstream: Dialect) -> Arc<SharedCache> {
+        let key = |rest: &str| shared.key(tenant, rest);
         Arc::new(SharedCache {
             order_key: key("cache:order"),
             index_key: key("cache:index"),
@@ -385,7 +387,10 @@ impl SharedCache {
             release: redis::Script::new(RELEASE),
             write_log_key: key("cache:writes"),
             applied_key: key("cache:applied"),
-            members_key: key("members"),
+            // The process-wide member set: with several tenants it sits in another hash slot, so
+            // the shared tier wants a standalone Redis (or Valkey), not a Cluster.
+            members_key: shared.members_key(),
+            tenant: tenant.to_string(),
             catch_up: redis::Script::new(CATCH_UP),
             lagging: redis::Script::new(LAGGING),
             listening: std::sync::atomic::AtomicBool::new(false),
@@ -395,19 +400,19 @@ impl SharedCache {
     }
 
     fn entry_key(&self, key: &Key) -> String {
-        self.shared.key(DEFAULT_TENANT, &format!("cache:e:{}", member(key)))
+        self.shared.key(&self.tenant, &format!("cache:e:{}", member(key)))
     }
 
     fn entry_prefix(&self) -> String {
-        self.shared.key(DEFAULT_TENANT, "cache:e:")
+        self.shared.key(&self.tenant, "cache:e:")
     }
 
     fn write_mark(&self, key: &Key) -> String {
-        self.shared.key(DEFAULT_TENANT, &format!("cache:w:{}", member(key)))
+        self.shared.key(&self.tenant, &format!("cache:w:{}", member(key)))
     }
 
     fn lease_key(&self, key: &Key) -> String {
-        self.shared.key(DEFAULT_TENANT, &format!("cache:lease:{}", member(key)))
+        self.shared.key(&self.tenant, &format!("cache:lease:{}", member(key)))
     }
 
     /// Whether reads may use the shared tier now.

@@ -20,7 +20,7 @@
 //! our send time and the upstream's arrival time. With the default 500 ms it costs under 1% of a
 //! one-minute quota and 0.014% of a one-hour one; the 5% cap keeps scaled-down test quotas sane.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -39,8 +39,10 @@ struct Window {
 }
 
 /// How one quota stands at an instant (for `RateLimit` headers and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowStatus {
+    /// The pool the quota belongs to (for a route's own pool, the route's name).
+    pub pool: Arc<str>,
     pub quota: Quota,
     /// Calls still allowed in the current window, queued calls counted as spent.
     pub remaining: u32,
@@ -51,6 +53,8 @@ pub struct WindowStatus {
 /// Committed and projected send times of one route.
 #[derive(Debug, Clone)]
 pub struct Ledger {
+    /// The pool's name, as its windows report it.
+    name: Arc<str>,
     windows: Vec<Window>,
     /// The configured safety margin (each window's span adds the smaller of it and 5%).
     margin: Duration,
@@ -81,6 +85,7 @@ impl Ledger {
             .collect();
         let keep = windows.iter().map(|w| w.quota.limit as usize).max().unwrap_or(1);
         Ledger {
+            name: Arc::from(""),
             windows,
             margin,
             log: VecDeque::with_capacity(keep + 1),
@@ -91,6 +96,16 @@ impl Ledger {
             frozen_until: None,
             held_until: None,
         }
+    }
+
+    /// Names the pool, as [`Ledger::status`] reports it.
+    pub fn named(mut self, name: &str) -> Ledger {
+        self.name = Arc::from(name);
+        self
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// Keeps `reserve` slots of every window (at most all but one) out of reach of batch calls.
@@ -311,6 +326,7 @@ impl Ledger {
                 let oldest = (used > 0).then(|| self.log[committed - used]);
                 let spent = (used + self.queued).min(limit);
                 WindowStatus {
+                    pool: self.name.clone(),
                     quota: w.quota,
                     remaining: (limit - spent) as u32,
                     reset: oldest.map_or(Duration::ZERO, |t| (t + w.span).saturating_duration_since(now)),

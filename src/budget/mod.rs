@@ -34,7 +34,7 @@ pub mod ledger;
 pub mod redis;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -49,7 +49,10 @@ use tokio::{
 pub use ledger::{Ledger, Quota, WindowStatus};
 
 pub use crate::config::Priority;
-use crate::{config::BudgetConfig, route::RouteKind};
+use crate::{
+    config::{BudgetConfig, PoolConfig},
+    route::RouteKind,
+};
 
 /// Permission for one upstream call, already counted.
 #[derive(Debug, Clone)]
@@ -270,17 +273,39 @@ pub struct LocalBudget {
 }
 
 /// The further pools routes draw from besides their own (`budget.routes.<route>.pools`): plain
-/// sliding-window ledgers with no queue of their own. The head of a route's queue checks every
-/// one of its further pools and spends from all of them (and its own) in one step under one
-/// lock, so a call refused by one pool spends nothing from any other, and no window of any
-/// pool ever holds more calls than its limit. Callers always hold their own pool's lock before
-/// this one (never the other way round), so the two locks cannot deadlock.
+/// sliding-window ledgers with no queue of their own, kept in one place for the whole process,
+/// so that a pool shared by every tenant (`app_pools`) is one ledger whichever tenant's route
+/// draws from it. The head of a route's queue checks every one of its further pools and spends
+/// from all of them (and its own) in one step under one lock, so a call refused by one pool
+/// spends nothing from any other, and no window of any pool ever holds more calls than its
+/// limit. Callers always hold their own pool's lock before this one (never the other way round),
+/// so the two locks cannot deadlock.
 #[derive(Default)]
-struct Extras {
+pub struct Extras {
     ledgers: Mutex<Vec<Ledger>>,
+    /// Each ledger's key: `<tenant>/<pool>` for a tenant's `budget.pools`, `<pool>` for
+    /// `app_pools`.
+    keys: Mutex<Vec<String>>,
 }
 
 impl Extras {
+    /// The ledger for `key` (made on first use; kept while the process runs, so a reload that
+    /// keeps a pool keeps what it spent). A pool whose quotas changed gets a new ledger.
+    pub fn register(&self, key: &str, name: &str, quotas: &[Quota], margin: Duration) -> usize {
+        let mut keys = self.keys.lock();
+        let mut ledgers = self.ledgers.lock();
+        if let Some(i) = keys.iter().position(|k| k == key) {
+            if ledgers[i].quotas().eq(quotas.iter().copied()) {
+                return i;
+            }
+            ledgers[i] = Ledger::new(quotas, margin).named(name);
+            return i;
+        }
+        keys.push(key.to_string());
+        ledgers.push(Ledger::new(quotas, margin).named(name));
+        ledgers.len() - 1
+    }
+
     /// If every pool in `ids` has room at `now`, runs `own` (which spends from the caller's own
     /// pool and says whether it could); when it could, spends from every pool in `ids` too.
     /// `Err(at)`: some pool has no room before `at`, and nothing was spent anywhere.
@@ -488,54 +513,77 @@ impl State {
     }
 }
 
+/// Where a tenant's budget finds its further pools: the process's book of them ([`Extras`]),
+/// the tenant's name (its `budget.pools` are its own) and the pools every tenant shares
+/// (`app_pools`).
+pub struct PoolScope<'a> {
+    pub extras: &'a Arc<Extras>,
+    pub tenant: &'a str,
+    pub app_pools: &'a BTreeMap<String, PoolConfig>,
+}
+
 impl LocalBudget {
+    /// A budget of its own (one tenant, no pools shared with others).
     pub fn new(config: &BudgetConfig) -> LocalBudget {
-        Self::build(config, None)
+        Self::build(config, None, Self::alone(&Arc::default(), &BTreeMap::new()))
     }
 
     /// A budget whose ledger is shared with other replicas through `gate` (numbered as
     /// [`pools`] numbers them); the local ledger and queue stay in front of it.
     pub fn with_gate(config: &BudgetConfig, gate: Arc<dyn Gate>) -> LocalBudget {
-        Self::build(config, Some(gate))
+        Self::build(config, Some(gate), Self::alone(&Arc::default(), &BTreeMap::new()))
     }
 
-    fn build(config: &BudgetConfig, gate: Option<Arc<dyn Gate>>) -> LocalBudget {
+    /// One tenant's budget: its further pools in `scope`, and (with several replicas) `gate`.
+    pub fn for_tenant(config: &BudgetConfig, scope: PoolScope<'_>, gate: Option<Arc<dyn Gate>>) -> LocalBudget {
+        Self::build(config, gate, scope)
+    }
+
+    fn alone<'a>(extras: &'a Arc<Extras>, app_pools: &'a BTreeMap<String, PoolConfig>) -> PoolScope<'a> {
+        PoolScope {
+            extras,
+            tenant: crate::config::DEFAULT_TENANT,
+            app_pools,
+        }
+    }
+
+    fn build(config: &BudgetConfig, gate: Option<Arc<dyn Gate>>, scope: PoolScope<'_>) -> LocalBudget {
         let (specs, route_pool) = pools(config);
-        // Further pools are ledgers of their own, one per name, whichever routes draw from it.
-        let mut extra_names: Vec<&str> = Vec::new();
-        let mut extra_ledgers = Vec::new();
+        // Further pools are ledgers of the process's book, one per name (a tenant's own, or one
+        // shared by every tenant), whichever routes draw from it.
+        let to_quotas = |pool: &PoolConfig| -> Vec<Quota> {
+            pool.quotas
+                .iter()
+                .map(|q| Quota {
+                    limit: q.limit,
+                    length: q.window,
+                })
+                .collect()
+        };
+        let extras = scope.extras.clone();
         let route_extras = RouteKind::ALL.map(|kind| {
             let names = config.routes.get(kind.name()).map_or(&[][..], |r| &r.pools[..]);
             names
                 .iter()
                 .filter_map(|name| {
-                    if let Some(i) = extra_names.iter().position(|n| n == name) {
-                        return Some(i);
+                    // Validation ensures each name is one or the other.
+                    if let Some(pool) = config.pools.get(name) {
+                        let key = format!("{}/{name}", scope.tenant);
+                        return Some(extras.register(&key, name, &to_quotas(pool), config.safety_margin));
                     }
-                    let pool = config.pools.get(name)?; // validation ensures it exists
-                    let quotas: Vec<Quota> = pool
-                        .quotas
-                        .iter()
-                        .map(|q| Quota {
-                            limit: q.limit,
-                            length: q.window,
-                        })
-                        .collect();
-                    extra_names.push(name);
-                    extra_ledgers.push(Ledger::new(&quotas, config.safety_margin));
-                    Some(extra_names.len() - 1)
+                    let pool = scope.app_pools.get(name)?;
+                    Some(extras.register(name, name, &to_quotas(pool), config.safety_margin))
                 })
                 .collect()
-        });
-        let extras = Arc::new(Extras {
-            ledgers: Mutex::new(extra_ledgers),
         });
         let pools = specs
             .iter()
             .enumerate()
             .map(|(index, spec)| RouteBudget {
                 state: Mutex::new(State {
-                    ledger: Ledger::new(&spec.quotas, config.safety_margin).with_reserve(spec.reserve),
+                    ledger: Ledger::new(&spec.quotas, config.safety_margin)
+                        .named(&spec.name)
+                        .with_reserve(spec.reserve),
                     waiters: VecDeque::new(),
                     next_id: 0,
                     closed: false,

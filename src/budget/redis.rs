@@ -44,7 +44,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{Gate, GateAnswer, PoolSpec, Quota, WindowStatus};
-use crate::shared::{Shared, SharedError, Tick, DEFAULT_TENANT};
+use crate::shared::{Shared, SharedError, Tick};
 
 /// Check every window of every pool (KEYS after the epoch: log and freeze key per pool) and record
 /// the send (ARGV[1]) at the server's `TIME`, or say when a slot frees.
@@ -246,13 +246,13 @@ pub struct RedisGate {
 impl RedisGate {
     /// A gate for `pools` (numbered as [`super::pools`] numbers them), with the budget's safety
     /// margin.
-    pub fn new(shared: Arc<Shared>, pools: Vec<PoolSpec>, margin: Duration) -> Arc<RedisGate> {
+    pub fn new(shared: Arc<Shared>, tenant: &str, pools: Vec<PoolSpec>, margin: Duration) -> Arc<RedisGate> {
         let pools = pools
             .into_iter()
             .map(|spec| Pool {
-                log_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:log", spec.name)),
-                learnt_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:learnt", spec.name)),
-                freeze_key: shared.key(DEFAULT_TENANT, &format!("budget:{}:frozen", spec.name)),
+                log_key: shared.key(tenant, &format!("budget:{}:log", spec.name)),
+                learnt_key: shared.key(tenant, &format!("budget:{}:learnt", spec.name)),
+                freeze_key: shared.key(tenant, &format!("budget:{}:frozen", spec.name)),
                 limits: parking_lot::RwLock::new(Limits::new(spec.quotas.clone(), margin)),
                 spec,
                 mine: Mutex::new(Mine::default()),
@@ -261,7 +261,7 @@ impl RedisGate {
         Arc::new(RedisGate {
             margin,
             learn_script: redis::Script::new(LEARN),
-            epoch_key: shared.key(DEFAULT_TENANT, "budget:epoch"),
+            epoch_key: shared.key(tenant, "budget:epoch"),
             shared,
             pools,
             epoch: AtomicU64::new(0),
@@ -666,10 +666,12 @@ impl Gate for RedisGate {
 
     fn windows(&self, pool: usize) -> Option<Vec<WindowStatus>> {
         let now = Instant::now();
+        let name: Arc<str> = Arc::from(self.pools[pool].spec.name.as_str());
         let mine = self.pools[pool].mine.lock();
         mine.windows.as_ref().map(|w| {
             w.iter()
                 .map(|&(quota, remaining, reset)| WindowStatus {
+                    pool: name.clone(),
                     quota,
                     // Once the oldest counted send left the window, at least one slot is back.
                     remaining: if reset <= now {

@@ -24,13 +24,12 @@ use crate::{
     exchange::{CallError, Exchange},
     flight::Flights,
     ingest::Ingest,
-    metrics::RejectLabels,
+    metrics::{RejectLabels, TenantMetrics},
     odata::{GraphListQuery, ListQuery},
     route::RouteKind,
     target::{Directives, Target},
     tier::{Invalidation, SharedCache},
     upstream::UpstreamError,
-    Metrics,
 };
 
 /// Per-request facts the proxy needs (all already validated).
@@ -94,7 +93,7 @@ pub struct Proxy {
     flights: Flights<read::FlightKey, Outcome, read::SlotReceiver>,
     /// Graph queries answered over a Defender upstream: their match sets, kept briefly.
     local_sets: read::LocalSets,
-    metrics: Arc<Metrics>,
+    metrics: TenantMetrics,
     /// When the incident sync runs: its confirmations extend incidents' freshness.
     confirmations: Option<Arc<Confirmations>>,
     /// The second tier shared by replicas (`shared.cache`), consulted inside a miss's flight.
@@ -107,7 +106,7 @@ impl Proxy {
         upstream: Dialect,
         store: Arc<dyn Store>,
         exchange: Arc<Exchange>,
-        metrics: Arc<Metrics>,
+        metrics: TenantMetrics,
         confirmations: Option<Arc<Confirmations>>,
     ) -> Proxy {
         Proxy {
@@ -173,7 +172,7 @@ impl Proxy {
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &TenantMetrics {
         &self.metrics
     }
 
@@ -346,6 +345,7 @@ impl Proxy {
         self.metrics
             .rejected
             .get_or_create(&RejectLabels {
+                tenant: self.metrics.tenant.clone(),
                 route: route.name(),
                 reason: reason.as_str(),
             })
@@ -409,7 +409,7 @@ mod tests {
             Arc::new(TokenSource::Static(secrecy::SecretString::from("unused".to_string()))),
         )
         .unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = TenantMetrics::new(Arc::new(crate::Metrics::new()), Arc::new("default".into()));
         let exchange = Arc::new(Exchange::new(budget, upstream, metrics.clone()));
         let policy = Policy {
             cache,

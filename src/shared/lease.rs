@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::{Shared, SharedError, DEFAULT_TENANT};
+use super::{Shared, SharedError};
 
 /// Takes the lease if it is free, or renews it if this replica holds it. Returns 1 if this
 /// replica holds it now, 0 if another one does.
@@ -56,10 +56,10 @@ pub struct Lease {
 
 impl Lease {
     /// A lease named `name` that lapses `ttl` after its holder's last renewal.
-    pub fn new(shared: Arc<Shared>, name: &str, ttl: Duration) -> Lease {
+    pub fn new(shared: Arc<Shared>, tenant: &str, name: &str, ttl: Duration) -> Lease {
         Lease {
-            key: shared.key(DEFAULT_TENANT, &format!("lease:{name}")),
-            state_key: shared.key(DEFAULT_TENANT, &format!("lease:{name}:state")),
+            key: shared.key(tenant, &format!("lease:{name}")),
+            state_key: shared.key(tenant, &format!("lease:{name}:state")),
             shared,
             ttl,
             held: false.into(),

@@ -34,8 +34,9 @@ use tokio::time::Instant;
 
 use crate::{config::SharedConfig, Metrics};
 
-/// The only tenant until tenants exist (issue 12): its name is part of every key.
-pub const DEFAULT_TENANT: &str = "default";
+/// The hash-tag slot of what belongs to the process rather than to a tenant (the member set).
+/// It is the implicit tenant's name, so a single-tenant deployment keeps every key in one slot.
+const PROCESS_SLOT: &str = "default";
 
 /// Why a shared call gave no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -104,6 +105,9 @@ pub struct Shared {
     last_error: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
     membership: redis::Script,
+    /// What runs after each heartbeat (every tenant's shared budget); a tenant removed by a
+    /// reload drops its tick, which is then skipped and forgotten.
+    ticks: Mutex<Vec<std::sync::Weak<dyn Tick>>>,
 }
 
 /// What `/readyz` shows about the shared state.
@@ -161,12 +165,18 @@ impl Shared {
             last_error: Mutex::new(None),
             metrics,
             membership: redis::Script::new(MEMBERSHIP),
+            ticks: Mutex::new(Vec::new()),
         }))
     }
 
     /// A key of `tenant`: `{prefix:tenant}:rest`.
     pub fn key(&self, tenant: &str, rest: &str) -> String {
         format!("{{{}:{}}}:{}", self.prefix, tenant, rest)
+    }
+
+    /// The set of live replicas (the heartbeat keeps this replica's entry fresh).
+    pub fn members_key(&self) -> String {
+        self.key(PROCESS_SLOT, "members")
     }
 
     /// A dedicated pub/sub connection (a subscribed connection can do nothing else), made within
@@ -327,7 +337,7 @@ impl Shared {
                 }
             }
         }
-        let key = self.key(DEFAULT_TENANT, "members");
+        let key = self.members_key();
         let ttl_ms = (self.heartbeat * 3).as_millis() as u64;
         let script = &self.membership;
         let replica = self.replica.clone();
@@ -344,7 +354,7 @@ impl Shared {
 
     /// Beats every `shared.heartbeat`, each beat followed by every tick, until the task is
     /// aborted. The first beat (connecting) happens at once.
-    pub fn spawn_heartbeat(self: &Arc<Self>, ticks: Vec<Arc<dyn Tick>>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(this.heartbeat);
@@ -352,11 +362,21 @@ impl Shared {
             loop {
                 every.tick().await;
                 this.beat().await;
+                let ticks: Vec<Arc<dyn Tick>> = {
+                    let mut all = this.ticks.lock();
+                    all.retain(|t| t.strong_count() > 0);
+                    all.iter().filter_map(std::sync::Weak::upgrade).collect()
+                };
                 for t in &ticks {
                     t.tick().await;
                 }
             }
         })
+    }
+
+    /// Runs `tick` after every heartbeat for as long as it lives.
+    pub fn on_heartbeat(&self, tick: &Arc<dyn Tick>) {
+        self.ticks.lock().push(Arc::downgrade(tick));
     }
 
     pub fn status(&self) -> SharedStatus {

@@ -117,10 +117,11 @@ async fn every_request_gets_exactly_one_line() {
     assert_eq!(hit["route"], "get_incident");
     assert_eq!(hit["consumer"], "demo");
     assert_eq!(hit["status"], 200);
-    assert!(hit["tenant"].is_null() && hit["upstream_status"].is_null());
+    assert!(hit["tenant"] == "default" && hit["upstream_status"].is_null());
     assert!(hit["duration_ms"].as_f64().unwrap() >= 0.0 && hit["queued_ms"] == 0);
     let unauth = lines.iter().find(|l| l["status"] == 401).unwrap();
     assert_eq!(unauth["consumer"], "unauthenticated");
+    assert!(unauth["tenant"].is_null(), "no tenant is known before the caller is");
     let text = String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap();
     assert!(!text.contains(&app.key), "the consumer key is never logged");
     app.stop().await;

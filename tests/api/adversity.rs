@@ -119,7 +119,7 @@ async fn a_token_outage_answers_503_at_once_and_spends_nothing() {
     assert_eq!(
         metric(
             &app,
-            "defender_proxy_budget_remaining{route=\"get_incident\",window=\"60s\"}"
+            "defender_proxy_budget_remaining{tenant=\"default\",route=\"get_incident\",pool=\"get_incident\",window=\"60s\"}"
         )
         .await,
         100.0,
@@ -141,7 +141,7 @@ async fn a_token_outage_answers_503_at_once_and_spends_nothing() {
     assert_eq!(
         metric(
             &app,
-            "defender_proxy_budget_remaining{route=\"get_incident\",window=\"60s\"}"
+            "defender_proxy_budget_remaining{tenant=\"default\",route=\"get_incident\",pool=\"get_incident\",window=\"60s\"}"
         )
         .await,
         99.0

@@ -52,7 +52,9 @@ async fn hits_stay_fast_while_a_flood_of_cold_callers_is_queued() {
     // Until at least max_concurrency of them are queued (the old tower limit let no more in).
     let mut queued = 0.0;
     for _ in 0..200 {
-        queued = app.metric("defender_proxy_queue_depth{route=\"get_incident\"}").await;
+        queued = app
+            .metric("defender_proxy_queue_depth{tenant=\"default\",route=\"get_incident\"}")
+            .await;
         if queued >= MAX_CONCURRENCY as f64 {
             break;
         }
@@ -81,7 +83,8 @@ async fn hits_stay_fast_while_a_flood_of_cold_callers_is_queued() {
         times[HITS - 1]
     );
     assert_eq!(
-        app.metric("defender_proxy_queue_depth{route=\"get_incident\"}").await,
+        app.metric("defender_proxy_queue_depth{tenant=\"default\",route=\"get_incident\"}")
+            .await,
         FLOOD as f64,
         "every cold caller is queued, none is refused for lack of a place"
     );

@@ -186,7 +186,7 @@ async fn a_defender_session_gets_the_same_answers_over_a_graph_upstream() {
     assert_eq!(calls(&b, "update"), 0, "nothing reached the Defender routes");
     // The budget counted them apart.
     assert_eq!(
-        b.metric("defender_proxy_upstream_requests_total{route=\"create_comment\",status=\"200\"}")
+        b.metric("defender_proxy_upstream_requests_total{tenant=\"default\",route=\"create_comment\",status=\"200\"}")
             .await,
         1.0
     );
@@ -207,7 +207,7 @@ async fn graph_session(app: &TestApp) {
     .await;
     assert_eq!(s, 200);
     let native = app.sim.graph_incident_json(id, true).unwrap();
-    let lossy: &[(&str, &str)] = if app.state.proxy.upstream_api() == Dialect::Graph {
+    let lossy: &[(&str, &str)] = if app.state.tenant("default").unwrap().proxy.upstream_api() == Dialect::Graph {
         &[("@odata.context", "envelope")]
     } else {
         GRAPH_ONLY_FIELDS

@@ -37,7 +37,7 @@ async fn a_stricter_limit_stated_by_the_upstream_is_adopted_at_once_and_respecte
     let throttled_first = first.iter().filter(|s| **s == 429).count();
     assert!(throttled_first >= 1, "the configured limit is too high: {first:?}");
     assert_eq!(
-        app.metric("defender_proxy_budget_learnt_limit{pool=\"get_incident\",window_seconds=\"2\"}")
+        app.metric("defender_proxy_budget_learnt_limit{tenant=\"default\",pool=\"get_incident\",window_seconds=\"2\"}")
             .await,
         5.0,
         "learnt from the first 429's text"
@@ -61,6 +61,15 @@ async fn a_stricter_limit_stated_by_the_upstream_is_adopted_at_once_and_respecte
     let after: Vec<u64> = stats.calls["get"].at_ms[seen_before..].to_vec();
     assert_eq!(after.len(), 12);
     assert_windows(&after, 5, 2_000);
+    // `config check --learnt <admin URL>` shows it beside the configured quota.
+    let learnt = defender_proxy::learnt::from_admin(&format!("http://{}", app.admin))
+        .await
+        .unwrap();
+    let shown = defender_proxy::learnt::render(&app.config, &learnt, "the proxy");
+    assert!(
+        shown.contains("tenant default, pool get_incident: 5 per 2s (configured: 10 per 2s)"),
+        "{shown}"
+    );
     app.stop().await;
 }
 
@@ -84,7 +93,7 @@ async fn a_looser_stated_limit_is_never_adopted_and_an_unstated_429_is_counted()
         .unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(
-        app.metric("defender_proxy_budget_learnt_limit{pool=\"get_incident\",window_seconds=\"2\"}")
+        app.metric("defender_proxy_budget_learnt_limit{tenant=\"default\",pool=\"get_incident\",window_seconds=\"2\"}")
             .await,
         0.0,
         "never loosened by the upstream's word"
@@ -106,7 +115,7 @@ async fn a_looser_stated_limit_is_never_adopted_and_an_unstated_429_is_counted()
         .unwrap();
     assert_eq!(r.status(), 429);
     assert!(
-        app.metric("defender_proxy_upstream_throttled_unstated_total{route=\"get_incident\"}")
+        app.metric("defender_proxy_upstream_throttled_unstated_total{tenant=\"default\",route=\"get_incident\"}")
             .await
             >= 1.0
     );

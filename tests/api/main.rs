@@ -26,3 +26,4 @@ mod replicas;
 mod simulator;
 mod simulator_graph;
 mod sync;
+mod tenants;

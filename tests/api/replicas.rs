@@ -542,7 +542,7 @@ async fn the_sync_runs_once_and_another_replica_resumes_it_when_its_holder_dies(
     })
     .await;
     let holder = if sync_role(&apps[0]).await == "holder" { 0 } else { 1 };
-    let metric = "defender_proxy_sync_list_calls_total";
+    let metric = "defender_proxy_sync_list_calls_total{tenant=\"default\"}";
     assert!(apps[holder].metric(metric).await > 0.0);
     // The standby serves what the holder's sync wrote, from Redis: no Get upstream.
     listening(&redis, 2).await;
@@ -905,6 +905,15 @@ async fn a_limit_learnt_by_one_replica_binds_them_all() {
     let after: Vec<u64> = stats.calls["get"].at_ms[seen..].to_vec();
     assert_eq!(after.len(), 16);
     assert_windows(&after, 5, 2_000);
+    // `config check --learnt` reads what every replica learnt from Redis.
+    let learnt = defender_proxy::learnt::from_redis(&demo.config).await.unwrap();
+    assert_eq!(learnt.len(), 1, "{learnt:?}");
+    assert_eq!((learnt[0].pool.as_str(), learnt[0].limit), ("get_incident", 5));
+    let shown = defender_proxy::learnt::render(&demo.config, &learnt, "Redis");
+    assert!(
+        shown.contains("tenant default, pool get_incident: 5 per 2s (configured: 10 per 2s)"),
+        "{shown}"
+    );
     for app in apps {
         app.stop().await;
     }

@@ -127,7 +127,14 @@ async fn failures_fall_back_to_the_ttl_and_the_sync_recovers() {
         status["sync"]["last_error"].as_str().unwrap().contains("503"),
         "{status}"
     );
-    assert!(metric(&app, "defender_proxy_sync_runs_total{result=\"upstream_status\"}").await >= 1.0);
+    assert!(
+        metric(
+            &app,
+            "defender_proxy_sync_runs_total{tenant=\"default\",result=\"upstream_status\"}"
+        )
+        .await
+            >= 1.0
+    );
     // Fallen back to the TTL: an entry last confirmed over a second ago is fetched again.
     let r = app.get(&path).send().await.unwrap();
     assert!(!r.headers()["cache-status"].to_str().unwrap().contains("hit"));
@@ -226,11 +233,13 @@ async fn no_change_is_missed_while_updates_land_during_paging() {
         }
     });
     toucher.await.unwrap();
-    let runs = metric(&app, "defender_proxy_sync_runs_total{result=\"ok\"}").await;
+    let runs = metric(&app, "defender_proxy_sync_runs_total{tenant=\"default\",result=\"ok\"}").await;
     eventually(
         "two complete runs after the last change",
         Duration::from_secs(10),
-        || async { metric(&app, "defender_proxy_sync_runs_total{result=\"ok\"}").await >= runs + 2.0 },
+        || async {
+            metric(&app, "defender_proxy_sync_runs_total{tenant=\"default\",result=\"ok\"}").await >= runs + 2.0
+        },
     )
     .await;
     let stats = app.stats();

@@ -22,6 +22,8 @@ use tokio::{
 };
 
 pub struct TestApp {
+    /// The configuration the proxy runs with (for reloads).
+    pub config: Config,
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub sim: SimHandle,
@@ -114,13 +116,34 @@ pub async fn spawn_app_logging_to(
     start_logging_to(demo.config, demo.simulator, demo.key, sink).await
 }
 
+/// A simulator serving a tenant per name (besides its default tenant, which the proxy does not
+/// serve), each consenting to the demo's app, and a proxy serving exactly those as
+/// `[tenants.<name>]` through that one multi-tenant app registration (`demo::add_tenants`).
+/// `sim_tweak` adjusts the simulator (its `tenants[i]` are the names in order), `tweak` the proxy.
+pub async fn spawn_tenants(
+    names: &[&str],
+    sim_tweak: impl FnOnce(&mut SimConfig),
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let mut sim = SimConfig::default();
+    let mut base = test_config();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    demo::add_tenants(&mut base, &mut sim, &names);
+    sim_tweak(&mut sim);
+    tweak(&mut base);
+    let demo = demo::prepare(base, sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    start(demo.config, demo.simulator, demo.key).await
+}
+
 /// Builds and runs a proxy with `config` (listeners on port 0) in front of `sim`.
 pub async fn start(config: Config, sim: SimHandle, key: String) -> TestApp {
     start_logging_to(config, sim, key, Box::new(std::io::sink())).await
 }
 
 async fn start_logging_to(config: Config, sim: SimHandle, key: String, sink: Box<dyn Write + Send>) -> TestApp {
-    let app = Application::build_with_access_log(config, sink)
+    let app = Application::build_with_access_log(config.clone(), sink)
         .await
         .expect("proxy builds");
     let (api, admin) = (app.api_addr(), app.admin_addr());
@@ -135,6 +158,7 @@ async fn start_logging_to(config: Config, sim: SimHandle, key: String, sink: Box
         .build()
         .unwrap();
     TestApp {
+        config,
         api,
         admin,
         sim,

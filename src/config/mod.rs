@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 pub use crate::dialect::Dialect;
 
+mod tenants;
+
+pub use tenants::{valid_tenant_name, TenantConfig, TenantOverrides, TokenOverrides, DEFAULT_TENANT};
+
 /// The Defender API's public endpoint (also its token resource).
 pub const DEFENDER_BASE_URL: &str = "https://api.security.microsoft.com";
 /// Microsoft Graph's public endpoint (also its token resource).
@@ -35,6 +39,14 @@ pub struct Config {
     pub sync: SyncConfig,
     pub shared: SharedConfig,
     pub telemetry: TelemetryConfig,
+    /// Pools of quotas shared by every tenant (Graph's ceiling per app across tenants): a
+    /// tenant's route draws from one with `budget.routes.<route>.pools = ["<name>"]`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_pools: BTreeMap<String, PoolConfig>,
+    /// `[tenants.<name>]`: the tenants served, each inheriting the top-level sections it does
+    /// not set (the `tenants` submodule says how). None: one tenant, `default`, made of the top-level sections.
+    #[serde(skip_serializing)]
+    pub tenants: BTreeMap<String, TenantOverrides>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -198,6 +210,13 @@ pub struct ConsumerConfig {
     pub rate_per_second: Option<f64>,
     /// Requests it may send at once above that rate (default: one second's worth).
     pub rate_burst: Option<u32>,
+    /// The tenants this consumer may reach (`["*"]`: every tenant); required with `[tenants]`,
+    /// and without them empty means the one tenant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    /// Rights for one tenant instead of `rights` (`tenant_rights.contoso = ["read"]`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_rights: BTreeMap<String, Vec<Right>>,
 }
 
 impl Default for ConsumerConfig {
@@ -209,6 +228,8 @@ impl Default for ConsumerConfig {
             priority: Priority::Interactive,
             rate_per_second: None,
             rate_burst: None,
+            tenants: Vec::new(),
+            tenant_rights: BTreeMap::new(),
         }
     }
 }
@@ -515,6 +536,84 @@ fn check_quotas(key: &str, quotas: &[QuotaConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A tenant's token settings; `p` is where its keys live.
+fn validate_token(p: &str, token: &TokenConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("{p}{k}");
+    if token.mode == TokenMode::ClientCredentials {
+        for (k, v) in [
+            ("token.tenant_id", &token.tenant_id),
+            ("token.client_id", &token.client_id),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(key(k), "required when token.mode = \"client_credentials\""));
+            }
+        }
+        reqwest::Url::parse(&token.authority).map_err(|e| invalid(key("token.authority"), e.to_string()))?;
+        let has_secret = token.client_secret.is_some() || token.client_secret_file.is_some();
+        let has_cert = token.client_certificate_key_file.is_some();
+        if !has_secret && !has_cert {
+            return Err(invalid(
+                key("token.client_secret"),
+                format!(
+                    "set {p}token.client_secret (DPX_{}TOKEN__CLIENT_SECRET), {p}token.client_secret_file, or a client certificate",
+                    p.replace('.', "__").to_uppercase()
+                ),
+            ));
+        }
+        if has_cert && token.client_certificate_thumbprint.as_deref().unwrap_or("").is_empty() {
+            return Err(invalid(
+                key("token.client_certificate_thumbprint"),
+                "required with token.client_certificate_key_file",
+            ));
+        }
+    } else if token.static_token.is_none() && token.static_token_file.is_none() {
+        return Err(invalid(
+            key("token.static_token"),
+            "required when token.mode = \"static\"",
+        ));
+    }
+    Ok(())
+}
+
+/// A tenant's sync settings (checked only when the sync is on); `p` is where its keys live.
+fn validate_sync(p: &str, sync: &SyncConfig, upstream: &UpstreamConfig) -> Result<(), ConfigError> {
+    if !sync.enabled {
+        return Ok(());
+    }
+    let key = |k: &str| format!("{p}{k}");
+    if !(sync.max_share > 0.0 && sync.max_share <= 1.0) {
+        return Err(invalid(key("sync.max_share"), "must be greater than 0 and at most 1"));
+    }
+    for (k, d) in [
+        ("sync.interval", sync.interval),
+        ("sync.min_interval", sync.min_interval),
+        ("sync.lookback", sync.lookback),
+        ("sync.max_lag", sync.max_lag),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(key(k), "must be greater than zero"));
+        }
+    }
+    if sync.min_interval > sync.interval {
+        return Err(invalid(key("sync.min_interval"), "must not exceed sync.interval"));
+    }
+    if sync.overlap < upstream.timeout {
+        // A change that lands while a page is in flight (up to the timeout) must still be
+        // listed by the next pass, which starts `overlap` before this one's first answer.
+        return Err(invalid(
+            key("sync.overlap"),
+            format!(
+                "must be at least upstream.timeout ({})",
+                humantime::format_duration(upstream.timeout)
+            ),
+        ));
+    }
+    if sync.max_lag < sync.interval {
+        return Err(invalid(key("sync.max_lag"), "must be at least sync.interval"));
+    }
+    Ok(())
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -585,16 +684,10 @@ impl Config {
         }
     }
 
-    /// Checks that serde cannot express; every message names the key.
+    /// Checks that serde cannot express; every message names the key (a tenant's keys as
+    /// `tenants.<name>.<section>.<key>`, its effective value checked whether it set or inherited
+    /// it).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url =
-            reqwest::Url::parse(&self.upstream.base_url).map_err(|e| invalid("upstream.base_url", e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(invalid("upstream.base_url", "must be an http(s) URL with a host"));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(invalid("upstream.base_url", "must not have a query or fragment"));
-        }
         if let Some(public) = &self.server.public_url {
             let ok = reqwest::Url::parse(public).is_ok_and(|u| {
                 matches!(u.scheme(), "http" | "https")
@@ -610,11 +703,8 @@ impl Config {
             }
         }
         for (key, d) in [
-            ("upstream.connect_timeout", self.upstream.connect_timeout),
-            ("upstream.timeout", self.upstream.timeout),
             ("server.header_read_timeout", self.server.header_read_timeout),
             ("server.body_read_timeout", self.server.body_read_timeout),
-            ("budget.default_backoff", self.budget.default_backoff),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
@@ -623,85 +713,153 @@ impl Config {
         if self.server.max_concurrency == 0 {
             return Err(invalid("server.max_concurrency", "must be at least 1"));
         }
+        for (name, pool) in &self.app_pools {
+            check_quotas(&format!("app_pools.{name}.quotas"), &pool.quotas)?;
+            if ROUTE_NAMES.contains(&name.as_str()) {
+                return Err(invalid(
+                    format!("app_pools.{name}"),
+                    "a shared pool may not have a route's name (that is the route's own pool)",
+                ));
+            }
+        }
+        let tenants = self.tenant_configs()?;
+        for (name, tenant) in &tenants {
+            self.validate_tenant(&self.tenant_key_prefix(name), tenant)?;
+        }
+        self.validate_consumers(&tenants)?;
+        self.validate_shared()?;
+        if !(0.0..=1.0).contains(&self.telemetry.access_log_sample) {
+            return Err(invalid("telemetry.access_log_sample", "must be between 0.0 and 1.0"));
+        }
+        if self.telemetry.access_log_buffer < 4096 {
+            return Err(invalid("telemetry.access_log_buffer", "must be at least 4096 bytes"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
+            return Err(invalid("telemetry.log_level", "not a valid tracing filter"));
+        }
+        Ok(())
+    }
+
+    /// One tenant's effective sections; `p` is where its keys live (`tenants.<name>.` or empty).
+    fn validate_tenant(&self, p: &str, t: &TenantConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{p}{k}");
+        let url =
+            reqwest::Url::parse(&t.upstream.base_url).map_err(|e| invalid(key("upstream.base_url"), e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid(key("upstream.base_url"), "must be an http(s) URL with a host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid(key("upstream.base_url"), "must not have a query or fragment"));
+        }
+        for (k, d) in [
+            ("upstream.connect_timeout", t.upstream.connect_timeout),
+            ("upstream.timeout", t.upstream.timeout),
+            ("budget.default_backoff", t.budget.default_backoff),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key(k), "must be greater than zero"));
+            }
+        }
+        self.validate_budget(p, &t.budget)?;
+        if t.cache.max_bytes < 1024 * 1024 {
+            return Err(invalid(key("cache.max_bytes"), "must be at least 1 MiB"));
+        }
+        validate_token(p, &t.token)?;
+        validate_sync(p, &t.sync, &t.upstream)
+    }
+
+    fn validate_budget(&self, p: &str, budget: &BudgetConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{p}{k}");
         for route in ["get_incident", "list_incidents"] {
-            let smallest = self
-                .budget
+            let smallest = budget
                 .quotas_of(route)
                 .iter()
                 .map(|q| q.limit)
                 .min()
                 .unwrap_or(u32::MAX);
-            if self.budget.reserve >= smallest {
+            if budget.reserve >= smallest {
                 return Err(invalid(
-                    "budget.reserve",
+                    key("budget.reserve"),
                     format!("must be below the smallest quota of budget.routes.{route} ({smallest})"),
                 ));
             }
         }
-        if self.budget.max_queue_per_consumer == 0 {
-            return Err(invalid("budget.max_queue_per_consumer", "must be at least 1"));
+        if budget.max_queue_per_consumer == 0 {
+            return Err(invalid(key("budget.max_queue_per_consumer"), "must be at least 1"));
         }
-        if self.budget.max_queue == 0 {
-            return Err(invalid("budget.max_queue", "must be at least 1"));
+        if budget.max_queue == 0 {
+            return Err(invalid(key("budget.max_queue"), "must be at least 1"));
         }
-        if self.budget.max_wait > self.budget.max_wait_cap {
-            return Err(invalid("budget.max_wait", "must not exceed budget.max_wait_cap"));
+        if budget.max_wait > budget.max_wait_cap {
+            return Err(invalid(key("budget.max_wait"), "must not exceed budget.max_wait_cap"));
         }
-        if self.cache.max_bytes < 1024 * 1024 {
-            return Err(invalid("cache.max_bytes", "must be at least 1 MiB"));
-        }
-        for name in self.budget.routes.keys() {
+        for name in budget.routes.keys() {
             if !ROUTE_NAMES.contains(&name.as_str()) {
                 return Err(invalid(
-                    format!("budget.routes.{name}"),
+                    key(&format!("budget.routes.{name}")),
                     format!("unknown route; known routes are {}", ROUTE_NAMES.join(", ")),
                 ));
             }
         }
         for name in ROUTE_NAMES {
-            let Some(route) = self.budget.routes.get(name) else {
-                return Err(invalid(format!("budget.routes.{name}"), "missing"));
+            let Some(route) = budget.routes.get(name) else {
+                return Err(invalid(key(&format!("budget.routes.{name}")), "missing"));
             };
             // A shared pool, when named, replaces the route's own quotas (the defaults included).
             if let Some(pool) = &route.pool {
-                if !self.budget.pools.contains_key(pool) {
+                if !budget.pools.contains_key(pool) {
                     return Err(invalid(
-                        format!("budget.routes.{name}.pool"),
+                        key(&format!("budget.routes.{name}.pool")),
                         format!("no pool named '{pool}' in budget.pools"),
                     ));
                 }
                 continue;
             }
-            check_quotas(&format!("budget.routes.{name}.quotas"), &route.quotas)?;
+            check_quotas(&key(&format!("budget.routes.{name}.quotas")), &route.quotas)?;
         }
-        for (name, route) in &self.budget.routes {
+        for (name, route) in &budget.routes {
             for (i, extra) in route.pools.iter().enumerate() {
-                let key = format!("budget.routes.{name}.pools[{i}]");
-                if !self.budget.pools.contains_key(extra) {
-                    return Err(invalid(key, format!("no pool named '{extra}' in budget.pools")));
+                let k = key(&format!("budget.routes.{name}.pools[{i}]"));
+                let tenant_pool = budget.pools.contains_key(extra);
+                if !tenant_pool && !self.app_pools.contains_key(extra) {
+                    return Err(invalid(
+                        k,
+                        format!("no pool named '{extra}' in budget.pools or app_pools"),
+                    ));
+                }
+                if tenant_pool && self.app_pools.contains_key(extra) {
+                    return Err(invalid(
+                        k,
+                        format!("'{extra}' names both a budget.pools and an app_pools entry: rename one"),
+                    ));
                 }
                 if route.pool.as_deref() == Some(extra.as_str()) || route.pools[..i].contains(extra) {
-                    return Err(invalid(key, format!("the route already draws from '{extra}'")));
+                    return Err(invalid(k, format!("the route already draws from '{extra}'")));
                 }
                 if self.shared.enabled() {
                     // The shared ledger in Redis checks one pool per call; a further pool kept
                     // in this replica's memory would let every replica spend it whole.
                     return Err(invalid(
-                        key,
+                        k,
                         "further pools are not yet shared between replicas: not with shared.redis_url",
                     ));
                 }
             }
         }
-        for (name, pool) in &self.budget.pools {
-            check_quotas(&format!("budget.pools.{name}.quotas"), &pool.quotas)?;
+        for (name, pool) in &budget.pools {
+            check_quotas(&key(&format!("budget.pools.{name}.quotas")), &pool.quotas)?;
             if ROUTE_NAMES.contains(&name.as_str()) {
                 return Err(invalid(
-                    format!("budget.pools.{name}"),
+                    key(&format!("budget.pools.{name}")),
                     "a shared pool may not have a route's name (that is the route's own pool)",
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Consumers, their keys and the tenants they are granted.
+    fn validate_consumers(&self, tenants: &BTreeMap<String, TenantConfig>) -> Result<(), ConfigError> {
         for (name, c) in &self.auth.consumers {
             if name.is_empty()
                 || name.len() > 64
@@ -747,82 +905,41 @@ impl Config {
                     "needs \"read\" and/or \"write\"",
                 ));
             }
-        }
-        if self.token.mode == TokenMode::ClientCredentials {
-            for (key, v) in [
-                ("token.tenant_id", &self.token.tenant_id),
-                ("token.client_id", &self.token.client_id),
-            ] {
-                if v.trim().is_empty() {
-                    return Err(invalid(key, "required when token.mode = \"client_credentials\""));
+            if c.tenants.is_empty() && !self.tenants.is_empty() {
+                return Err(invalid(
+                    format!("auth.consumers.{name}.tenants"),
+                    "required with [tenants]: the tenants this consumer may reach (or [\"*\"] for all)",
+                ));
+            }
+            let all = c.tenants.iter().any(|t| t == "*");
+            for (i, t) in c.tenants.iter().enumerate() {
+                if t != "*" && !tenants.contains_key(t) {
+                    return Err(invalid(
+                        format!("auth.consumers.{name}.tenants[{i}]"),
+                        format!("no tenant named '{t}'"),
+                    ));
+                }
+                if c.tenants[..i].contains(t) {
+                    return Err(invalid(
+                        format!("auth.consumers.{name}.tenants[{i}]"),
+                        format!("'{t}' is listed twice"),
+                    ));
                 }
             }
-            reqwest::Url::parse(&self.token.authority).map_err(|e| invalid("token.authority", e.to_string()))?;
-            let has_secret = self.token.client_secret.is_some() || self.token.client_secret_file.is_some();
-            let has_cert = self.token.client_certificate_key_file.is_some();
-            if !has_secret && !has_cert {
-                return Err(invalid(
-                    "token.client_secret",
-                    "set token.client_secret (DPX_TOKEN__CLIENT_SECRET), token.client_secret_file, or a client certificate",
-                ));
-            }
-            if has_cert
-                && self
-                    .token
-                    .client_certificate_thumbprint
-                    .as_deref()
-                    .unwrap_or("")
-                    .is_empty()
-            {
-                return Err(invalid(
-                    "token.client_certificate_thumbprint",
-                    "required with token.client_certificate_key_file",
-                ));
-            }
-        } else if self.token.static_token.is_none() && self.token.static_token_file.is_none() {
-            return Err(invalid("token.static_token", "required when token.mode = \"static\""));
-        }
-        if self.sync.enabled {
-            if !(self.sync.max_share > 0.0 && self.sync.max_share <= 1.0) {
-                return Err(invalid("sync.max_share", "must be greater than 0 and at most 1"));
-            }
-            for (key, d) in [
-                ("sync.interval", self.sync.interval),
-                ("sync.min_interval", self.sync.min_interval),
-                ("sync.lookback", self.sync.lookback),
-                ("sync.max_lag", self.sync.max_lag),
-            ] {
-                if d.is_zero() {
-                    return Err(invalid(key, "must be greater than zero"));
+            for (t, rights) in &c.tenant_rights {
+                let key = format!("auth.consumers.{name}.tenant_rights.{t}");
+                let granted = if c.tenants.is_empty() {
+                    tenants.contains_key(t)
+                } else {
+                    (all && tenants.contains_key(t)) || c.tenants.contains(t)
+                };
+                if !granted {
+                    return Err(invalid(key, format!("'{t}' is not among this consumer's tenants")));
+                }
+                if rights.is_empty() {
+                    return Err(invalid(key, "needs \"read\" and/or \"write\""));
                 }
             }
-            if self.sync.min_interval > self.sync.interval {
-                return Err(invalid("sync.min_interval", "must not exceed sync.interval"));
-            }
-            if self.sync.overlap < self.upstream.timeout {
-                // A change that lands while a page is in flight (up to the timeout) must still be
-                // listed by the next pass, which starts `overlap` before this one's first answer.
-                return Err(invalid(
-                    "sync.overlap",
-                    format!(
-                        "must be at least upstream.timeout ({})",
-                        humantime::format_duration(self.upstream.timeout)
-                    ),
-                ));
-            }
-            if self.sync.max_lag < self.sync.interval {
-                return Err(invalid("sync.max_lag", "must be at least sync.interval"));
-            }
-        }
-        self.validate_shared()?;
-        if !(0.0..=1.0).contains(&self.telemetry.access_log_sample) {
-            return Err(invalid("telemetry.access_log_sample", "must be between 0.0 and 1.0"));
-        }
-        if self.telemetry.access_log_buffer < 4096 {
-            return Err(invalid("telemetry.access_log_buffer", "must be at least 4096 bytes"));
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
-            return Err(invalid("telemetry.log_level", "not a valid tracing filter"));
         }
         Ok(())
     }
@@ -885,7 +1002,12 @@ impl Config {
 
     /// The effective configuration as TOML, secrets shown as `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let top = toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"));
+        let tenants = self.tenants_redacted_toml();
+        if tenants.is_empty() {
+            return top;
+        }
+        format!("{top}\n# Each tenant's effective settings (its own keys over the top level's):\n{tenants}")
     }
 }
 
@@ -897,7 +1019,7 @@ mod tests {
     fn default_toml_matches_defaults_in_code() {
         // The documented file and the code must not drift: parse the file (plus the credentials it
         // leaves out) and compare with the defaults.
-        let text = include_str!("../config/default.toml");
+        let text = include_str!("../../config/default.toml");
         let parsed: Config = toml::from_str(text).expect("config/default.toml parses");
         let d = Config::default();
         assert_eq!(toml::to_string(&parsed).unwrap(), toml::to_string(&d).unwrap());
@@ -1032,5 +1154,141 @@ mod tests {
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("[redacted]"));
+    }
+
+    const PROVIDER: &str = r#"
+[upstream]
+api = "graph"
+[token]
+client_id = "provider-app"
+client_secret = "shared-app-secret-123"
+[budget.pools.incidents_api]
+quotas = [{ limit = 50, window = "60s" }, { limit = 1500, window = "1h" }]
+[budget.routes.get_incident]
+pool = "incidents_api"
+[app_pools.graph_app]
+quotas = [{ limit = 2000, window = "60s" }]
+
+[tenants.contoso.token]
+tenant_id = "11111111-1111-1111-1111-111111111111"
+[tenants.fabrikam]
+upstream = { api = "defender" }
+token = { tenant_id = "22222222-2222-2222-2222-222222222222" }
+[tenants.fabrikam.budget.routes.get_incident]
+quotas = [{ limit = 10, window = "60s" }]
+pools = ["graph_app"]
+[tenants.northwind.token]
+tenant_id = "33333333-3333-3333-3333-333333333333"
+client_id = "northwind-own-app"
+client_secret_file = "/run/secrets/northwind"
+[tenants.northwind.cache]
+ttl = "5s"
+
+[auth.consumers.soc]
+key_hashes = ["sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+rights = ["read", "write"]
+tenants = ["*"]
+tenant_rights = { northwind = ["read"] }
+"#;
+
+    #[test]
+    fn tenants_inherit_the_top_level_and_override_it_key_by_key() {
+        let c = Config::from_toml(PROVIDER).expect("a provider's configuration is valid");
+        let t = c.tenant_configs().unwrap();
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["contoso", "fabrikam", "northwind"]);
+        let (contoso, fabrikam, northwind) = (&t["contoso"], &t["fabrikam"], &t["northwind"]);
+        // The shared multi-tenant app: its id and secret, the tenant's own id.
+        assert_eq!(contoso.token.client_id, "provider-app");
+        assert_eq!(contoso.token.tenant_id, "11111111-1111-1111-1111-111111111111");
+        assert!(contoso.token.client_secret.is_some());
+        assert_eq!(contoso.upstream.base_url, GRAPH_BASE_URL);
+        assert_eq!(contoso.token.resource, GRAPH_BASE_URL);
+        assert_eq!(contoso.budget.pool_of("get_incident"), "incidents_api");
+        // Another API: the base URL and resource follow it.
+        assert_eq!(fabrikam.upstream.base_url, DEFENDER_BASE_URL);
+        assert_eq!(fabrikam.token.resource, DEFENDER_BASE_URL);
+        // A route it sets is replaced whole: its own quotas, not the inherited pool.
+        let get = &fabrikam.budget.routes["get_incident"];
+        assert_eq!((get.pool.as_deref(), get.quotas[0].limit), (None, 10));
+        assert_eq!(get.pools, ["graph_app"]);
+        assert_eq!(fabrikam.budget.routes["list_incidents"].quotas[0].limit, 50);
+        // Its own app registration: nothing of the shared one's credentials.
+        assert_eq!(northwind.token.client_id, "northwind-own-app");
+        assert!(northwind.token.client_secret.is_none());
+        assert!(northwind.token.client_secret_file.is_some());
+        assert_eq!(northwind.cache.ttl, Duration::from_secs(5));
+        assert_eq!(northwind.cache.max_bytes, CacheConfig::default().max_bytes);
+        // Secrets never print, not even the tenants' effective ones.
+        for shown in [format!("{c:?}"), format!("{t:?}"), c.to_redacted_toml()] {
+            assert!(!shown.contains("shared-app-secret-123"), "{shown}");
+        }
+        assert!(c.to_redacted_toml().contains("[tenants.northwind.cache]"));
+        // Without [tenants]: one tenant, `default`, from the top level.
+        let one = Config::from_toml("[token]\nmode = \"static\"\nstatic_token = \"x\"\n").unwrap();
+        assert_eq!(one.tenant_configs().unwrap().keys().collect::<Vec<_>>(), ["default"]);
+    }
+
+    #[test]
+    fn tenant_errors_name_the_tenants_key() {
+        let refused = |extra: &str| {
+            Config::from_toml(&format!("{PROVIDER}\n{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused("[tenants.adatum]\ncache = { max_bytes = 10 }");
+        assert!(err.contains("tenants.adatum.cache.max_bytes"), "{err}");
+        // No tenant id of its own: the top level has none to give.
+        let err = refused("[tenants.adatum]\nsync = { enabled = false }");
+        assert!(err.contains("tenants.adatum.token.tenant_id"), "{err}");
+        let err = refused("[tenants.adatum.token]\ntenant_id = \"x\"\ncliend_id = \"typo\"");
+        assert!(err.contains("cliend_id"), "{err}");
+        let err = refused("[tenants.adatum.budget]\nroutes = { get_incident = { quotaz = [] } }");
+        assert!(err.contains("tenants.adatum.budget") && err.contains("quotaz"), "{err}");
+        let err = refused("[tenants.Bad_Name.token]\ntenant_id = \"x\"");
+        assert!(err.contains("tenants.Bad_Name"), "{err}");
+        let err = refused("[tenants.adatum.token]\ntenant_id = \"x\"\nclient_id = \"own\"");
+        assert!(err.contains("tenants.adatum.token.client_secret"), "{err}");
+        let err = refused("[tenants.adatum.budget.routes.list_incidents]\nquotas = [{ limit = 5, window = \"1m\" }]\npools = [\"nope\"]");
+        assert!(
+            err.contains("tenants.adatum.budget.routes.list_incidents.pools[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn consumers_name_tenants_that_exist() {
+        let base = PROVIDER.replace("tenants = [\"*\"]", "tenants = [\"contoso\", \"adatum\"]");
+        let err = Config::from_toml(&base).unwrap_err().to_string();
+        assert!(err.contains("auth.consumers.soc.tenants[1]"), "{err}");
+        let base = PROVIDER.replace("tenants = [\"*\"]\n", "");
+        let err = Config::from_toml(&base).unwrap_err().to_string();
+        assert!(err.contains("auth.consumers.soc.tenants"), "{err}");
+        let base = PROVIDER.replace("tenants = [\"*\"]", "tenants = [\"contoso\"]");
+        let err = Config::from_toml(&base).unwrap_err().to_string();
+        assert!(err.contains("auth.consumers.soc.tenant_rights.northwind"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail wants its own error type
+    fn a_tenants_secret_can_come_from_the_environment() {
+        let dir = std::env::temp_dir().join(format!("dpx-tenants-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.toml");
+        let text = PROVIDER.replace("client_secret_file = \"/run/secrets/northwind\"\n", "");
+        std::fs::write(&file, text).unwrap();
+        let without = Config::figment(Some(&file), Env::prefixed("DPX_TEST_NONE_").split("__"));
+        assert!(without
+            .unwrap_err()
+            .to_string()
+            .contains("tenants.northwind.token.client_secret"));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DPXT_TENANTS__NORTHWIND__TOKEN__CLIENT_SECRET", "from-the-env-42");
+            let c = Config::figment(Some(&file), Env::prefixed("DPXT_").split("__")).expect("valid");
+            let t = c.tenant_configs().unwrap();
+            assert!(t["northwind"].token.client_secret.is_some());
+            assert!(!format!("{c:?}").contains("from-the-env-42"));
+            Ok(())
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
