@@ -282,7 +282,9 @@ budget["routes"] = named(budget.get("routes"), {"quotas": pool["quotas"], "pool"
 budget["pools"] = named(budget.get("pools"), pool)
 schema["app_pools"] = named(schema.get("app_pools"), pool)
 auth = schema["auth"]
-auth["consumers"] = named(auth.get("consumers"), {"tenants": [""], "tenant_rights": {ANY: [""]}})
+auth["consumers"] = named(auth.get("consumers"), {"tenants": [""]})
+# Rights per tenant: any tenant's name (default.toml's example names one).
+auth["consumers"][ANY]["tenant_rights"] = {ANY: [""]}
 SECTIONS = ("upstream", "token", "budget", "sync", "cache")
 schema["tenants"] = {ANY: {s: schema[s] for s in SECTIONS}}
 
