@@ -1324,66 +1324,6 @@ mod tests {
             .is_ok());
     }
 
-    /// The most calls any window of `length` holds among `sends` (sorted).
-    fn max_in_window(sends: &[Instant], length: Duration) -> usize {
-        let mut best = 0;
-        let mut start = 0;
-        for end in 0..sends.len() {
-            while sends[end] - sends[start] >= length {
-                start += 1;
-            }
-            best = best.max(end - start + 1);
-        }
-        best
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
-        /// Random callers on all three routes, with random waits and random give-backs, against
-        /// overlapping pools: no window of any route's own pool, nor of the pool they share,
-        /// ever holds more grants than its limit.
-        #[test]
-        fn overlapping_pools_are_never_over(
-            own in proptest::array::uniform3(1u32..6),
-            api in 1u32..8,
-            calls in proptest::collection::vec((0usize..3, 0u64..4_000, 0u64..6_000, proptest::bool::weighted(0.1)), 1..120),
-        ) {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
-            let window = Duration::from_secs(2);
-            let sends = rt.block_on(async {
-                let b = Arc::new(overlapping(own, api, window));
-                let tasks: Vec<_> = calls.into_iter().map(|(route, at_ms, wait_ms, give_back)| {
-                    let b = b.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(at_ms)).await;
-                        let kind = RouteKind::ALL[route];
-                        let g = b.acquire(kind, &C, Duration::from_millis(wait_ms), None).await.ok()?;
-                        if give_back {
-                            b.release(kind, &g);
-                            return None;
-                        }
-                        Some((route, g.at))
-                    })
-                }).collect();
-                let mut sends = Vec::new();
-                for t in tasks {
-                    if let Some(s) = t.await.unwrap() {
-                        sends.push(s);
-                    }
-                }
-                sends
-            });
-            let mut all: Vec<Instant> = sends.iter().map(|s| s.1).collect();
-            all.sort();
-            proptest::prop_assert!(max_in_window(&all, window) <= api as usize, "shared pool over");
-            for (route, limit) in own.iter().enumerate() {
-                let mut mine: Vec<Instant> = sends.iter().filter(|s| s.0 == route).map(|s| s.1).collect();
-                mine.sort();
-                proptest::prop_assert!(max_in_window(&mine, window) <= *limit as usize, "route {} over", route);
-            }
-        }
-    }
-
     /// A shared ledger stand-in: no slot before `free_at`, then one send per call; records
     /// releases and freezes.
     struct FakeGate {

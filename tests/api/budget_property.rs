@@ -491,3 +491,167 @@ mod fairness {
         });
     }
 }
+
+/// Calls drawing from overlapping pools (issue 14, item 4): each route's own pool, a pool its
+/// tenant's routes share (the API as a whole) and a pool every tenant shares (the app's ceiling
+/// across tenants), on tokio's paused clock. Two tenants' budgets share the process's book of
+/// further pools, as the running proxy's do.
+mod pools {
+    use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+    use defender_proxy::{
+        budget::{Budget, Caller, Extras, LocalBudget, PoolScope, Priority},
+        config::{BudgetConfig, PoolConfig, QuotaConfig, RouteQuotas, ROUTE_NAMES},
+        route::RouteKind,
+    };
+    use proptest::prelude::*;
+    use tokio::time::Instant;
+
+    use super::max_in_window;
+
+    const WINDOW: Duration = Duration::from_secs(2);
+
+    fn pool(limit: u32) -> PoolConfig {
+        PoolConfig {
+            quotas: vec![QuotaConfig { limit, window: WINDOW }],
+        }
+    }
+
+    /// A tenant whose three routes have their own limits `own`, all draw from its pool `api`,
+    /// and (with `app`) from the app-wide pool `app` too.
+    fn tenant(own: [u32; 3], api: u32, app: bool) -> BudgetConfig {
+        let mut cfg = BudgetConfig {
+            safety_margin: Duration::ZERO,
+            ..BudgetConfig::default()
+        };
+        cfg.pools.insert("api".into(), pool(api));
+        for (route, limit) in ROUTE_NAMES.iter().zip(own.iter().chain(&[own[2]])) {
+            let mut pools = vec!["api".to_string()];
+            if app {
+                pools.push("app".into());
+            }
+            cfg.routes.insert(
+                (*route).into(),
+                RouteQuotas {
+                    quotas: vec![QuotaConfig {
+                        limit: *limit,
+                        window: WINDOW,
+                    }],
+                    pool: None,
+                    pools,
+                },
+            );
+        }
+        cfg
+    }
+
+    /// A call: (tenant, route, arrival ms, wait ms, given back after its grant).
+    type Call = (usize, usize, u64, u64, bool);
+
+    /// Runs `calls` through both tenants' budgets; returns every kept grant as (tenant, route,
+    /// instant).
+    fn run(budgets: Vec<LocalBudget>, calls: Vec<Call>) -> Vec<(usize, usize, Instant)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let budgets: Vec<Arc<LocalBudget>> = budgets.into_iter().map(Arc::new).collect();
+        rt.block_on(async move {
+            let caller = Arc::new(Caller::new("tool", 1, Priority::Interactive));
+            let tasks: Vec<_> = calls
+                .into_iter()
+                .map(|(t, route, at_ms, wait_ms, give_back)| {
+                    let t = t % budgets.len();
+                    let (b, caller) = (budgets[t].clone(), caller.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(at_ms)).await;
+                        let kind = RouteKind::ALL[route];
+                        let g = b
+                            .acquire(kind, &caller, Duration::from_millis(wait_ms), None)
+                            .await
+                            .ok()?;
+                        if give_back {
+                            b.release(kind, &g);
+                            return None;
+                        }
+                        Some((t, route, g.at))
+                    })
+                })
+                .collect();
+            let mut sends = Vec::new();
+            for t in tasks {
+                if let Some(s) = t.await.unwrap() {
+                    sends.push(s);
+                }
+            }
+            sends
+        })
+    }
+
+    fn most(sends: &[(usize, usize, Instant)], keep: impl Fn(usize, usize) -> bool) -> usize {
+        let mut at: Vec<Instant> = sends.iter().filter(|s| keep(s.0, s.1)).map(|s| s.2).collect();
+        at.sort();
+        max_in_window(&at, WINDOW)
+    }
+
+    fn calls(tenants: usize) -> impl Strategy<Value = Vec<Call>> {
+        prop::collection::vec(
+            (
+                0..tenants,
+                0usize..3,
+                0u64..4_000,
+                0u64..6_000,
+                prop::bool::weighted(0.1),
+            ),
+            1..120,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// One tenant, three routes each with its own pool and all drawing from a shared one:
+        /// no window of any pool ever holds more grants than its limit.
+        #[test]
+        fn overlapping_pools_are_never_over(own in prop::array::uniform3(1u32..6), api in 1u32..8, calls in calls(1)) {
+            let _busy = crate::common::cpu_bound();
+            let sends = run(vec![LocalBudget::new(&tenant(own, api, false))], calls);
+            prop_assert!(most(&sends, |_, _| true) <= api as usize, "shared pool over");
+            for (route, limit) in own.iter().enumerate() {
+                prop_assert!(most(&sends, |_, r| r == route) <= *limit as usize, "route {} over", route);
+            }
+        }
+
+        /// Two tenants, each with its own route pools and API pool, both drawing from one pool
+        /// of the app across tenants: no window of any pool of either tenant, nor of the app's
+        /// pool, ever holds more grants than its limit.
+        #[test]
+        fn pools_across_tenants_are_never_over(
+            own in prop::array::uniform2(prop::array::uniform3(1u32..6)),
+            api in prop::array::uniform2(1u32..8),
+            app in 1u32..10,
+            calls in calls(2),
+        ) {
+            let _busy = crate::common::cpu_bound();
+            let extras = Arc::new(Extras::default());
+            let app_pools = BTreeMap::from([("app".to_string(), pool(app))]);
+            let budgets = ["a", "b"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let scope = PoolScope { extras: &extras, tenant: name, app_pools: &app_pools };
+                    LocalBudget::for_tenant(&tenant(own[i], api[i], true), scope, None)
+                })
+                .collect();
+            let sends = run(budgets, calls);
+            prop_assert!(most(&sends, |_, _| true) <= app as usize, "app pool over");
+            for t in 0..2 {
+                prop_assert!(most(&sends, |s, _| s == t) <= api[t] as usize, "tenant {} API pool over", t);
+                for (route, limit) in own[t].iter().enumerate() {
+                    prop_assert!(most(&sends, |s, r| s == t && r == route) <= *limit as usize, "tenant {} route {} over", t, route);
+                }
+            }
+        }
+    }
+}
