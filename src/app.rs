@@ -78,6 +78,7 @@ impl Application {
             shared_config: config.shared.clone(),
             extras: Arc::new(Extras::default()),
             app_pools: config.app_pools.clone(),
+            gate_app_pools: Default::default(),
         });
         let mut tenants = Vec::new();
         for (name, tenant) in config.tenant_configs()? {

@@ -21,7 +21,10 @@ use parking_lot::Mutex;
 use tokio::{task::AbortHandle, time::Instant};
 
 use crate::{
-    budget::{redis::RedisGate, Budget, Extras, LocalBudget, PoolScope},
+    budget::{
+        redis::{AppPools, RedisGate},
+        Budget, Extras, LocalBudget, PoolScope,
+    },
     cache::{Confirmations, MokaStore, Store},
     config::{PoolConfig, SharedConfig, TenantConfig},
     exchange::Exchange,
@@ -46,6 +49,8 @@ pub struct Common {
     /// Every further pool of every tenant, and the pools they all share.
     pub extras: Arc<Extras>,
     pub app_pools: BTreeMap<String, PoolConfig>,
+    /// With `[shared]`: the shared ledgers of `app_pools`, one per name for every tenant.
+    pub gate_app_pools: AppPools,
 }
 
 /// One tenant, ready to serve.
@@ -101,7 +106,15 @@ impl Tenant {
             None => (Arc::new(LocalBudget::for_tenant(&config.budget, scope, None)), None),
             Some(shared) => {
                 let (pools, _) = crate::budget::pools(&config.budget);
-                let gate = RedisGate::new(shared.clone(), &name, pools, config.budget.safety_margin);
+                let further = crate::budget::further_pools(&config.budget, &common.app_pools);
+                let gate = RedisGate::new(
+                    shared.clone(),
+                    &name,
+                    pools,
+                    further,
+                    &common.gate_app_pools,
+                    config.budget.safety_margin,
+                );
                 let tick: Arc<dyn Tick> = gate.clone();
                 shared.on_heartbeat(&tick);
                 let budget = LocalBudget::for_tenant(&config.budget, scope, Some(gate));

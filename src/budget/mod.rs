@@ -74,11 +74,13 @@ pub struct Grant {
 /// checks every window of the pool as all replicas together spent it and records the send in the
 /// same step, or says when to ask again. Implemented over Redis by [`redis::RedisGate`].
 pub trait Gate: Send + Sync + 'static {
-    /// Checks `pool`'s shared windows and records a send now, or says when one may be possible.
+    /// Checks the shared windows of `pool` and of every pool in `further` (the route's further
+    /// pools, numbered after the own pools as [`further_pools`] lists them), and records a send
+    /// in all of them now, in one step, or says when one may be possible (nothing recorded).
     /// Dropping the future before it resolves takes back a send it may have recorded.
-    fn try_send(&self, pool: usize, batch: bool) -> BoxFuture<'_, GateAnswer>;
-    /// A send recorded by [`Gate::try_send`] did not leave after all.
-    fn release(&self, pool: usize, id: u64);
+    fn try_send<'a>(&'a self, pool: usize, further: &'a [usize], batch: bool) -> BoxFuture<'a, GateAnswer>;
+    /// A send recorded by [`Gate::try_send`] (in `pool` and `further`) did not leave after all.
+    fn release(&self, pool: usize, further: &[usize], id: u64);
     /// The upstream said 429: every replica holds `pool` for `pause`.
     fn freeze(&self, pool: usize, pause: Duration);
     /// The pool's windows as all replicas spent them, as last seen (for `RateLimit` headers).
@@ -266,7 +268,8 @@ pub struct LocalBudget {
     gate: Option<Arc<dyn Gate>>,
     /// The further pools routes draw from (`budget.routes.<route>.pools`).
     extras: Arc<Extras>,
-    /// Which further pools each route draws from (indices into `extras`).
+    /// Which further pools each route draws from: indices into `extras`, or with a gate, the
+    /// gate's numbers of them (the further pools then live in the shared ledger only).
     route_extras: [Vec<usize>; crate::route::ROUTE_COUNT],
     /// What the upstream taught (for `/readyz`).
     learnt: Mutex<Vec<Learnt>>,
@@ -349,6 +352,41 @@ impl Extras {
             windows.extend(ledgers[i].status(now));
         }
     }
+}
+
+/// The further pools a tenant's routes draw from (`budget.routes.<route>.pools`), each once,
+/// sorted by name: a shared ledger numbers them after the tenant's own pools ([`pools`]), in this
+/// order. `true` marks a pool shared by every tenant (`app_pools`), `false` one of the tenant's
+/// `budget.pools`.
+pub fn further_pools(config: &BudgetConfig, app_pools: &BTreeMap<String, PoolConfig>) -> Vec<(PoolSpec, bool)> {
+    let mut names: Vec<&String> = config.routes.values().flat_map(|r| r.pools.iter()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (pool, app) = match config.pools.get(name) {
+                Some(p) => (p, false),
+                None => (app_pools.get(name)?, true),
+            };
+            let quotas = pool
+                .quotas
+                .iter()
+                .map(|q| Quota {
+                    limit: q.limit,
+                    length: q.window,
+                })
+                .collect();
+            Some((
+                PoolSpec {
+                    name: name.clone(),
+                    quotas,
+                    reserve: 0,
+                },
+                app,
+            ))
+        })
+        .collect()
 }
 
 /// One pool of quotas as configured: what a shared ledger needs to know of it.
@@ -561,11 +599,19 @@ impl LocalBudget {
                 .collect()
         };
         let extras = scope.extras.clone();
+        // With a shared ledger, the further pools live there (numbered after the own pools).
+        let in_gate: Vec<String> = further_pools(config, scope.app_pools)
+            .into_iter()
+            .map(|(spec, _)| spec.name)
+            .collect();
         let route_extras = RouteKind::ALL.map(|kind| {
             let names = config.routes.get(kind.name()).map_or(&[][..], |r| &r.pools[..]);
             names
                 .iter()
                 .filter_map(|name| {
+                    if gate.is_some() {
+                        return Some(specs.len() + in_gate.iter().position(|n| n == name)?);
+                    }
                     // Validation ensures each name is one or the other.
                     if let Some(pool) = config.pools.get(name) {
                         let key = format!("{}/{name}", scope.tenant);
@@ -773,20 +819,23 @@ impl RouteBudget {
                 Step::Sleep(None) => notify.notified().await,
                 Step::Gate => {
                     let Some(gate) = &self.gate else { continue };
-                    let answer = gate.try_send(self.index, batch).await;
+                    let answer = gate.try_send(self.index, extras, batch).await;
                     let mut st = self.state.lock();
                     st.gating = None;
                     let now = Instant::now();
                     match answer {
                         GateAnswer::Sent(sent) => {
                             if st.closed || st.position(id) != Some(0) {
-                                gate.release(self.index, sent);
+                                gate.release(self.index, extras, sent);
                                 if st.closed {
                                     return Err(Refusal::Closed);
                                 }
                                 continue;
                             }
-                            let status = gate.windows(self.index).unwrap_or_else(|| st.ledger.status(now));
+                            let mut status = gate.windows(self.index).unwrap_or_else(|| st.ledger.status(now));
+                            for &further in extras {
+                                status.extend(gate.windows(further).unwrap_or_default());
+                            }
                             guard.done = true;
                             publish(SlotState::Granted);
                             return Ok(st.grant_head(now, start, status, Some(sent)));
@@ -886,11 +935,13 @@ impl Budget for LocalBudget {
         let mut st = r.state.lock();
         let now = Instant::now();
         st.ledger.uncommit(grant.at, now);
-        self.extras.unspend(&self.route_extras[route.index()], grant.at, now);
-        st.notify_head();
-        if let (Some(gate), Some(id)) = (&r.gate, grant.shared) {
-            gate.release(r.index, id);
+        let extras = &self.route_extras[route.index()];
+        match (&r.gate, grant.shared) {
+            (Some(gate), Some(id)) => gate.release(r.index, extras, id),
+            (Some(_), None) => {}
+            (None, _) => self.extras.unspend(extras, grant.at, now),
         }
+        st.notify_head();
     }
 
     fn upstream_throttled(&self, route: RouteKind, retry_after: Option<Duration>) -> Freeze {
@@ -958,13 +1009,20 @@ impl Budget for LocalBudget {
             })
             .collect();
         flows.sort_by(|a, b| a.flow.cmp(&b.flow));
-        let mut windows = r
-            .gate
-            .as_ref()
-            .and_then(|g| g.windows(r.index))
-            .unwrap_or_else(|| st.ledger.status(now));
-        self.extras
-            .append_status(&self.route_extras[route.index()], now, &mut windows);
+        let extras = &self.route_extras[route.index()];
+        let mut windows = match &r.gate {
+            Some(gate) => {
+                let mut w = gate.windows(r.index).unwrap_or_else(|| st.ledger.status(now));
+                for &further in extras {
+                    w.extend(gate.windows(further).unwrap_or_default());
+                }
+                w
+            }
+            None => st.ledger.status(now),
+        };
+        if r.gate.is_none() {
+            self.extras.append_status(extras, now, &mut windows);
+        }
         RouteStatus {
             windows,
             queued: st.waiters.len(),
@@ -1334,7 +1392,7 @@ mod tests {
     }
 
     impl Gate for FakeGate {
-        fn try_send(&self, _pool: usize, _batch: bool) -> BoxFuture<'_, GateAnswer> {
+        fn try_send<'a>(&'a self, _pool: usize, _further: &'a [usize], _batch: bool) -> BoxFuture<'a, GateAnswer> {
             Box::pin(async move {
                 let at = *self.free_at.lock();
                 if Instant::now() < at {
@@ -1344,7 +1402,7 @@ mod tests {
                 }
             })
         }
-        fn release(&self, _pool: usize, id: u64) {
+        fn release(&self, _pool: usize, _further: &[usize], id: u64) {
             self.released.lock().push(id);
         }
         fn freeze(&self, _pool: usize, pause: Duration) {

@@ -9,7 +9,10 @@
 //!   it add `now`, in the same script: no other replica's check can come between. That is the
 //!   local ledger's rule (`log[i - L] + span <= now`) on the shared log. When refused, it returns
 //!   the earliest instant the rule allows (the `(count - L + 1)`-th newest send plus the span),
-//!   or the pool's shared freeze, so the head of the local queue sleeps until then.
+//!   or the pool's shared freeze, so the head of the local queue sleeps until then. A call that
+//!   draws from further pools (a tenant's `budget.pools`, or `app_pools` every tenant shares) is
+//!   checked and recorded in all of them by the same script run: refused by one, it is recorded
+//!   in none.
 //! * **Redis unreachable.** Each replica sends at most `floor(L / N)` per window of its *own*
 //!   sends, counting those it made through Redis before the outage (`N` = `shared.replicas`, or
 //!   the last member count the heartbeats saw). Every send before the outage was made by some
@@ -148,6 +151,47 @@ struct Pool {
     learnt_key: String,
     freeze_key: String,
     mine: Mutex<Mine>,
+    /// The ledger's sends were taken as this replica's own on first contact (once, even for a
+    /// pool every tenant's gate shares).
+    adopted: AtomicBool,
+}
+
+impl Pool {
+    /// A pool whose keys live in `slot` (a tenant, or [`APP_SLOT`]).
+    fn new(shared: &Shared, slot: &str, spec: PoolSpec, margin: Duration) -> Pool {
+        Pool {
+            log_key: shared.key(slot, &format!("budget:{}:log", spec.name)),
+            learnt_key: shared.key(slot, &format!("budget:{}:learnt", spec.name)),
+            freeze_key: shared.key(slot, &format!("budget:{}:frozen", spec.name)),
+            limits: parking_lot::RwLock::new(Limits::new(spec.quotas.clone(), margin)),
+            spec,
+            mine: Mutex::new(Mine::default()),
+            adopted: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The hash-tag slot of the pools every tenant shares (`app_pools`): not a valid tenant name.
+/// The acquire script then touches keys of two slots (the tenant's and this one), which a
+/// standalone Redis or Valkey allows and a Redis Cluster does not.
+const APP_SLOT: &str = "_app";
+
+/// The shared ledgers of the pools every tenant draws from (`app_pools`), one per name for the
+/// whole process: each tenant's gate checks and records sends in the same one, and this
+/// replica's own sends to it are counted once (for its local share while Redis is away).
+#[derive(Default)]
+pub struct AppPools(Mutex<std::collections::HashMap<String, Arc<Pool>>>);
+
+impl AppPools {
+    fn get_or_make(&self, shared: &Shared, spec: PoolSpec, margin: Duration) -> Arc<Pool> {
+        let mut all = self.0.lock();
+        if let Some(p) = all.get(&spec.name).filter(|p| p.spec == spec) {
+            return p.clone();
+        }
+        let pool = Arc::new(Pool::new(shared, APP_SLOT, spec.clone(), margin));
+        all.insert(spec.name, pool.clone());
+        pool
+    }
 }
 
 /// A pool's quotas with their spans.
@@ -227,7 +271,9 @@ enum Reply {
 /// The shared ledger over Redis, with the local share behind it.
 pub struct RedisGate {
     shared: Arc<Shared>,
-    pools: Vec<Pool>,
+    /// The tenant's own pools (numbered as [`super::pools`] numbers them), then its further
+    /// pools (as [`super::further_pools`] lists them).
+    pools: Vec<Arc<Pool>>,
     /// The budget's safety margin (for the spans of learnt windows).
     margin: Duration,
     learn_script: redis::Script,
@@ -236,7 +282,6 @@ pub struct RedisGate {
     epoch: AtomicU64,
     /// Some send was made without Redis (or the ledger may have lost some): write back.
     dirty: AtomicBool,
-    next_id: AtomicU64,
     acquire: redis::Script,
     epoch_script: redis::Script,
     freeze_script: redis::Script,
@@ -244,20 +289,29 @@ pub struct RedisGate {
 }
 
 impl RedisGate {
-    /// A gate for `pools` (numbered as [`super::pools`] numbers them), with the budget's safety
-    /// margin.
-    pub fn new(shared: Arc<Shared>, tenant: &str, pools: Vec<PoolSpec>, margin: Duration) -> Arc<RedisGate> {
-        let pools = pools
+    /// The gate of `tenant`: its own `pools` (numbered as [`super::pools`] numbers them), then
+    /// its `further` pools (as [`super::further_pools`] lists them; those of every tenant come
+    /// from `app`), with the budget's safety margin.
+    pub fn new(
+        shared: Arc<Shared>,
+        tenant: &str,
+        pools: Vec<PoolSpec>,
+        further: Vec<(PoolSpec, bool)>,
+        app: &AppPools,
+        margin: Duration,
+    ) -> Arc<RedisGate> {
+        let mut all: Vec<Arc<Pool>> = pools
             .into_iter()
-            .map(|spec| Pool {
-                log_key: shared.key(tenant, &format!("budget:{}:log", spec.name)),
-                learnt_key: shared.key(tenant, &format!("budget:{}:learnt", spec.name)),
-                freeze_key: shared.key(tenant, &format!("budget:{}:frozen", spec.name)),
-                limits: parking_lot::RwLock::new(Limits::new(spec.quotas.clone(), margin)),
-                spec,
-                mine: Mutex::new(Mine::default()),
-            })
+            .map(|spec| Arc::new(Pool::new(&shared, tenant, spec, margin)))
             .collect();
+        all.extend(further.into_iter().map(|(spec, every_tenant)| {
+            if every_tenant {
+                app.get_or_make(&shared, spec, margin)
+            } else {
+                Arc::new(Pool::new(&shared, tenant, spec, margin))
+            }
+        }));
+        let pools = all;
         Arc::new(RedisGate {
             margin,
             learn_script: redis::Script::new(LEARN),
@@ -266,12 +320,17 @@ impl RedisGate {
             pools,
             epoch: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
-            next_id: AtomicU64::new(1),
             acquire: redis::Script::new(ACQUIRE),
             epoch_script: redis::Script::new(EPOCH),
             freeze_script: redis::Script::new(FREEZE),
             reconciling: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// A send's id, unique in this process (every tenant's gate may record in one app pool).
+    fn next_id(&self) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
     }
 
     fn member(&self, id: u64) -> String {
@@ -329,7 +388,7 @@ impl RedisGate {
 
     /// A send on the local share alone (Redis away, or the shared state not yet known). After a
     /// single failed call, nothing until the next heartbeat confirms Redis is away.
-    fn fallback(&self, pool: &Pool, batch: bool) -> GateAnswer {
+    fn fallback(&self, pools: &[Arc<Pool>], batch: bool) -> GateAnswer {
         let now = Instant::now();
         if !self.shared.confirmed_down() {
             return GateAnswer::NotBefore {
@@ -337,32 +396,59 @@ impl RedisGate {
                 frozen: false,
             };
         }
-        match self.share_allows(pool, batch, now) {
+        match self.shares_allow(pools, batch, now) {
             Ok(()) => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                self.record(pool, id, now, false);
+                let id = self.next_id();
+                for pool in pools {
+                    self.record(pool, id, now, false);
+                }
                 GateAnswer::Sent(id)
             }
             Err(at) => GateAnswer::NotBefore { at, frozen: false },
         }
     }
 
-    async fn run_acquire(&self, pool: &Pool, batch: bool, id: u64) -> Result<Reply, SharedError> {
-        let limits = pool.limits.read().clone();
+    /// [`RedisGate::share_allows`] for every pool a call draws from: the latest of their
+    /// earliest instants.
+    fn shares_allow(&self, pools: &[Arc<Pool>], batch: bool, now: Instant) -> Result<(), Instant> {
+        let mut latest = None;
+        for pool in pools {
+            if let Err(at) = self.share_allows(pool, batch, now) {
+                latest = Some(latest.map_or(at, |l: Instant| l.max(at)));
+            }
+        }
+        latest.map_or(Ok(()), Err)
+    }
+
+    /// The pools a call of pool `index` with further pools `further` draws from.
+    fn chosen(&self, index: usize, further: &[usize]) -> Vec<Arc<Pool>> {
+        std::iter::once(index)
+            .chain(further.iter().copied())
+            .filter_map(|i| self.pools.get(i).cloned())
+            .collect()
+    }
+
+    /// Runs the acquire script over every pool in `pools` at once.
+    async fn run_acquire(&self, pools: &[Arc<Pool>], batch: bool, id: u64) -> Result<Reply, SharedError> {
         let mut invocation = self.acquire.prepare_invoke();
+        invocation.key(&self.epoch_key);
+        for pool in pools {
+            invocation.key(&pool.log_key).key(&pool.freeze_key);
+        }
         invocation
-            .key(&self.epoch_key)
-            .key(&pool.log_key)
-            .key(&pool.freeze_key)
             .arg(self.member(id))
             .arg(self.epoch.load(Ordering::Acquire))
             .arg(fresh_epoch())
-            .arg(if batch { 1 } else { 0 })
-            .arg(limits.keep.as_micros() as u64)
-            .arg(pool.spec.reserve)
-            .arg(limits.quotas.len());
-        for (q, span) in limits.quotas.iter().zip(&limits.spans) {
-            invocation.arg(q.limit).arg(span.as_micros() as u64);
+            .arg(if batch { 1 } else { 0 });
+        for pool in pools {
+            let limits = pool.limits.read().clone();
+            invocation
+                .arg(limits.keep.as_micros() as u64)
+                .arg(pool.spec.reserve)
+                .arg(limits.quotas.len());
+            for (q, span) in limits.quotas.iter().zip(&limits.spans) {
+                invocation.arg(q.limit).arg(span.as_micros() as u64);
+            }
         }
         let reply: Vec<i64> = self
             .shared
@@ -480,6 +566,9 @@ impl RedisGate {
                 .await?;
         }
         for pool in &self.pools {
+            if pool.adopted.load(Ordering::Acquire) {
+                continue; // a pool every tenant shares, already adopted through another gate
+            }
             let (key, from) = (
                 pool.log_key.clone(),
                 format!("({}", server_now - pool.limits.read().keep.as_micros() as i64),
@@ -504,70 +593,74 @@ impl RedisGate {
                 // replica's name too (counted twice at worst: conservative).
                 mine.sends.push_back(OwnSend {
                     at,
-                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    id: self.next_id(),
                     written: true,
                 });
             }
+            pool.adopted.store(true, Ordering::Release);
         }
         Ok(())
     }
 
-    async fn send(&self, index: usize, batch: bool) -> GateAnswer {
-        let pool = &self.pools[index];
+    async fn send(&self, index: usize, further: &[usize], batch: bool) -> GateAnswer {
+        let pools = self.chosen(index, further);
         self.shared.first_contact().await;
         for _ in 0..3 {
             let now = Instant::now();
             if !self.shared.settled(now) {
                 // Some replica may not have written its sends back yet: stay within our share.
-                if let Err(at) = self.share_allows(pool, batch, now) {
+                if let Err(at) = self.shares_allow(&pools, batch, now) {
                     return GateAnswer::NotBefore { at, frozen: false };
                 }
             }
             if !self.shared.is_up() {
-                return self.fallback(pool, batch);
+                return self.fallback(&pools, batch);
             }
             if self.epoch.load(Ordering::Acquire) == 0 || self.dirty.load(Ordering::Acquire) {
                 if self.reconcile().await.is_err() {
-                    return self.fallback(pool, batch);
+                    return self.fallback(&pools, batch);
                 }
                 continue;
             }
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = self.next_id();
             // If this future is dropped while the script runs, the send it may have recorded is
             // taken back.
             let mut undo = Undo {
                 shared: self.shared.clone(),
-                key: pool.log_key.clone(),
+                keys: pools.iter().map(|p| p.log_key.clone()).collect(),
                 member: Some(self.member(id)),
             };
-            let reply = self.run_acquire(pool, batch, id).await;
+            let reply = self.run_acquire(&pools, batch, id).await;
             undo.member = None;
             match reply {
                 Ok(Reply::Granted(per_quota, server_now, after)) => {
-                    self.record(pool, id, Instant::now(), true);
-                    let limits = pool.limits.read().clone();
-                    let windows = limits
-                        .quotas
-                        .iter()
-                        .zip(&limits.spans)
-                        .zip(per_quota)
-                        .map(|((q, span), (count, oldest))| {
-                            let reset = after + micros(oldest + span.as_micros() as i64 - server_now);
-                            (*q, q.limit.saturating_sub(count), reset)
-                        })
-                        .collect();
-                    pool.mine.lock().windows = Some(windows);
+                    let mut per_quota = per_quota.into_iter();
+                    for pool in &pools {
+                        self.record(pool, id, Instant::now(), true);
+                        let limits = pool.limits.read().clone();
+                        let windows = limits
+                            .quotas
+                            .iter()
+                            .zip(&limits.spans)
+                            .zip(per_quota.by_ref())
+                            .map(|((q, span), (count, oldest))| {
+                                let reset = after + micros(oldest + span.as_micros() as i64 - server_now);
+                                (*q, q.limit.saturating_sub(count), reset)
+                            })
+                            .collect();
+                        pool.mine.lock().windows = Some(windows);
+                    }
                     return GateAnswer::Sent(id);
                 }
                 Ok(Reply::Refused { at, frozen }) => return GateAnswer::NotBefore { at, frozen },
                 Ok(Reply::Epoch) => {
                     if self.reconcile().await.is_err() {
-                        return self.fallback(pool, batch);
+                        return self.fallback(&pools, batch);
                     }
                 }
                 // Redis is now marked down; a send the script may have recorded stays counted
                 // (it errs on the safe side).
-                Err(_) => return self.fallback(pool, batch),
+                Err(_) => return self.fallback(&pools, batch),
             }
         }
         GateAnswer::NotBefore {
@@ -580,7 +673,8 @@ impl RedisGate {
 /// Takes back a send the acquire script may have recorded when its caller went away mid-call.
 struct Undo {
     shared: Arc<Shared>,
-    key: String,
+    /// The log of every pool the send was for.
+    keys: Vec<String>,
     member: Option<String>,
 }
 
@@ -589,17 +683,24 @@ impl Drop for Undo {
         let Some(member) = self.member.take() else {
             return;
         };
-        let (shared, key) = (self.shared.clone(), std::mem::take(&mut self.key));
+        let (shared, keys) = (self.shared.clone(), std::mem::take(&mut self.keys));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = shared
-                    .call(false, |mut c| async move {
-                        redis::cmd("ZREM").arg(key).arg(member).query_async::<()>(&mut c).await
-                    })
-                    .await;
-            });
+            rt.spawn(remove_member(shared, keys, member));
         }
     }
+}
+
+/// Takes `member` (one send) out of every log in `keys`.
+async fn remove_member(shared: Arc<Shared>, keys: Vec<String>, member: String) {
+    let _ = shared
+        .call(false, |mut c| async move {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("ZREM").arg(key).arg(&member).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await;
 }
 
 fn micros(d: i64) -> Duration {
@@ -612,8 +713,8 @@ fn fresh_epoch() -> u64 {
 }
 
 impl Gate for RedisGate {
-    fn try_send(&self, pool: usize, batch: bool) -> BoxFuture<'_, GateAnswer> {
-        Box::pin(self.send(pool, batch))
+    fn try_send<'a>(&'a self, pool: usize, further: &'a [usize], batch: bool) -> BoxFuture<'a, GateAnswer> {
+        Box::pin(self.send(pool, further, batch))
     }
 
     fn learn(&self, index: usize, quotas: &[Quota]) {
@@ -638,17 +739,13 @@ impl Gate for RedisGate {
         });
     }
 
-    fn release(&self, pool: usize, id: u64) {
-        let pool = &self.pools[pool];
-        pool.mine.lock().sends.retain(|s| s.id != id);
-        let (shared, key, member) = (self.shared.clone(), pool.log_key.clone(), self.member(id));
-        tokio::spawn(async move {
-            let _ = shared
-                .call(false, |mut c| async move {
-                    redis::cmd("ZREM").arg(key).arg(member).query_async::<()>(&mut c).await
-                })
-                .await;
-        });
+    fn release(&self, pool: usize, further: &[usize], id: u64) {
+        let pools = self.chosen(pool, further);
+        for pool in &pools {
+            pool.mine.lock().sends.retain(|s| s.id != id);
+        }
+        let keys = pools.iter().map(|p| p.log_key.clone()).collect();
+        tokio::spawn(remove_member(self.shared.clone(), keys, self.member(id)));
     }
 
     fn freeze(&self, pool: usize, pause: Duration) {

@@ -836,14 +836,6 @@ impl Config {
                 if route.pool.as_deref() == Some(extra.as_str()) || route.pools[..i].contains(extra) {
                     return Err(invalid(k, format!("the route already draws from '{extra}'")));
                 }
-                if self.shared.enabled() {
-                    // The shared ledger in Redis checks one pool per call; a further pool kept
-                    // in this replica's memory would let every replica spend it whole.
-                    return Err(invalid(
-                        k,
-                        "further pools are not yet shared between replicas: not with shared.redis_url",
-                    ));
-                }
             }
         }
         for (name, pool) in &budget.pools {
@@ -1046,7 +1038,7 @@ mod tests {
     }
 
     #[test]
-    fn further_pools_are_checked_by_name_and_kept_to_one_replica() {
+    fn further_pools_are_checked_by_name() {
         let base = "[token]\nmode = \"static\"\nstatic_token = \"x\"\n\
                     [budget.pools.incidents_api]\nquotas = [{ limit = 50, window = \"60s\" }]\n";
         let c = Config::from_toml(&format!(
@@ -1054,15 +1046,17 @@ mod tests {
         ))
         .expect("a route may draw from its own quotas and a further pool");
         assert_eq!(c.budget.routes["get_incident"].pools, vec!["incidents_api".to_string()]);
+        // Replicas share them through Redis too.
+        Config::from_toml(&format!(
+            "{base}[budget.routes.get_incident]\nquotas = [{{ limit = 100, window = \"60s\" }}]\npools = [\"incidents_api\"]\n\
+             [shared]\nredis_url = \"redis://127.0.0.1:6379\""
+        ))
+        .expect("further pools with [shared]");
         for (extra, key) in [
             ("pools = [\"nope\"]", "budget.routes.get_incident.pools[0]"),
             (
                 "pools = [\"incidents_api\", \"incidents_api\"]",
                 "budget.routes.get_incident.pools[1]",
-            ),
-            (
-                "pools = [\"incidents_api\"]\n[shared]\nredis_url = \"redis://127.0.0.1:6379\"",
-                "budget.routes.get_incident.pools[0]",
             ),
         ] {
             let err = Config::from_toml(&format!("{base}[budget.routes.get_incident]\n{extra}\n"))

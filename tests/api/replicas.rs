@@ -918,3 +918,106 @@ async fn a_limit_learnt_by_one_replica_binds_them_all() {
         app.stop().await;
     }
 }
+
+/// Tenants and pools across replicas (issue 14 with issue 15): two replicas serve two tenants
+/// through one Redis. Both tenants' Gets and Lists draw from one pool of the app across tenants
+/// (10 per 3 s), and tenant A's from its own API-wide pool too (6 per 3 s), in the same script
+/// step as each route's own quota. The simulator's arrival times show no window of either pool
+/// over, and no upstream 429; each tenant's keys are its own (`{dp:<tenant>}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_shared_by_routes_and_tenants_hold_across_replicas() {
+    let _timed = crate::common::timed().await;
+    let redis = RedisProc::start();
+    let (_, mut config) = replica_config(&redis);
+    config.shared.replicas = 2;
+    config.budget.max_wait = Duration::from_secs(8);
+    let pool = |limit| defender_proxy::config::PoolConfig {
+        quotas: vec![defender_proxy::config::QuotaConfig {
+            limit,
+            window: Duration::from_secs(3),
+        }],
+    };
+    config.app_pools.insert("app".into(), pool(10));
+    let mut sim = SimConfig::default();
+    let names = ["tenant-a".to_string(), "tenant-b".to_string()];
+    demo::add_tenants(&mut config, &mut sim, &names);
+    for route in ["get_incident", "list_incidents"] {
+        let r = config.budget.routes.get_mut(route).unwrap();
+        r.quotas = vec![defender_proxy::config::QuotaConfig {
+            limit: 100,
+            window: Duration::from_secs(60),
+        }];
+        r.pools = vec!["app".into()];
+    }
+    let a_budget: figment::value::Dict = toml::from_str(
+        "[pools.api]\nquotas = [{ limit = 6, window = \"3s\" }]\n\
+         [routes.get_incident]\nquotas = [{ limit = 100, window = \"60s\" }]\npools = [\"app\", \"api\"]\n\
+         [routes.list_incidents]\nquotas = [{ limit = 100, window = \"60s\" }]\npools = [\"app\", \"api\"]\n",
+    )
+    .unwrap();
+    config.tenants.get_mut("tenant-a").unwrap().budget = Some(a_budget);
+    let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        apps.push(start(demo.config.clone(), demo.simulator.clone(), demo.key.clone()).await);
+    }
+    for app in &apps {
+        eventually("the replica reached redis", Duration::from_secs(5), || async {
+            app.readyz().await["shared"]["redis"] == "ok"
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // settled: every replica reconciled
+    let mut tasks = Vec::new();
+    for i in 0..48usize {
+        let tenant = &names[i % 2];
+        let path = if i % 4 < 2 {
+            format!("/tenants/{tenant}/api/incidents/{}", 10 + i)
+        } else {
+            format!("/tenants/{tenant}/api/incidents?$top=1&$skip={i}")
+        };
+        let req = apps[(i / 2) % 2].get(&path);
+        tasks.push(tokio::spawn(async move { req.send().await.unwrap().status().as_u16() }));
+    }
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(s == 200 || s == 404 || s == 429, "{s}");
+    }
+    let arrivals = |tenant: &str| {
+        let stats = demo.simulator.tenant(tenant).unwrap().stats();
+        assert_eq!(
+            stats.calls["get"].throttled + stats.calls["list"].throttled,
+            0,
+            "{tenant}: no 429"
+        );
+        let mut at: Vec<u64> = stats.calls["get"]
+            .at_ms
+            .iter()
+            .chain(&stats.calls["list"].at_ms)
+            .copied()
+            .collect();
+        at.sort_unstable();
+        at
+    };
+    let (a, b) = (arrivals("tenant-a"), arrivals("tenant-b"));
+    assert!(!a.is_empty() && !b.is_empty(), "both tenants were served");
+    assert_windows(&a, 6, 3_000);
+    let mut both: Vec<u64> = a.iter().chain(&b).copied().collect();
+    both.sort_unstable();
+    assert!(both.len() >= 20, "the app pool was saturated: {} calls", both.len());
+    assert_windows(&both, 10, 3_000);
+    // Each tenant's ledger is under its own hash tag; the app pool under one of its own.
+    let keys: Vec<String> = redis.cli(&["KEYS", "*"]).lines().map(String::from).collect();
+    for tag in [
+        "{dp:tenant-a}:budget:api:log",
+        "{dp:tenant-b}:budget:get_incident:log",
+        "{dp:_app}:budget:app:log",
+    ] {
+        assert!(keys.iter().any(|k| k == tag), "{tag} in {keys:?}");
+    }
+    for app in apps {
+        app.stop().await;
+    }
+}
