@@ -401,11 +401,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    // The path is kept apart from the request, which is taken apart below.
-    let uri = req.uri().clone();
-    let routed = route_path(uri.path());
+    let (parts, body) = req.into_parts();
+    let routed = route_path(parts.uri.path());
     let facade = facade_view(routed.path);
-    let consumer = match state.consumers.read().authenticate(req.headers()) {
+    let consumer = match state.consumers.read().authenticate(&parts.headers) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(reason = %e, "caller not authenticated");
@@ -426,7 +425,6 @@ where
         Ok(found) => found,
         Err(e) => return Done::refused(None, name, error_response(e.into(), id, facade)),
     };
-    let (parts, body) = req.into_parts();
     let target = match parse_target(state, &parts, routed.path, routed.prefix) {
         Ok(t) => t,
         Err(e) => {
@@ -498,7 +496,7 @@ where
 /// one the consumer is not granted get the same 404, before anything is parsed or spent, so the
 /// answer never tells whether a tenant exists.
 fn find_tenant(state: &AppState, consumer: &Consumer, routed: &Routed<'_>) -> Result<(Arc<Tenant>, Rights), ApiError> {
-    let tenants = state.tenants.read().clone();
+    let tenants = state.tenants.read();
     let not_found = || ApiError::NotFound(format!("{}{}", routed.prefix, routed.path).into());
     let found = match routed.tenant {
         Some(name) => tenants

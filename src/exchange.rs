@@ -280,7 +280,11 @@ impl Exchange {
         let Some((limit, length)) = upstream::stated_limit(body) else {
             self.metrics
                 .upstream_throttled_unstated
-                .get_or_create(&self.metrics.route(route.name()))
+                .get_or_create(&crate::metrics::RoutePoolLabels {
+                    tenant: self.metrics.tenant.clone(),
+                    route: route.name(),
+                    pool: self.budget.pool_of(route),
+                })
                 .inc();
             return;
         };

@@ -33,6 +33,14 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+/// A route and the pool it draws from (its own, named like it, or a shared one).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoutePoolLabels {
+    pub tenant: Arc<String>,
+    pub route: &'static str,
+    pub pool: String,
+}
+
 /// A pool of quotas and one of its windows (for limits learnt from the upstream).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolWindowLabels {
@@ -137,7 +145,7 @@ pub struct Metrics {
     pub upstream_throttled: Family<RouteLabels, Counter>,
     pub retry_after_capped: Family<RouteLabels, Counter>,
     /// 429s that stated no limit (Graph's carry only `Retry-After`).
-    pub upstream_throttled_unstated: Family<RouteLabels, Counter>,
+    pub upstream_throttled_unstated: Family<RoutePoolLabels, Counter>,
     /// Limits adopted from the upstream's 429 text, by pool and window.
     pub budget_learnt_limit: Family<PoolWindowLabels, Gauge>,
     pub consumer_granted: Family<ConsumerLabels, Counter>,

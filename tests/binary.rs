@@ -38,6 +38,28 @@ rights = ["read"]
     )
 }
 
+/// Runs `defender-proxy serve --config file`; returns the process and the API address it bound
+/// (from the JSON log line that announces the listeners). Its log keeps being drained.
+fn serve(file: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_defender-proxy"))
+        .args(["serve", "--config"])
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let api = loop {
+        let line = lines.next().expect("the proxy logs its start").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+        if v["message"] == "defender-proxy serving" {
+            break v["api"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, api)
+}
+
 fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -63,24 +85,8 @@ async fn sighup_applies_new_keys_and_sigterm_exits_zero() {
     };
     write(&[auth::hash_key(&old_key)]);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_defender-proxy"))
-        .args(["serve", "--config"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let (mut child, api) = serve(&file);
     let pid = child.id();
-    // The JSON log line that announces the listeners tells the bound addresses.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let api = loop {
-        let line = lines.next().expect("the proxy logs its start").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
-        if v["message"] == "defender-proxy serving" {
-            break v["api"].as_str().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {}); // keep draining the log
     let client = reqwest::Client::new();
     let get = |key: &str| {
         client
@@ -177,23 +183,8 @@ async fn sighup_adds_and_removes_tenants() {
         std::fs::write(&file, text).unwrap();
     };
     write(&["alpha"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_defender-proxy"))
-        .args(["serve", "--config"])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let (mut child, api) = serve(&file);
     let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let api = loop {
-        let line = lines.next().expect("the proxy logs its start").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
-        if v["message"] == "defender-proxy serving" {
-            break v["api"].as_str().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
     let client = reqwest::Client::new();
     let status = |tenant: &str| {
         client

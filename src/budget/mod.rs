@@ -247,6 +247,10 @@ pub trait Budget: Send + Sync + 'static {
     fn learnt(&self) -> Vec<Learnt> {
         Vec::new()
     }
+    /// The name of the pool `route` draws from first (its own, or its `budget.routes.<route>.pool`).
+    fn pool_of(&self, route: RouteKind) -> String {
+        route.name().to_string()
+    }
 }
 
 /// A limit the upstream stated and the budget adopted.
@@ -993,6 +997,10 @@ impl Budget for LocalBudget {
 
     fn learnt(&self) -> Vec<Learnt> {
         self.learnt.lock().clone()
+    }
+
+    fn pool_of(&self, route: RouteKind) -> String {
+        self.route(route).name.clone()
     }
 
     fn status(&self, route: RouteKind) -> RouteStatus {

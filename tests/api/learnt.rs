@@ -115,7 +115,7 @@ async fn a_looser_stated_limit_is_never_adopted_and_an_unstated_429_is_counted()
         .unwrap();
     assert_eq!(r.status(), 429);
     assert!(
-        app.metric("defender_proxy_upstream_throttled_unstated_total{tenant=\"default\",route=\"get_incident\"}")
+        app.metric("defender_proxy_upstream_throttled_unstated_total{tenant=\"default\",route=\"get_incident\",pool=\"get_incident\"}")
             .await
             >= 1.0
     );

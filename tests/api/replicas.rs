@@ -157,6 +157,11 @@ async fn replicas_with(redis: &RedisProc, n: usize, adjust: impl FnOnce(&mut Con
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
+    (start_replicas(&demo, n).await, demo.config)
+}
+
+/// `n` proxies of `demo`'s configuration in front of its simulator, once each reached Redis.
+async fn start_replicas(demo: &demo::Demo, n: usize) -> Vec<TestApp> {
     let mut apps = Vec::new();
     for _ in 0..n {
         apps.push(start(demo.config.clone(), demo.simulator.clone(), demo.key.clone()).await);
@@ -167,7 +172,7 @@ async fn replicas_with(redis: &RedisProc, n: usize, adjust: impl FnOnce(&mut Con
         })
         .await;
     }
-    (apps, demo.config)
+    apps
 }
 
 /// One answer seen by a caller: which replica, when (since the run's start), what status (0: no
@@ -858,16 +863,7 @@ async fn a_limit_learnt_by_one_replica_binds_them_all() {
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        apps.push(start(demo.config.clone(), demo.simulator.clone(), demo.key.clone()).await);
-    }
-    for app in &apps {
-        eventually("the replica reached redis", Duration::from_secs(5), || async {
-            app.readyz().await["shared"]["redis"] == "ok"
-        })
-        .await;
-    }
+    let apps = start_replicas(&demo, 2).await;
     // Once Redis is settled (every replica reconciled), the shared ledger allows the whole
     // configured quota; replica A alone then runs into the upstream's real limit and learns it
     // from the 429's text.
@@ -959,16 +955,7 @@ async fn pools_shared_by_routes_and_tenants_hold_across_replicas() {
     let demo = demo::prepare(config, sim, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator starts");
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        apps.push(start(demo.config.clone(), demo.simulator.clone(), demo.key.clone()).await);
-    }
-    for app in &apps {
-        eventually("the replica reached redis", Duration::from_secs(5), || async {
-            app.readyz().await["shared"]["redis"] == "ok"
-        })
-        .await;
-    }
+    let apps = start_replicas(&demo, 2).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // settled: every replica reconciled
     let mut tasks = Vec::new();
     for i in 0..48usize {
