@@ -404,27 +404,11 @@ where
     let (parts, body) = req.into_parts();
     let routed = route_path(parts.uri.path());
     let facade = facade_view(routed.path);
-    let consumer = match state.consumers.read().authenticate(&parts.headers) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::info!(reason = %e, "caller not authenticated");
-            return Done::refused(None, None, error_response(ApiError::Unauthenticated.into(), id, facade));
-        }
+    let (consumer, tenant, rights) = match admit(state, id, &parts.headers, &routed, facade) {
+        Ok(admitted) => admitted,
+        Err(done) => return *done,
     };
     let name = Some(consumer.name.clone());
-    if let Some(rate) = &consumer.rate {
-        if let Err(wait) = rate.check() {
-            return Done::refused(
-                None,
-                name,
-                caller_rate_response(state, &consumer.name, rate, wait, id, facade),
-            );
-        }
-    }
-    let (tenant, rights) = match find_tenant(state, &consumer, &routed) {
-        Ok(found) => found,
-        Err(e) => return Done::refused(None, name, error_response(e.into(), id, facade)),
-    };
     let target = match parse_target(state, &parts, routed.path, routed.prefix) {
         Ok(t) => t,
         Err(e) => {
@@ -489,6 +473,43 @@ where
         }
     }
     done
+}
+
+/// Who is calling and for which tenant, with its rights there; or the answer that refuses it
+/// (401, the consumer's own rate ceiling, 404 or 400 for the tenant). The consumers and the
+/// tenants are read as one snapshot: a reload swaps both under the same two locks, taken in
+/// this order.
+fn admit(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    routed: &Routed<'_>,
+    facade: View,
+) -> Result<(Arc<Consumer>, Arc<Tenant>, Rights), Box<Done>> {
+    let consumers = state.consumers.read();
+    let consumer = match consumers.authenticate(headers) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(reason = %e, "caller not authenticated");
+            let e = ApiError::Unauthenticated.into();
+            return Err(Box::new(Done::refused(None, None, error_response(e, id, facade))));
+        }
+    };
+    let name = Some(consumer.name.clone());
+    if let Some(rate) = &consumer.rate {
+        if let Err(wait) = rate.check() {
+            let resp = caller_rate_response(state, &consumer.name, rate, wait, id, facade);
+            return Err(Box::new(Done::refused(None, name, resp)));
+        }
+    }
+    match find_tenant(state, &consumer, routed) {
+        Ok((tenant, rights)) => Ok((consumer, tenant, rights)),
+        Err(e) => Err(Box::new(Done::refused(
+            None,
+            name,
+            error_response(e.into(), id, facade),
+        ))),
+    }
 }
 
 /// The tenant a request is for, and the consumer's rights there: the one its path names
@@ -793,8 +814,11 @@ fn error_response(failure: Failure, id: &str, view: View) -> Response<ApiBody> {
 
 /// `RateLimit-Policy` lists every quota the route draws from (its pool's, then any further
 /// pool's), each named `<pool>-<window>s` (a route's own pool is named like the route);
-/// `RateLimit` reports the one that binds.
+/// `RateLimit` reports the one that binds. Pools every tenant shares are left out: their
+/// standing tells how much other tenants spend.
 fn rate_limit_headers(h: &mut HeaderMap, _route: RouteKind, windows: &[WindowStatus]) {
+    let windows: Vec<WindowStatus> = windows.iter().filter(|w| !w.across_tenants).cloned().collect();
+    let windows = &windows[..];
     let name = |w: &WindowStatus| format!("\"{}-{}s\"", w.pool, w.quota.length.as_secs());
     let policy: Vec<String> = windows
         .iter()

@@ -82,7 +82,8 @@ impl Application {
         });
         let mut tenants = Vec::new();
         for (name, tenant) in config.tenant_configs()? {
-            tenants.push(Arc::new(Tenant::build(&name, &tenant, &common)?));
+            let slot = config.tenant_slot(&name, &tenant);
+            tenants.push(Arc::new(Tenant::build(&name, &slot, &tenant, &common)?));
         }
         let consumers = Consumers::from_config(&config.auth);
         if consumers.allows_anonymous() {
@@ -328,24 +329,40 @@ pub fn spawn_reloader(state: Arc<AppState>, path: Option<std::path::PathBuf>) {
 pub struct Reloaded {
     pub added: Vec<String>,
     pub removed: Vec<String>,
-    /// Tenants whose settings changed: they keep running as they were until a restart.
+    /// Tenants now another customer or app registration under the same name (a changed tenant
+    /// id, client id, API or upstream): the old stack removed, a new one built, nothing kept.
+    pub replaced: Vec<String>,
+    /// Tenants whose other settings changed: they keep running as they were until a restart.
     pub unchanged_until_restart: Vec<String>,
     pub consumers: usize,
 }
 
 /// Applies a new configuration to a running proxy: consumers and keys, tenants added (built and
-/// started) and removed (their queued callers released, their sync and token refresh stopped,
-/// their cache dropped). Tenants and consumers change in one step, so no request sees one
-/// without the other. Connections and kept tenants' caches are untouched; a kept tenant whose
-/// settings changed, and other sections, need a restart and are reported as such. Nothing
-/// changes when any new tenant cannot be built.
+/// started), removed (their queued callers released, their sync and token refresh stopped, their
+/// cache dropped) and replaced (a new identity under an old name: removed, then added). Tenants
+/// and consumers change in one step (both locks, in the order requests take them), so no request
+/// sees one without the other. Connections and kept tenants' caches are untouched; a kept
+/// tenant whose other settings changed, and other sections, need a restart and are reported as
+/// such. Nothing changes when any new tenant cannot be built, when `app_pools` changed (one
+/// ledger for every tenant: a restart), or once shutdown has begun.
 pub async fn reload(state: &AppState, config: &Config) -> anyhow::Result<Reloaded> {
+    anyhow::ensure!(
+        state.accepting.load(Ordering::SeqCst),
+        "the proxy is shutting down: nothing is reloaded"
+    );
+    anyhow::ensure!(
+        config.app_pools == state.common.app_pools,
+        "app_pools changed: they are one ledger for every tenant, and change at the next restart"
+    );
     let wanted = config.tenant_configs()?;
     let current = state.tenants.read().clone();
     let mut report = Reloaded::default();
     let mut next = Vec::new();
     for (name, settings) in &wanted {
-        match current.get(name) {
+        let kept = current
+            .get(name)
+            .filter(|kept| kept.config.identity() == settings.identity());
+        match kept {
             Some(kept) => {
                 if !kept.config.same_as(settings) {
                     report.unchanged_until_restart.push(name.clone());
@@ -353,8 +370,13 @@ pub async fn reload(state: &AppState, config: &Config) -> anyhow::Result<Reloade
                 next.push(kept.clone());
             }
             None => {
-                next.push(Arc::new(Tenant::build(name, settings, &state.common)?));
-                report.added.push(name.clone());
+                let slot = config.tenant_slot(name, settings);
+                next.push(Arc::new(Tenant::build(name, &slot, settings, &state.common)?));
+                if current.get(name).is_some() {
+                    report.replaced.push(name.clone());
+                } else {
+                    report.added.push(name.clone());
+                }
             }
         }
     }
@@ -365,7 +387,7 @@ pub async fn reload(state: &AppState, config: &Config) -> anyhow::Result<Reloade
         .cloned()
         .collect();
     let next = Arc::new(Tenants::new(next));
-    for name in &report.added {
+    for name in report.added.iter().chain(&report.replaced) {
         if let Some(t) = next.get(name) {
             t.start(next.sync_offset(name, t.config.sync.interval));
         }
@@ -373,12 +395,12 @@ pub async fn reload(state: &AppState, config: &Config) -> anyhow::Result<Reloade
     let consumers = Consumers::from_config(&config.auth);
     report.consumers = consumers.names().len();
     {
-        let mut tenants = state.tenants.write();
         let mut who = state.consumers.write();
-        *tenants = next;
+        let mut tenants = state.tenants.write();
         *who = Arc::new(consumers);
+        *tenants = next;
     }
-    for name in &report.removed {
+    for name in report.removed.iter().chain(&report.replaced) {
         if let Some(gone) = current.get(name) {
             gone.stop_spending().await;
             gone.stop_tasks();
@@ -394,6 +416,7 @@ pub async fn reload(state: &AppState, config: &Config) -> anyhow::Result<Reloade
         consumers = report.consumers,
         added = ?report.added,
         removed = ?report.removed,
+        replaced = ?report.replaced,
         "configuration reloaded: consumers, keys and tenants applied"
     );
     Ok(report)

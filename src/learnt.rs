@@ -49,7 +49,9 @@ pub async fn from_redis(config: &Config) -> anyhow::Result<Vec<LearntLimit>> {
         for pool in pools {
             let key = format!(
                 "{{{}:{}}}:budget:{}:learnt",
-                config.shared.key_prefix, tenant, pool.name
+                config.shared.key_prefix,
+                config.tenant_slot(&tenant, &settings),
+                pool.name
             );
             let windows: BTreeMap<u64, u32> =
                 tokio::time::timeout(wait, redis::cmd("HGETALL").arg(&key).query_async(&mut conn))

@@ -77,8 +77,10 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    /// Builds `name`'s stack from its settings; nothing runs until [`Tenant::start`].
-    pub fn build(name: &str, config: &TenantConfig, common: &Common) -> anyhow::Result<Tenant> {
+    /// Builds `name`'s stack from its settings, its shared state (with `[shared]`) under the
+    /// Redis slot `slot` ([`crate::config::Config::tenant_slot`]); nothing runs until
+    /// [`Tenant::start`].
+    pub fn build(name: &str, slot: &str, config: &TenantConfig, common: &Common) -> anyhow::Result<Tenant> {
         let name = Arc::new(name.to_string());
         let context = |what: &str| format!("tenant '{name}': {what}");
         let metrics = TenantMetrics::new(common.metrics.clone(), name.clone());
@@ -109,7 +111,7 @@ impl Tenant {
                 let further = crate::budget::further_pools(&config.budget, &common.app_pools);
                 let gate = RedisGate::new(
                     shared.clone(),
-                    &name,
+                    slot,
                     pools,
                     further,
                     &common.gate_app_pools,
@@ -130,13 +132,13 @@ impl Tenant {
             .shared
             .as_ref()
             .filter(|_| common.shared_config.cache)
-            .map(|shared| SharedCache::new(shared.clone(), &name, &common.shared_config, config.upstream.api));
+            .map(|shared| SharedCache::new(shared.clone(), slot, &common.shared_config, config.upstream.api));
         // With several replicas one of them runs the sync, under a lease that lapses half an
         // interval after its holder stops renewing it (so another takes over within one).
         let lease = match (&common.shared, config.sync.enabled) {
             (Some(shared), true) => Some(Arc::new(Lease::new(
                 shared.clone(),
-                &name,
+                slot,
                 "sync",
                 (config.sync.interval / 2).max(Duration::from_millis(500)),
             ))),

@@ -43,6 +43,9 @@ struct Window {
 pub struct WindowStatus {
     /// The pool the quota belongs to (for a route's own pool, the route's name).
     pub pool: Arc<str>,
+    /// The pool is shared by every tenant (`app_pools`): its standing says how much the other
+    /// tenants spend, so it is for the operator's metrics, never a caller's headers.
+    pub across_tenants: bool,
     pub quota: Quota,
     /// Calls still allowed in the current window, queued calls counted as spent.
     pub remaining: u32,
@@ -55,6 +58,8 @@ pub struct WindowStatus {
 pub struct Ledger {
     /// The pool's name, as its windows report it.
     name: Arc<str>,
+    /// Shared by every tenant (see [`WindowStatus::across_tenants`]).
+    across_tenants: bool,
     windows: Vec<Window>,
     /// The configured safety margin (each window's span adds the smaller of it and 5%).
     margin: Duration,
@@ -86,6 +91,7 @@ impl Ledger {
         let keep = windows.iter().map(|w| w.quota.limit as usize).max().unwrap_or(1);
         Ledger {
             name: Arc::from(""),
+            across_tenants: false,
             windows,
             margin,
             log: VecDeque::with_capacity(keep + 1),
@@ -106,6 +112,12 @@ impl Ledger {
 
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// Marks the pool as shared by every tenant.
+    pub fn across_tenants(mut self) -> Ledger {
+        self.across_tenants = true;
+        self
     }
 
     /// Keeps `reserve` slots of every window (at most all but one) out of reach of batch calls.
@@ -327,6 +339,7 @@ impl Ledger {
                 let spent = (used + self.queued).min(limit);
                 WindowStatus {
                     pool: self.name.clone(),
+                    across_tenants: self.across_tenants,
                     quota: w.quota,
                     remaining: (limit - spent) as u32,
                     reset: oldest.map_or(Duration::ZERO, |t| (t + w.span).saturating_duration_since(now)),

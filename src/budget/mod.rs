@@ -287,52 +287,133 @@ pub struct LocalBudget {
 /// spends nothing from any other, and no window of any pool ever holds more calls than its
 /// limit. Callers always hold their own pool's lock before this one (never the other way round),
 /// so the two locks cannot deadlock.
+///
+/// **Turns.** Heads of different queues (other routes, other tenants) compete for a further
+/// pool. A head that finds one spent takes a turn in it; while older turns are pending, a slot
+/// that frees goes to the oldest, not to whichever head or newcomer asks first, so one tenant's
+/// steady traffic cannot starve another's queue of a shared pool. A head gives its turns back
+/// when it is granted, leaves, or stops being ready on its own pool (it takes a new turn, at the
+/// back, when it is ready again), so a turn never holds a pool for a queue that is not about to
+/// send.
 #[derive(Default)]
 pub struct Extras {
-    ledgers: Mutex<Vec<Ledger>>,
+    book: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    ledgers: Vec<Ledger>,
     /// Each ledger's key: `<tenant>/<pool>` for a tenant's `budget.pools`, `<pool>` for
     /// `app_pools`.
-    keys: Mutex<Vec<String>>,
+    keys: Vec<String>,
+    /// Per ledger, the heads waiting for it, oldest first (see "Turns").
+    turns: Vec<VecDeque<u64>>,
 }
+
+/// Why a head may not spend from its further pools now.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// A pool has no room before this instant: the whole queue moves back.
+    Spent(Instant),
+    /// The pools have room, but an older head's turn comes first: look again then.
+    Turn(Instant),
+}
+
+/// A queue head's place in the further pools' turns (unique in the process).
+fn next_turn() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How soon a head behind an older turn looks again, when the pool itself has room: the older
+/// head is due now and takes the slot on its next poll.
+const TURN_POLL: Duration = Duration::from_millis(2);
 
 impl Extras {
     /// The ledger for `key` (made on first use; kept while the process runs, so a reload that
     /// keeps a pool keeps what it spent). A pool whose quotas changed gets a new ledger.
-    pub fn register(&self, key: &str, name: &str, quotas: &[Quota], margin: Duration) -> usize {
-        let mut keys = self.keys.lock();
-        let mut ledgers = self.ledgers.lock();
-        if let Some(i) = keys.iter().position(|k| k == key) {
-            if ledgers[i].quotas().eq(quotas.iter().copied()) {
-                return i;
+    /// `across_tenants` marks a pool every tenant shares (`app_pools`).
+    pub fn register(&self, key: &str, name: &str, quotas: &[Quota], margin: Duration, across_tenants: bool) -> usize {
+        let mut book = self.book.lock();
+        let fresh = || {
+            let ledger = Ledger::new(quotas, margin).named(name);
+            if across_tenants {
+                ledger.across_tenants()
+            } else {
+                ledger
             }
-            ledgers[i] = Ledger::new(quotas, margin).named(name);
+        };
+        if let Some(i) = book.keys.iter().position(|k| k == key) {
+            if !book.ledgers[i].quotas().eq(quotas.iter().copied()) {
+                book.ledgers[i] = fresh();
+            }
             return i;
         }
-        keys.push(key.to_string());
-        ledgers.push(Ledger::new(quotas, margin).named(name));
-        ledgers.len() - 1
+        book.keys.push(key.to_string());
+        book.ledgers.push(fresh());
+        book.turns.push(VecDeque::new());
+        book.ledgers.len() - 1
     }
 
-    /// If every pool in `ids` has room at `now`, runs `own` (which spends from the caller's own
-    /// pool and says whether it could); when it could, spends from every pool in `ids` too.
-    /// `Err(at)`: some pool has no room before `at`, and nothing was spent anywhere.
-    fn spend_with(&self, ids: &[usize], now: Instant, own: impl FnOnce() -> bool) -> Result<bool, Instant> {
+    /// If it is `turn`'s turn in every pool in `ids` and each has room at `now`, runs `own`
+    /// (which spends from the caller's own pool and says whether it could); when it could,
+    /// spends from every pool in `ids` too and gives the turns back. `Err`: look again later
+    /// (some pool has no room before then, or an older head goes first); nothing was spent
+    /// anywhere, and `turn` now waits in every pool in `ids`.
+    fn spend_with(
+        &self,
+        ids: &[usize],
+        turn: Option<u64>,
+        now: Instant,
+        own: impl FnOnce() -> bool,
+    ) -> Result<bool, Wait> {
         if ids.is_empty() {
             return Ok(own());
         }
-        let mut ledgers = self.ledgers.lock();
-        let at = ids.iter().map(|&i| ledgers[i].next_slot(now)).max().unwrap_or(now);
-        if at > now {
-            return Err(at);
+        let mut book = self.book.lock();
+        let at = ids.iter().map(|&i| book.ledgers[i].next_slot(now)).max().unwrap_or(now);
+        let behind = ids
+            .iter()
+            .any(|&i| book.turns[i].front().is_some_and(|&first| Some(first) != turn));
+        if at > now || behind {
+            if let Some(t) = turn {
+                for &i in ids {
+                    if !book.turns[i].contains(&t) {
+                        book.turns[i].push_back(t);
+                    }
+                }
+            }
+            return Err(if at > now {
+                Wait::Spent(at)
+            } else {
+                Wait::Turn(now + TURN_POLL)
+            });
         }
         if !own() {
             return Ok(false);
         }
         for &i in ids {
-            let spent = ledgers[i].try_now(now);
+            let spent = book.ledgers[i].try_now(now);
             debug_assert!(spent, "checked under the same lock");
         }
+        if let Some(t) = turn {
+            Self::drop_turn(&mut book, ids, t);
+        }
         Ok(true)
+    }
+
+    /// `turn` no longer waits in the pools `ids` (granted elsewhere, gone, or not ready).
+    fn forget(&self, ids: &[usize], turn: u64) {
+        if ids.is_empty() {
+            return;
+        }
+        Self::drop_turn(&mut self.book.lock(), ids, turn);
+    }
+
+    fn drop_turn(book: &mut Book, ids: &[usize], turn: u64) {
+        for &i in ids {
+            book.turns[i].retain(|&t| t != turn);
+        }
     }
 
     /// Takes back a send at `at` from every pool in `ids` (see [`Budget::release`]).
@@ -340,9 +421,9 @@ impl Extras {
         if ids.is_empty() {
             return;
         }
-        let mut ledgers = self.ledgers.lock();
+        let mut book = self.book.lock();
         for &i in ids {
-            ledgers[i].uncommit(at, now);
+            book.ledgers[i].uncommit(at, now);
         }
     }
 
@@ -351,9 +432,9 @@ impl Extras {
         if ids.is_empty() {
             return;
         }
-        let ledgers = self.ledgers.lock();
+        let book = self.book.lock();
         for &i in ids {
-            windows.extend(ledgers[i].status(now));
+            windows.extend(book.ledgers[i].status(now));
         }
     }
 }
@@ -619,10 +700,10 @@ impl LocalBudget {
                     // Validation ensures each name is one or the other.
                     if let Some(pool) = config.pools.get(name) {
                         let key = format!("{}/{name}", scope.tenant);
-                        return Some(extras.register(&key, name, &to_quotas(pool), config.safety_margin));
+                        return Some(extras.register(&key, name, &to_quotas(pool), config.safety_margin, false));
                     }
                     let pool = scope.app_pools.get(name)?;
-                    Some(extras.register(name, name, &to_quotas(pool), config.safety_margin))
+                    Some(extras.register(name, name, &to_quotas(pool), config.safety_margin, true))
                 })
                 .collect()
         });
@@ -699,7 +780,7 @@ impl RouteBudget {
             // With a shared ledger every call goes through the queue's head, which asks it.
             let now_ok = self.gate.is_none()
                 && further
-                    .spend_with(extras, start, || st.ledger.try_now_as(start, batch))
+                    .spend_with(extras, None, start, || st.ledger.try_now_as(start, batch))
                     .unwrap_or(false);
             if now_ok {
                 st.vtime = st.vtime.max(tag);
@@ -762,10 +843,18 @@ impl RouteBudget {
             (id, notify)
         };
         // From here on, leaving this future early (the caller went away) must free the slot.
+        // Its turn in the further pools (kept only while it is the head, ready to send).
+        let turn = next_turn();
+        let local_turns = if self.gate.is_none() && !extras.is_empty() {
+            Some((further, extras, turn))
+        } else {
+            None
+        };
         let mut guard = QueueGuard {
             route: self,
             id,
             done: false,
+            turns: local_turns,
         };
         loop {
             let step = {
@@ -785,32 +874,44 @@ impl RouteBudget {
                     // A freeze (or a late head) pushed us past what the caller accepted.
                     return Err(st.refusal(now, slot, RefuseReason::Budget));
                 }
-                if pos == 0 {
-                    match (st.ledger.head_ready(now), &self.gate) {
-                        (Ok(()), Some(_)) => {
-                            st.gating = Some(id);
-                            Step::Gate
-                        }
-                        (Ok(()), None) => match further.spend_with(extras, now, || true) {
-                            Ok(_) => {
-                                guard.done = true;
-                                publish(SlotState::Granted);
-                                let mut grant = st.grant_head(now, start, Vec::new(), None);
-                                further.append_status(extras, now, &mut grant.status);
-                                return Ok(grant);
-                            }
-                            // A further pool is spent until `at` (by another route): the whole
-                            // queue moves back, and those now past their wait leave with a 429.
-                            Err(at) => {
-                                st.ledger.hold(at, now);
-                                st.notify_all();
-                                Step::Sleep(Some(at))
-                            }
-                        },
-                        (Err(t), _) => Step::Sleep(Some(t)),
-                    }
+                let ready = if pos == 0 {
+                    Some(st.ledger.head_ready(now))
                 } else {
-                    Step::Sleep(None)
+                    None
+                };
+                // A turn is kept while this is the head (its own pool was ready when it took the
+                // turn, and only its own hold or an upstream freeze can make it wait since):
+                // frozen or displaced, nobody should wait on its turn.
+                if pos != 0 || st.ledger.frozen_for(now).is_some() {
+                    if let Some((further, ids, turn)) = guard.turns {
+                        further.forget(ids, turn);
+                    }
+                }
+                match (ready, &self.gate) {
+                    (Some(Ok(())), Some(_)) => {
+                        st.gating = Some(id);
+                        Step::Gate
+                    }
+                    (Some(Ok(())), None) => match further.spend_with(extras, Some(turn), now, || true) {
+                        Ok(_) => {
+                            guard.done = true;
+                            publish(SlotState::Granted);
+                            let mut grant = st.grant_head(now, start, Vec::new(), None);
+                            further.append_status(extras, now, &mut grant.status);
+                            return Ok(grant);
+                        }
+                        // A further pool is spent until `at` (by another route or tenant): the
+                        // whole queue moves back, and those now past their wait leave with a 429.
+                        Err(Wait::Spent(at)) => {
+                            st.ledger.hold(at, now);
+                            st.notify_all();
+                            Step::Sleep(Some(at))
+                        }
+                        // An older head's turn: it takes the slot first.
+                        Err(Wait::Turn(at)) => Step::Sleep(Some(at)),
+                    },
+                    (Some(Err(t)), _) => Step::Sleep(Some(t)),
+                    (None, _) => Step::Sleep(None),
                 }
             };
             match step {
@@ -900,10 +1001,16 @@ struct QueueGuard<'a> {
     route: &'a RouteBudget,
     id: u64,
     done: bool,
+    /// The waiter's turn in its further pools (without a shared ledger), given back whatever
+    /// way it leaves.
+    turns: Option<(&'a Extras, &'a [usize], u64)>,
 }
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
+        if let Some((further, ids, turn)) = self.turns {
+            further.forget(ids, turn);
+        }
         if self.done {
             return;
         }
@@ -1350,6 +1457,79 @@ mod tests {
             );
         }
         LocalBudget::new(&cfg)
+    }
+
+    /// Two tenants' budgets drawing from one pool of the app (2 per 10 s).
+    fn two_tenants_one_app_pool() -> (Arc<LocalBudget>, Arc<LocalBudget>) {
+        let w = Duration::from_secs(10);
+        let extras = Arc::new(Extras::default());
+        let app_pools = BTreeMap::from([(
+            "app".to_string(),
+            crate::config::PoolConfig {
+                quotas: vec![QuotaConfig { limit: 2, window: w }],
+            },
+        )]);
+        let tenant = |name: &str| {
+            let mut cfg = BudgetConfig {
+                safety_margin: Duration::ZERO,
+                ..BudgetConfig::default()
+            };
+            cfg.routes.get_mut("get_incident").unwrap().pools = vec!["app".into()];
+            let scope = PoolScope {
+                extras: &extras,
+                tenant: name,
+                app_pools: &app_pools,
+            };
+            Arc::new(LocalBudget::for_tenant(&cfg, scope, None))
+        };
+        (tenant("a"), tenant("b"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_tenant_gets_the_shared_pools_next_slot_before_a_newcomer_of_another() {
+        let (a, b) = two_tenants_one_app_pool();
+        let t0 = Instant::now();
+        // Tenant B spends the app pool (at 0 s and 5 s); tenant A's caller queues for its next
+        // slot (at 10 s, when the first of B's sends leaves the window).
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
+        let queued = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let g = a.acquire(G, &C, Duration::from_secs(60), None).await.unwrap();
+                g.at - t0
+            })
+        };
+        // A newcomer of B arrives the moment the slot frees: A's turn comes first.
+        tokio::time::sleep_until(t0 + Duration::from_secs(10)).await;
+        let newcomer = b.acquire(G, &C, Duration::from_secs(60), None).await.unwrap();
+        let a_at = queued.await.unwrap();
+        assert_eq!(a_at, Duration::from_secs(10), "the older turn took the freed slot");
+        assert_eq!(
+            newcomer.at - t0,
+            Duration::from_secs(15),
+            "B's newcomer got the next one"
+        );
+        // A waiter that leaves gives its turn back: the pool is not held for it.
+        let (a, b) = two_tenants_one_app_pool();
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            b.acquire(G, &C, Duration::ZERO, None).await.unwrap();
+        }
+        let gone = {
+            let a = a.clone();
+            tokio::spawn(async move { a.acquire(G, &C, Duration::from_secs(60), None).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        gone.abort();
+        let _ = gone.await;
+        tokio::time::sleep_until(t0 + Duration::from_secs(10)).await;
+        assert!(
+            b.acquire(G, &C, Duration::ZERO, None).await.is_ok(),
+            "nobody's turn is left behind"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -154,6 +154,8 @@ struct Pool {
     /// The ledger's sends were taken as this replica's own on first contact (once, even for a
     /// pool every tenant's gate shares).
     adopted: AtomicBool,
+    /// Shared by every tenant (`app_pools`).
+    across_tenants: bool,
 }
 
 impl Pool {
@@ -167,6 +169,7 @@ impl Pool {
             spec,
             mine: Mutex::new(Mine::default()),
             adopted: AtomicBool::new(false),
+            across_tenants: slot == APP_SLOT,
         }
     }
 }
@@ -428,8 +431,15 @@ impl RedisGate {
             .collect()
     }
 
-    /// Runs the acquire script over every pool in `pools` at once.
-    async fn run_acquire(&self, pools: &[Arc<Pool>], batch: bool, id: u64) -> Result<Reply, SharedError> {
+    /// Runs the acquire script over every pool in `pools` at once, with their `limits` (read
+    /// once by the caller, which reads the reply with the same ones).
+    async fn run_acquire(
+        &self,
+        pools: &[Arc<Pool>],
+        limits: &[Limits],
+        batch: bool,
+        id: u64,
+    ) -> Result<Reply, SharedError> {
         let mut invocation = self.acquire.prepare_invoke();
         invocation.key(&self.epoch_key);
         for pool in pools {
@@ -440,8 +450,7 @@ impl RedisGate {
             .arg(self.epoch.load(Ordering::Acquire))
             .arg(fresh_epoch())
             .arg(if batch { 1 } else { 0 });
-        for pool in pools {
-            let limits = pool.limits.read().clone();
+        for (pool, limits) in pools.iter().zip(limits) {
             invocation
                 .arg(limits.keep.as_micros() as u64)
                 .arg(pool.spec.reserve)
@@ -630,14 +639,14 @@ impl RedisGate {
                 keys: pools.iter().map(|p| p.log_key.clone()).collect(),
                 member: Some(self.member(id)),
             };
-            let reply = self.run_acquire(&pools, batch, id).await;
+            let limits: Vec<Limits> = pools.iter().map(|p| p.limits.read().clone()).collect();
+            let reply = self.run_acquire(&pools, &limits, batch, id).await;
             undo.member = None;
             match reply {
                 Ok(Reply::Granted(per_quota, server_now, after)) => {
                     let mut per_quota = per_quota.into_iter();
-                    for pool in &pools {
+                    for (pool, limits) in pools.iter().zip(&limits) {
                         self.record(pool, id, Instant::now(), true);
-                        let limits = pool.limits.read().clone();
                         let windows = limits
                             .quotas
                             .iter()
@@ -764,11 +773,13 @@ impl Gate for RedisGate {
     fn windows(&self, pool: usize) -> Option<Vec<WindowStatus>> {
         let now = Instant::now();
         let name: Arc<str> = Arc::from(self.pools[pool].spec.name.as_str());
+        let across_tenants = self.pools[pool].across_tenants;
         let mine = self.pools[pool].mine.lock();
         mine.windows.as_ref().map(|w| {
             w.iter()
                 .map(|&(quota, remaining, reset)| WindowStatus {
                     pool: name.clone(),
+                    across_tenants,
                     quota,
                     // Once the oldest counted send left the window, at least one slot is back.
                     remaining: if reset <= now {

@@ -836,6 +836,19 @@ impl Config {
                 if route.pool.as_deref() == Some(extra.as_str()) || route.pools[..i].contains(extra) {
                     return Err(invalid(k, format!("the route already draws from '{extra}'")));
                 }
+                // A pool is one ledger: one queue's own pool, or a further pool, never both.
+                if let Some((other, _)) = budget
+                    .routes
+                    .iter()
+                    .find(|(_, r)| r.pool.as_deref() == Some(extra.as_str()))
+                {
+                    return Err(invalid(
+                        k,
+                        format!(
+                            "'{extra}' is budget.routes.{other}.pool: a pool is either routes' own (pool) or a further pool (pools), not both"
+                        ),
+                    ));
+                }
             }
         }
         for (name, pool) in &budget.pools {
@@ -1229,24 +1242,70 @@ tenant_rights = { northwind = ["read"] }
                 .unwrap_err()
                 .to_string()
         };
-        let err = refused("[tenants.adatum]\ncache = { max_bytes = 10 }");
+        let err = refused("[tenants.adatum]\ntoken = { tenant_id = \"x\" }\ncache = { max_bytes = 10 }");
         assert!(err.contains("tenants.adatum.cache.max_bytes"), "{err}");
         // No tenant id of its own: the top level has none to give.
         let err = refused("[tenants.adatum]\nsync = { enabled = false }");
         assert!(err.contains("tenants.adatum.token.tenant_id"), "{err}");
         let err = refused("[tenants.adatum.token]\ntenant_id = \"x\"\ncliend_id = \"typo\"");
         assert!(err.contains("cliend_id"), "{err}");
-        let err = refused("[tenants.adatum.budget]\nroutes = { get_incident = { quotaz = [] } }");
+        let err = refused(
+            "[tenants.adatum]\ntoken = { tenant_id = \"x\" }\nbudget = { routes = { get_incident = { quotaz = [] } } }",
+        );
         assert!(err.contains("tenants.adatum.budget") && err.contains("quotaz"), "{err}");
         let err = refused("[tenants.Bad_Name.token]\ntenant_id = \"x\"");
         assert!(err.contains("tenants.Bad_Name"), "{err}");
         let err = refused("[tenants.adatum.token]\ntenant_id = \"x\"\nclient_id = \"own\"");
         assert!(err.contains("tenants.adatum.token.client_secret"), "{err}");
-        let err = refused("[tenants.adatum.budget.routes.list_incidents]\nquotas = [{ limit = 5, window = \"1m\" }]\npools = [\"nope\"]");
+        let err = refused("[tenants.adatum.token]\ntenant_id = \"x\"\n[tenants.adatum.budget.routes.list_incidents]\nquotas = [{ limit = 5, window = \"1m\" }]\npools = [\"nope\"]");
         assert!(
             err.contains("tenants.adatum.budget.routes.list_incidents.pools[0]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_tenant_names_its_own_customer_and_no_two_tenants_are_one() {
+        // A top-level tenant id is never inherited: a forgotten id is an error, not another
+        // customer's incidents under this tenant's name.
+        let with_top_id = PROVIDER.replace(
+            "client_id = \"provider-app\"",
+            "client_id = \"provider-app\"\ntenant_id = \"11111111-1111-1111-1111-111111111111\"",
+        );
+        let err = Config::from_toml(&format!(
+            "{with_top_id}\n[tenants.adatum]\nsync = {{ enabled = false }}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tenants.adatum.token.tenant_id"), "{err}");
+        // Two entries for one customer and app would spend its one quota twice.
+        let err = Config::from_toml(&format!(
+            "{PROVIDER}\n[tenants.contoso2.token]\ntenant_id = \"11111111-1111-1111-1111-111111111111\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tenants.contoso2.token.tenant_id") && err.contains("contoso"),
+            "{err}"
+        );
+        // Its identity (and so its Redis slot) changes with its tenant id.
+        let c = Config::from_toml(PROVIDER).unwrap();
+        let t = c.tenant_configs().unwrap();
+        assert_ne!(t["contoso"].identity(), t["fabrikam"].identity());
+        assert!(c.tenant_slot("contoso", &t["contoso"]).starts_with("contoso."));
+        // A tenant with a static token of its own is in static mode.
+        let c = Config::from_toml(&format!("{PROVIDER}\n[tenants.lab.token]\nstatic_token = \"t\"")).unwrap();
+        assert_eq!(c.tenant_configs().unwrap()["lab"].token.mode, TokenMode::Static);
+    }
+
+    #[test]
+    fn a_pool_is_a_routes_own_or_a_further_one_not_both() {
+        let base = "[token]\nmode = \"static\"\nstatic_token = \"x\"\n\
+                    [budget.pools.incidents_api]\nquotas = [{ limit = 50, window = \"60s\" }]\n\
+                    [budget.routes.get_incident]\npool = \"incidents_api\"\n\
+                    [budget.routes.list_incidents]\nquotas = [{ limit = 50, window = \"60s\" }]\npools = [\"incidents_api\"]\n";
+        let err = Config::from_toml(base).unwrap_err().to_string();
+        assert!(err.contains("budget.routes.list_incidents.pools[0]"), "{err}");
     }
 
     #[test]

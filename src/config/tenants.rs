@@ -81,7 +81,14 @@ impl TokenOverrides {
     fn apply(&self, base: &TokenConfig) -> TokenConfig {
         let mut t = base.clone();
         if self.has_credentials() {
-            t.mode = TokenMode::ClientCredentials;
+            // Its own credentials: none of the top level's. The mode is its own if it says so,
+            // else the one its credentials imply.
+            let static_token = self.static_token.is_some() || self.static_token_file.is_some();
+            t.mode = self.mode.unwrap_or(if static_token {
+                TokenMode::Static
+            } else {
+                TokenMode::ClientCredentials
+            });
             t.client_id = String::new();
             t.client_secret = None;
             t.client_secret_file = None;
@@ -147,12 +154,27 @@ impl TenantConfig {
     /// The top level with `over` laid over it; errors name `tenants.<name>.<section>`.
     fn layered(config: &Config, name: &str, over: &TenantOverrides) -> Result<TenantConfig, ConfigError> {
         let key = |section: &str| format!("tenants.{name}.{section}");
+        // Which customer a tenant is must be said in its own table, never inherited: a
+        // forgotten id would otherwise silently serve another tenant's incidents under this name.
+        let own_id = over.token.as_ref().and_then(|t| t.tenant_id.as_deref());
+        let token = over.token.as_ref().map_or_else(
+            || TokenConfig {
+                tenant_id: String::new(),
+                ..config.token.clone()
+            },
+            |o| o.apply(&config.token),
+        );
+        // A static token (tests, a lab) names no tenant.
+        let static_token = token.mode == TokenMode::Static;
+        if !matches!(own_id, Some(id) if !id.trim().is_empty()) && !static_token {
+            return Err(invalid(
+                key("token.tenant_id"),
+                "required: each tenant names its own tenant id (a top-level token.tenant_id is not inherited)",
+            ));
+        }
         let mut t = TenantConfig {
             upstream: overlay(&config.upstream, over.upstream.as_ref(), &key("upstream"))?,
-            token: over
-                .token
-                .as_ref()
-                .map_or_else(|| config.token.clone(), |o| o.apply(&config.token)),
+            token,
             budget: overlay(&config.budget, over.budget.as_ref(), &key("budget"))?,
             sync: overlay(&config.sync, over.sync.as_ref(), &key("sync"))?,
             cache: overlay(&config.cache, over.cache.as_ref(), &key("cache"))?,
@@ -175,6 +197,24 @@ impl TenantConfig {
         if self.token.resource.trim_end_matches('/') == other {
             self.token.resource = mine.into();
         }
+    }
+
+    /// Who this tenant is upstream: the quota key the upstream counts by (its API, the tenant id
+    /// and the app registration), as an opaque short hash. Two tenants with the same identity
+    /// would spend one quota twice; a tenant whose identity changes is another customer.
+    pub fn identity(&self) -> String {
+        use sha2::Digest as _;
+        let api = match self.upstream.api {
+            Dialect::Defender => "defender",
+            Dialect::Graph => "graph",
+        };
+        let text = format!(
+            "{api}\n{}\n{}\n{}",
+            self.token.tenant_id.trim().to_ascii_lowercase(),
+            self.token.client_id.trim().to_ascii_lowercase(),
+            self.upstream.base_url.trim_end_matches('/')
+        );
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
     }
 
     /// Whether two tenants' settings are the same (secrets compared as files and presence:
@@ -247,7 +287,32 @@ impl Config {
             }
             out.insert(name.clone(), TenantConfig::layered(self, name, over)?);
         }
+        // Two entries for one upstream identity would each spend the whole of its one quota.
+        let mut seen: BTreeMap<String, &String> = BTreeMap::new();
+        for (name, t) in &out {
+            if t.token.mode == TokenMode::Static {
+                continue;
+            }
+            if let Some(first) = seen.insert(t.identity(), name) {
+                return Err(invalid(
+                    format!("tenants.{name}.token.tenant_id"),
+                    format!("tenant '{first}' has the same tenant id, app registration and upstream: one quota cannot be two tenants"),
+                ));
+            }
+        }
         Ok(out)
+    }
+
+    /// The Redis hash-tag slot of a tenant's shared state: its name, and for a `[tenants]` entry
+    /// also its identity, so a name given to another customer (or a corrected tenant id) never
+    /// finds the previous one's cache, watermark or ledger. The one tenant of a configuration
+    /// without `[tenants]` keeps `default` (the slot replicas of earlier versions share).
+    pub fn tenant_slot(&self, name: &str, tenant: &TenantConfig) -> String {
+        if self.tenants.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}.{}", tenant.identity())
+        }
     }
 
     /// Where a tenant's keys are named in messages: `tenants.<name>.`, or nothing for the one

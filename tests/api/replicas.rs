@@ -995,14 +995,18 @@ async fn pools_shared_by_routes_and_tenants_hold_across_replicas() {
     both.sort_unstable();
     assert!(both.len() >= 20, "the app pool was saturated: {} calls", both.len());
     assert_windows(&both, 10, 3_000);
-    // Each tenant's ledger is under its own hash tag; the app pool under one of its own.
+    // Each tenant's ledger is under its own hash tag (its name and identity); the app pool under
+    // one of its own.
     let keys: Vec<String> = redis.cli(&["KEYS", "*"]).lines().map(String::from).collect();
-    for tag in [
-        "{dp:tenant-a}:budget:api:log",
-        "{dp:tenant-b}:budget:get_incident:log",
-        "{dp:_app}:budget:app:log",
+    for (slot, rest) in [
+        ("{dp:tenant-a.", "}:budget:api:log"),
+        ("{dp:tenant-b.", "}:budget:get_incident:log"),
+        ("{dp:_app", "}:budget:app:log"),
     ] {
-        assert!(keys.iter().any(|k| k == tag), "{tag} in {keys:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with(slot) && k.ends_with(rest)),
+            "{slot}...{rest} in {keys:?}"
+        );
     }
     for app in apps {
         app.stop().await;

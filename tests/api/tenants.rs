@@ -360,7 +360,16 @@ async fn a_pool_shared_by_two_tenants_is_never_over_and_a_learnt_limit_stays_wit
             let req = app
                 .get(&format!("/tenants/{t}/api/incidents/{id}"))
                 .header("prefer", "wait=7");
-            tasks.push(tokio::spawn(async move { req.send().await.unwrap().status().as_u16() }));
+            tasks.push(tokio::spawn(async move {
+                let r = req.send().await.unwrap();
+                // The app pool's standing would tell a tenant how much the others spend.
+                let policy = r
+                    .headers()
+                    .get("ratelimit-policy")
+                    .map(|v| v.to_str().unwrap().to_string());
+                assert!(policy.as_deref().is_none_or(|p| !p.contains("\"app-")), "{policy:?}");
+                r.status().as_u16()
+            }));
         }
     }
     join_all(tasks).await;
@@ -424,13 +433,16 @@ async fn a_pool_shared_by_two_tenants_is_never_over_and_a_learnt_limit_stays_wit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_add_and_remove_tenants_without_crossing_data() {
     const C: &str = "tenant-c";
+    const D: &str = "tenant-d";
     let app = spawn_tenants(
         &[A, B],
         |s| {
-            // Tenant C exists upstream from the start; the proxy learns of it by a reload.
-            let mut c = SimTenant::new(C);
-            c.consented_apps.push(s.client_id.clone());
-            s.tenants.push(c);
+            // Tenants C and D exist upstream from the start; the proxy learns of them by reloads.
+            for name in [C, D] {
+                let mut t = SimTenant::new(name);
+                t.consented_apps.push(s.client_id.clone());
+                s.tenants.push(t);
+            }
         },
         only_a,
     )
@@ -523,6 +535,32 @@ async fn reloads_add_and_remove_tenants_without_crossing_data() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(tid_of(&r.json().await.unwrap()), C);
+
+    // The name `tenant-c` now points at another customer (a corrected tenant id): the old stack
+    // and its cache go, nothing of the previous customer is served under the name.
+    let mut moved = last.clone();
+    if let Some(token) = &mut moved.tenants.get_mut(C).unwrap().token {
+        token.tenant_id = Some(D.into());
+    }
+    let report = app::reload(&app.state, &moved).await.unwrap();
+    assert_eq!(report.replaced, vec![C.to_string()]);
+    let (s, v) = read(C, ONLY_A, id).await;
+    assert_eq!(s, 200);
+    assert_eq!(tid_of(&v), D, "the new customer's incident, fetched afresh");
+    assert_eq!(app.sim.tenant(D).unwrap().stats().calls["get"].total, 1);
+    // Pools every tenant shares are one ledger: changing them waits for a restart.
+    let mut pools = moved.clone();
+    pools.app_pools.insert(
+        "app".into(),
+        PoolConfig {
+            quotas: vec![QuotaConfig {
+                limit: 5,
+                window: Duration::from_secs(1),
+            }],
+        },
+    );
+    let err = app::reload(&app.state, &pools).await.unwrap_err().to_string();
+    assert!(err.contains("app_pools"), "{err}");
     app.stop().await;
 }
 
