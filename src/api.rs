@@ -140,12 +140,6 @@ impl AppState {
         }
     }
 
-    /// The tenant label of samples that belong to no tenant (empty: Prometheus reads it as no
-    /// label).
-    fn untenanted_label(&self) -> Arc<String> {
-        self.hot.no_tenant.clone()
-    }
-
     /// A tenant served now, by name.
     pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
         self.tenants.read().get(name).cloned()
@@ -155,7 +149,6 @@ impl AppState {
 /// Header values made once and reused.
 struct HotPath {
     unauthenticated: Arc<String>,
-    no_tenant: Arc<String>,
     hit_status: Box<[OnceLock<HeaderValue>]>,
     seconds: Box<[OnceLock<HeaderValue>]>,
 }
@@ -164,7 +157,6 @@ impl HotPath {
     fn new() -> HotPath {
         HotPath {
             unauthenticated: Arc::new("unauthenticated".to_string()),
-            no_tenant: Arc::new(String::new()),
             hit_status: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
             seconds: (0..PRECOMPUTED_SECONDS).map(|_| OnceLock::new()).collect(),
         }
@@ -243,6 +235,12 @@ impl Done {
             upstream_status: None,
             queued: Duration::ZERO,
         }
+    }
+
+    /// The request was for `tenant` (its metrics and access-log line say so).
+    fn in_tenant(mut self, tenant: Arc<Tenant>) -> Done {
+        self.tenant = Some(tenant);
+        self
     }
 }
 
@@ -411,20 +409,14 @@ where
     let name = Some(consumer.name.clone());
     let target = match parse_target(state, &parts, routed.path, routed.prefix) {
         Ok(t) => t,
-        Err(e) => {
-            let mut done = Done::refused(None, name, error_response(e.into(), id, facade));
-            done.tenant = Some(tenant);
-            return done;
-        }
+        Err(e) => return Done::refused(None, name, error_response(e.into(), id, facade)).in_tenant(tenant),
     };
     let view = target.view();
     let route = target.route();
     let spec = route.spec();
     let refused = |what| {
         let e = ApiError::Forbidden(consumer.name.as_str().into(), what);
-        let mut done = Done::refused(Some(route), name.clone(), error_response(e.into(), id, view));
-        done.tenant = Some(tenant.clone());
-        done
+        Done::refused(Some(route), name.clone(), error_response(e.into(), id, view)).in_tenant(tenant.clone())
     };
     if spec.writes && !rights.write {
         return refused("update incidents");
@@ -615,11 +607,7 @@ where
     let plan = if route.spec().writes {
         match write_plan(state, &tenant, req, &target).await {
             Ok(p) => Some(p),
-            Err(e) => {
-                let mut done = Done::refused(Some(route), name, error_response(e.into(), id, view));
-                done.tenant = Some(tenant);
-                return done;
-            }
+            Err(e) => return Done::refused(Some(route), name, error_response(e.into(), id, view)).in_tenant(tenant),
         }
     } else {
         None
@@ -636,9 +624,7 @@ where
                     reason: "overloaded",
                 })
                 .inc();
-            let mut done = Done::refused(Some(route), name, error_response(e.into(), id, view));
-            done.tenant = Some(tenant);
-            return done;
+            return Done::refused(Some(route), name, error_response(e.into(), id, view)).in_tenant(tenant);
         }
     };
     let ctx = Ctx {
@@ -707,7 +693,7 @@ fn caller_rate_response(
         .metrics
         .rejected
         .get_or_create(&RejectLabels {
-            tenant: state.untenanted_label(),
+            tenant: state.untenanted.tenant().clone(),
             route: "any",
             reason: "caller_rate",
         })
@@ -716,7 +702,7 @@ fn caller_rate_response(
         .metrics
         .consumer_rejected
         .get_or_create(&crate::metrics::ConsumerRejectLabels {
-            tenant: state.untenanted_label(),
+            tenant: state.untenanted.tenant().clone(),
             route: "any",
             consumer: consumer.to_string(),
             reason: "caller_rate",
@@ -778,8 +764,8 @@ fn answer_response(hot: &HotPath, answer: Answer) -> Response<ApiBody> {
     if let Some(age) = answer.age {
         h.insert(header::AGE, hot.seconds(age.as_secs()));
     }
-    if let Some((route, windows)) = &answer.budget {
-        rate_limit_headers(h, *route, windows);
+    if let Some(windows) = &answer.budget {
+        rate_limit_headers(h, windows);
     }
     resp
 }
@@ -806,8 +792,8 @@ fn error_response(failure: Failure, id: &str, view: View) -> Response<ApiBody> {
     if let Ok(v) = HeaderValue::try_from(cache.header()) {
         h.insert(CACHE_STATUS.clone(), v);
     }
-    if let Some((route, windows)) = &failure.budget {
-        rate_limit_headers(h, *route, windows);
+    if let Some(windows) = &failure.budget {
+        rate_limit_headers(h, windows);
     }
     resp.map(Either::Right)
 }
@@ -816,18 +802,16 @@ fn error_response(failure: Failure, id: &str, view: View) -> Response<ApiBody> {
 /// pool's), each named `<pool>-<window>s` (a route's own pool is named like the route);
 /// `RateLimit` reports the one that binds. Pools every tenant shares are left out: their
 /// standing tells how much other tenants spend.
-fn rate_limit_headers(h: &mut HeaderMap, _route: RouteKind, windows: &[WindowStatus]) {
-    let windows: Vec<WindowStatus> = windows.iter().filter(|w| !w.across_tenants).cloned().collect();
-    let windows = &windows[..];
+fn rate_limit_headers(h: &mut HeaderMap, windows: &[WindowStatus]) {
+    let shown = || windows.iter().filter(|w| !w.across_tenants);
     let name = |w: &WindowStatus| format!("\"{}-{}s\"", w.pool, w.quota.length.as_secs());
-    let policy: Vec<String> = windows
-        .iter()
+    let policy: Vec<String> = shown()
         .map(|w| format!("{};q={};w={}", name(w), w.quota.limit, w.quota.length.as_secs()))
         .collect();
     if let Ok(v) = HeaderValue::try_from(policy.join(", ")) {
         h.insert("ratelimit-policy", v);
     }
-    if let Some(b) = binding(windows) {
+    if let Some(b) = binding(shown()) {
         let reset = b.reset.as_secs() + u64::from(b.reset.subsec_nanos() > 0);
         if let Ok(v) = HeaderValue::try_from(format!("{};r={};t={}", name(b), b.remaining, reset)) {
             h.insert("ratelimit", v);
@@ -886,9 +870,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "accepting": accepting,
         "shared": tenants.iter().find_map(|t| t.budget.shared_detail()),
     });
-    if let (Some(only), 1) = (tenants.iter().next(), tenants.len()) {
-        if let (Some(top), serde_json::Value::Object(mine)) = (body.as_object_mut(), only.readiness()) {
-            top.extend(mine);
+    if let (Some(serde_json::Value::Object(only)), 1) = (detail.values().next(), detail.len()) {
+        if let Some(top) = body.as_object_mut() {
+            top.extend(only.clone());
         }
     }
     body["tenants"] = serde_json::Value::Object(detail);

@@ -472,11 +472,6 @@ impl TenantMetrics {
         TenantMetrics { all, tenant }
     }
 
-    /// The process-wide metrics.
-    pub fn all(&self) -> &Arc<Metrics> {
-        &self.all
-    }
-
     pub fn route(&self, route: &'static str) -> RouteLabels {
         RouteLabels {
             tenant: self.tenant.clone(),
@@ -593,6 +588,11 @@ impl RequestMetrics {
             requests: parking_lot::RwLock::new(HashMap::default()),
             tenant,
         }
+    }
+
+    /// The tenant label these handles count under (empty: no tenant).
+    pub fn tenant(&self) -> &Arc<String> {
+        &self.tenant
     }
 
     /// A fresh hit of `kind` (0 incident, 1 list), `negative` for a remembered 404.

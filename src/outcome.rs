@@ -13,7 +13,6 @@ use crate::{
     body::{Bodies, View},
     budget::WindowStatus,
     error::ApiError,
-    route::RouteKind,
 };
 
 /// How the answer relates to the cache.
@@ -106,7 +105,7 @@ pub struct Answer {
     /// `Age`, for answers from the cache.
     pub age: Option<Duration>,
     /// The route's quotas, when this answer involved the budget.
-    pub budget: Option<(RouteKind, Vec<WindowStatus>)>,
+    pub budget: Option<Vec<WindowStatus>>,
     pub queued: Duration,
     pub upstream_status: Option<u16>,
 }
@@ -119,7 +118,7 @@ impl Answer {
         content_type: HeaderValue,
         fwd: &'static str,
         stored: bool,
-        budget: Option<(RouteKind, Vec<WindowStatus>)>,
+        budget: Option<Vec<WindowStatus>>,
         queued: Duration,
     ) -> Answer {
         Answer {
@@ -168,7 +167,7 @@ impl Answer {
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub error: ApiError,
-    pub budget: Option<(RouteKind, Vec<WindowStatus>)>,
+    pub budget: Option<Vec<WindowStatus>>,
     pub upstream_status: Option<u16>,
 }
 

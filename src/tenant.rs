@@ -74,6 +74,7 @@ pub struct Tenant {
     _tick: Option<Arc<dyn Tick>>,
     tasks: Mutex<Vec<AbortHandle>>,
     sync_task: Mutex<Option<AbortHandle>>,
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Tenant {
@@ -181,16 +182,17 @@ impl Tenant {
             _tick: tick,
             tasks: Mutex::new(Vec::new()),
             sync_task: Mutex::new(None),
+            started: false.into(),
         })
     }
 
     /// Starts the tenant's background work: token refresh, the shared tier's listener, and the
     /// sync, whose first run waits `sync_after` (its place in the fan-out). Idempotent.
     pub fn start(&self, sync_after: Duration) {
-        let mut tasks = self.tasks.lock();
-        if !tasks.is_empty() || self.sync_task.lock().is_some() {
+        if self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
+        let mut tasks = self.tasks.lock();
         tasks.extend(self.tokens.spawn_refresher().map(|t| t.abort_handle()));
         tasks.extend(self.proxy.spawn_shared_cache().iter().map(|t| t.abort_handle()));
         if let Some(mut syncer) = self.syncer.lock().take() {
@@ -295,22 +297,14 @@ impl Tenant {
 
     /// This tenant's part of `/readyz`.
     pub fn readiness(&self) -> serde_json::Value {
-        let frozen: Vec<serde_json::Value> = RouteKind::ALL
-            .iter()
-            .filter_map(|r| {
-                self.budget
-                    .status(*r)
-                    .frozen_for
-                    .map(|d| serde_json::json!({"route": r.name(), "frozen_seconds": d.as_secs_f64()}))
-            })
-            .collect();
-        let queues: Vec<serde_json::Value> = RouteKind::ALL
-            .iter()
-            .map(|r| {
-                let st = self.budget.status(*r);
-                serde_json::json!({"route": r.name(), "queued": st.queued, "capacity": st.queue_capacity, "consumers": st.flows})
-            })
-            .collect();
+        let (mut frozen, mut queues) = (Vec::new(), Vec::new());
+        for r in RouteKind::ALL {
+            let st = self.budget.status(r);
+            if let Some(d) = st.frozen_for {
+                frozen.push(serde_json::json!({"route": r.name(), "frozen_seconds": d.as_secs_f64()}));
+            }
+            queues.push(serde_json::json!({"route": r.name(), "queued": st.queued, "capacity": st.queue_capacity, "consumers": st.flows}));
+        }
         serde_json::json!({
             "upstream_token": if self.ready() { "ok" } else { "unavailable" },
             "upstream_api": self.config.upstream.api,

@@ -110,10 +110,6 @@ impl Ledger {
         self
     }
 
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
     /// Marks the pool as shared by every tenant.
     pub fn across_tenants(mut self) -> Ledger {
         self.across_tenants = true;

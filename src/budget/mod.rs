@@ -50,7 +50,7 @@ pub use ledger::{Ledger, Quota, WindowStatus};
 
 pub use crate::config::Priority;
 use crate::{
-    config::{BudgetConfig, PoolConfig},
+    config::{BudgetConfig, PoolConfig, QuotaConfig},
     route::RouteKind,
 };
 
@@ -439,6 +439,17 @@ impl Extras {
     }
 }
 
+/// Configured quotas as the ledgers count them.
+fn quotas(configured: &[QuotaConfig]) -> Vec<Quota> {
+    configured
+        .iter()
+        .map(|q| Quota {
+            limit: q.limit,
+            length: q.window,
+        })
+        .collect()
+}
+
 /// The further pools a tenant's routes draw from (`budget.routes.<route>.pools`), each once,
 /// sorted by name: a shared ledger numbers them after the tenant's own pools ([`pools`]), in this
 /// order. `true` marks a pool shared by every tenant (`app_pools`), `false` one of the tenant's
@@ -454,22 +465,12 @@ pub fn further_pools(config: &BudgetConfig, app_pools: &BTreeMap<String, PoolCon
                 Some(p) => (p, false),
                 None => (app_pools.get(name)?, true),
             };
-            let quotas = pool
-                .quotas
-                .iter()
-                .map(|q| Quota {
-                    limit: q.limit,
-                    length: q.window,
-                })
-                .collect();
-            Some((
-                PoolSpec {
-                    name: name.clone(),
-                    quotas,
-                    reserve: 0,
-                },
-                app,
-            ))
+            let spec = PoolSpec {
+                name: name.clone(),
+                quotas: quotas(&pool.quotas),
+                reserve: 0,
+            };
+            Some((spec, app))
         })
         .collect()
 }
@@ -502,19 +503,11 @@ pub fn pools(config: &BudgetConfig) -> (Vec<PoolSpec>, [usize; crate::route::ROU
                 .into_iter()
                 .filter(|k| route_pool[k.index()] == index)
                 .collect();
-            let quotas: Vec<Quota> = config
-                .quotas_of(users[0].name())
-                .iter()
-                .map(|q| Quota {
-                    limit: q.limit,
-                    length: q.window,
-                })
-                .collect();
             // The interactive reserve applies to pools of reads only; writes have their own.
             let reads_only = users.iter().all(|k| !k.spec().writes);
             PoolSpec {
                 name: name.to_string(),
-                quotas,
+                quotas: quotas(config.quotas_of(users[0].name())),
                 reserve: if reads_only { config.reserve } else { 0 },
             }
         })
@@ -672,41 +665,35 @@ impl LocalBudget {
 
     fn build(config: &BudgetConfig, gate: Option<Arc<dyn Gate>>, scope: PoolScope<'_>) -> LocalBudget {
         let (specs, route_pool) = pools(config);
-        // Further pools are ledgers of the process's book, one per name (a tenant's own, or one
-        // shared by every tenant), whichever routes draw from it.
-        let to_quotas = |pool: &PoolConfig| -> Vec<Quota> {
-            pool.quotas
-                .iter()
-                .map(|q| Quota {
-                    limit: q.limit,
-                    length: q.window,
-                })
-                .collect()
-        };
-        let extras = scope.extras.clone();
-        // With a shared ledger, the further pools live there (numbered after the own pools).
-        let in_gate: Vec<String> = further_pools(config, scope.app_pools)
-            .into_iter()
-            .map(|(spec, _)| spec.name)
+        // Where each further pool lives: with a shared ledger, there (numbered after the own
+        // pools); else in the process's book, one ledger per name (a tenant's own, or one shared
+        // by every tenant), whichever routes draw from it.
+        let further = further_pools(config, scope.app_pools);
+        let place: Vec<usize> = further
+            .iter()
+            .enumerate()
+            .map(|(k, (spec, every_tenant))| match (&gate, every_tenant) {
+                (Some(_), _) => specs.len() + k,
+                (None, true) => scope
+                    .extras
+                    .register(&spec.name, &spec.name, &spec.quotas, config.safety_margin, true),
+                (None, false) => scope.extras.register(
+                    &format!("{}/{}", scope.tenant, spec.name),
+                    &spec.name,
+                    &spec.quotas,
+                    config.safety_margin,
+                    false,
+                ),
+            })
             .collect();
         let route_extras = RouteKind::ALL.map(|kind| {
             let names = config.routes.get(kind.name()).map_or(&[][..], |r| &r.pools[..]);
             names
                 .iter()
-                .filter_map(|name| {
-                    if gate.is_some() {
-                        return Some(specs.len() + in_gate.iter().position(|n| n == name)?);
-                    }
-                    // Validation ensures each name is one or the other.
-                    if let Some(pool) = config.pools.get(name) {
-                        let key = format!("{}/{name}", scope.tenant);
-                        return Some(extras.register(&key, name, &to_quotas(pool), config.safety_margin, false));
-                    }
-                    let pool = scope.app_pools.get(name)?;
-                    Some(extras.register(name, name, &to_quotas(pool), config.safety_margin, true))
-                })
+                .filter_map(|name| Some(place[further.iter().position(|(spec, _)| &spec.name == name)?]))
                 .collect()
         });
+        let extras = scope.extras.clone();
         let pools = specs
             .iter()
             .enumerate()
@@ -937,10 +924,7 @@ impl RouteBudget {
                                 }
                                 continue;
                             }
-                            let mut status = gate.windows(self.index).unwrap_or_else(|| st.ledger.status(now));
-                            for &further in extras {
-                                status.extend(gate.windows(further).unwrap_or_default());
-                            }
+                            let status = gated_windows(gate.as_ref(), self.index, extras, || st.ledger.status(now));
                             guard.done = true;
                             publish(SlotState::Granted);
                             return Ok(st.grant_head(now, start, status, Some(sent)));
@@ -1125,19 +1109,14 @@ impl Budget for LocalBudget {
             .collect();
         flows.sort_by(|a, b| a.flow.cmp(&b.flow));
         let extras = &self.route_extras[route.index()];
-        let mut windows = match &r.gate {
-            Some(gate) => {
-                let mut w = gate.windows(r.index).unwrap_or_else(|| st.ledger.status(now));
-                for &further in extras {
-                    w.extend(gate.windows(further).unwrap_or_default());
-                }
+        let windows = match &r.gate {
+            Some(gate) => gated_windows(gate.as_ref(), r.index, extras, || st.ledger.status(now)),
+            None => {
+                let mut w = st.ledger.status(now);
+                self.extras.append_status(extras, now, &mut w);
                 w
             }
-            None => st.ledger.status(now),
         };
-        if r.gate.is_none() {
-            self.extras.append_status(extras, now, &mut windows);
-        }
         RouteStatus {
             windows,
             queued: st.waiters.len(),
@@ -1160,10 +1139,25 @@ impl Budget for LocalBudget {
     }
 }
 
-/// The quota that binds: the one with the fewest calls left (the longest reset on a tie).
-pub fn binding(windows: &[WindowStatus]) -> Option<&WindowStatus> {
+/// A route's windows as the shared ledger last saw them: its own pool's (`own` until the
+/// ledger has said), then each further pool's.
+fn gated_windows(
+    gate: &dyn Gate,
+    pool: usize,
+    further: &[usize],
+    own: impl FnOnce() -> Vec<WindowStatus>,
+) -> Vec<WindowStatus> {
+    let mut windows = gate.windows(pool).unwrap_or_else(own);
+    for &f in further {
+        windows.extend(gate.windows(f).unwrap_or_default());
+    }
     windows
-        .iter()
+}
+
+/// The quota that binds: the one with the fewest calls left (the longest reset on a tie).
+pub fn binding<'a>(windows: impl IntoIterator<Item = &'a WindowStatus>) -> Option<&'a WindowStatus> {
+    windows
+        .into_iter()
         .min_by(|a, b| a.remaining.cmp(&b.remaining).then(b.reset.cmp(&a.reset)))
 }
 

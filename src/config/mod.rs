@@ -671,17 +671,10 @@ impl Config {
         Ok(config)
     }
 
-    /// With `upstream.api = "graph"`, the base URL and token resource still at their Defender
-    /// defaults become Graph's (a sovereign cloud sets both explicitly).
+    /// The base URL and token resource still at one API's public default follow `upstream.api`
+    /// (with "graph", Graph's; a sovereign cloud sets both explicitly), as each tenant's do.
     pub fn resolve_api_defaults(&mut self) {
-        if self.upstream.api == Dialect::Graph {
-            if self.upstream.base_url.trim_end_matches('/') == DEFENDER_BASE_URL {
-                self.upstream.base_url = GRAPH_BASE_URL.into();
-            }
-            if self.token.resource.trim_end_matches('/') == DEFENDER_BASE_URL {
-                self.token.resource = GRAPH_BASE_URL.into();
-            }
-        }
+        tenants::resolve_api_defaults(&mut self.upstream, &mut self.token);
     }
 
     /// Checks that serde cannot express; every message names the key (a tenant's keys as

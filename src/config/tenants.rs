@@ -187,16 +187,7 @@ impl TenantConfig {
     /// `upstream.api` (so a tenant can switch API without restating either); sovereign clouds
     /// set both explicitly.
     pub fn resolve_api_defaults(&mut self) {
-        let (mine, other) = match self.upstream.api {
-            Dialect::Graph => (GRAPH_BASE_URL, DEFENDER_BASE_URL),
-            Dialect::Defender => (DEFENDER_BASE_URL, GRAPH_BASE_URL),
-        };
-        if self.upstream.base_url.trim_end_matches('/') == other {
-            self.upstream.base_url = mine.into();
-        }
-        if self.token.resource.trim_end_matches('/') == other {
-            self.token.resource = mine.into();
-        }
+        resolve_api_defaults(&mut self.upstream, &mut self.token);
     }
 
     /// Who this tenant is upstream: the quota key the upstream counts by (its API, the tenant id
@@ -255,6 +246,20 @@ fn figment_message(e: &figment::Error) -> String {
         out.push_str(&format!(" (at {})", e.path.join(".")));
     }
     out
+}
+
+/// A base URL or token resource left at one API's public default follows `upstream.api`.
+pub(super) fn resolve_api_defaults(upstream: &mut UpstreamConfig, token: &mut TokenConfig) {
+    let (mine, other) = match upstream.api {
+        Dialect::Graph => (GRAPH_BASE_URL, DEFENDER_BASE_URL),
+        Dialect::Defender => (DEFENDER_BASE_URL, GRAPH_BASE_URL),
+    };
+    if upstream.base_url.trim_end_matches('/') == other {
+        upstream.base_url = mine.into();
+    }
+    if token.resource.trim_end_matches('/') == other {
+        token.resource = mine.into();
+    }
 }
 
 /// A tenant name: it appears in paths, metric labels and Redis keys.

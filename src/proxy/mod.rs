@@ -362,7 +362,7 @@ impl Proxy {
                 retry_after,
                 message: format!("{why}; a slot frees up in {secs} seconds").into(),
             },
-            budget: Some((route, windows)),
+            budget: Some(windows),
             upstream_status: None,
         }
     }
@@ -513,8 +513,8 @@ mod tests {
     }
 
     impl Proxy {
-        fn non_success_for_test(&self, route: RouteKind, sent: Sent, stale: Option<&Entry>) -> Outcome {
-            self.non_success(route, sent, stale, "req-1")
+        fn non_success_for_test(&self, sent: Sent, stale: Option<&Entry>) -> Outcome {
+            self.non_success(sent, stale, "req-1")
                 .and_then(|a| a.in_view(View::Defender))
         }
     }
@@ -540,29 +540,28 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn upstream_failures_map_to_statuses_or_stale() {
         let p = proxy(None);
-        let route = RouteKind::GetIncident;
         let status = |o: &Outcome| match o {
             Ok(a) => a.status.as_u16(),
             Err(f) => f.error.status().as_u16(),
         };
-        assert_eq!(status(&p.non_success_for_test(route, sent(429, Some("8")), None)), 429);
-        assert_eq!(status(&p.non_success_for_test(route, sent(503, None), None)), 502);
+        assert_eq!(status(&p.non_success_for_test(sent(429, Some("8")), None)), 429);
+        assert_eq!(status(&p.non_success_for_test(sent(503, None), None)), 502);
         assert_eq!(
-            status(&p.non_success_for_test(route, sent(401, None), None)),
+            status(&p.non_success_for_test(sent(401, None), None)),
             502,
             "never the caller's 401"
         );
         assert_eq!(
-            status(&p.non_success_for_test(route, sent(302, None), None)),
+            status(&p.non_success_for_test(sent(302, None), None)),
             502,
             "redirects are not followed"
         );
         assert_eq!(
-            status(&p.non_success_for_test(route, sent(400, None), None)),
+            status(&p.non_success_for_test(sent(400, None), None)),
             400,
             "the upstream's word on the request"
         );
-        match p.non_success_for_test(route, sent(429, Some("8")), None) {
+        match p.non_success_for_test(sent(429, Some("8")), None) {
             Err(f) => assert_eq!(f.error.retry_after(), Some(8)),
             Ok(a) => panic!("{a:?}"),
         }
@@ -570,7 +569,7 @@ mod tests {
         let stale = entry(StatusCode::OK, 1, Instant::now());
         tokio::time::advance(Duration::from_secs(5)).await;
         for code in [429, 500, 503] {
-            let a = p.non_success_for_test(route, sent(code, None), Some(&stale)).unwrap();
+            let a = p.non_success_for_test(sent(code, None), Some(&stale)).unwrap();
             assert_eq!(
                 a.cache,
                 CacheResult::Stale {

@@ -295,7 +295,7 @@ impl Proxy {
         sent_at: Instant,
         ticket: Ticket,
     ) -> Outcome {
-        let budget = Some((call.route, sent.windows.clone()));
+        let budget = Some(sent.windows.clone());
         let status = sent.response.status;
         let entry = match status {
             StatusCode::OK => match self.ingest.check_incident(id, &sent.response.body) {
@@ -315,7 +315,7 @@ impl Proxy {
                 ttl: self.policy.cache.negative_ttl,
                 last_update: None,
             },
-            _ => return self.non_success(call.route, sent, call.stale, call.request_id),
+            _ => return self.non_success(sent, call.stale, call.request_id),
         };
         self.store_entry(call, fk, entry, ticket, budget, sent.queued).await
     }
@@ -372,9 +372,9 @@ impl Proxy {
         sent_at: Instant,
         ticket: Ticket,
     ) -> Outcome {
-        let budget = Some((call.route, sent.windows.clone()));
+        let budget = Some(sent.windows.clone());
         if sent.response.status != StatusCode::OK {
-            return self.non_success(call.route, sent, call.stale, call.request_id);
+            return self.non_success(sent, call.stale, call.request_id);
         }
         let body = sent.response.body.clone();
         let Some((_, offered)) = self.ingest.spread_list(&body, sent_at, ticket).await else {
@@ -419,9 +419,9 @@ impl Proxy {
             };
             first_sent.get_or_insert(sent_at);
             queued += sent.queued;
-            budget = Some((call.route, sent.windows.clone()));
+            budget = Some(sent.windows.clone());
             if sent.response.status != StatusCode::OK {
-                return self.non_success(call.route, sent, call.stale, call.request_id);
+                return self.non_success(sent, call.stale, call.request_id);
             }
             let Some(got) = page_items(&sent.response.body) else {
                 return self.invalid_body(call, budget, 200);
@@ -488,9 +488,9 @@ impl Proxy {
             Ok(s) => s,
             Err(outcome) => return outcome,
         };
-        let budget = Some((call.route, sent.windows.clone()));
+        let budget = Some(sent.windows.clone());
         if sent.response.status != StatusCode::OK {
-            return self.non_success(call.route, sent, call.stale, call.request_id);
+            return self.non_success(sent, call.stale, call.request_id);
         }
         let Some(got) = page_items(&sent.response.body) else {
             return self.invalid_body(call, budget, 200);
@@ -581,9 +581,9 @@ impl Proxy {
                     };
                     first_sent.get_or_insert(sent_at);
                     queued += sent.queued;
-                    budget = Some((call.route, sent.windows.clone()));
+                    budget = Some(sent.windows.clone());
                     if sent.response.status != StatusCode::OK {
-                        return self.non_success(call.route, sent, call.stale, call.request_id);
+                        return self.non_success(sent, call.stale, call.request_id);
                     }
                     let Some(got) = page_items(&sent.response.body) else {
                         return self.invalid_body(call, budget, 200);
@@ -650,10 +650,10 @@ impl Proxy {
 
     /// Any upstream answer other than 200/404 for a read or a write: throttling (the route is
     /// frozen already), errors, pass-through.
-    pub(super) fn non_success(&self, route: RouteKind, sent: Sent, stale: Option<&Entry>, request_id: &str) -> Outcome {
+    pub(super) fn non_success(&self, sent: Sent, stale: Option<&Entry>, request_id: &str) -> Outcome {
         let resp = sent.response;
         let status = resp.status.as_u16();
-        let budget = Some((route, sent.windows));
+        let budget = Some(sent.windows);
         let now = Instant::now();
         let failure = |error: ApiError| Failure {
             error,
@@ -749,7 +749,7 @@ impl LocalSets {
 }
 
 /// The budget note an answer carries: the route and its windows after the call.
-type BudgetNote = Option<(RouteKind, Vec<WindowStatus>)>;
+type BudgetNote = Option<Vec<WindowStatus>>;
 
 /// What every upstream call of one flight shares.
 struct Call<'a> {

@@ -108,7 +108,7 @@ impl Proxy {
         // Graph documents 200 with the incident; any 2xx means the write was applied.
         if !first.response.status.is_success() {
             self.written(key, None).await;
-            return self.write_refused(route, first, queued, &job);
+            return self.write_refused(first, queued, &job);
         }
         let windows = first.windows.clone();
         match (upstream, job.plan.patch.is_some(), job.plan.comment.clone()) {
@@ -122,7 +122,7 @@ impl Proxy {
                     (Reply::Comments, Some(i)) => i.bodies.get(View::Graph).and_then(|g| comments_page(g, job.id)),
                     (_, None) => None,
                 };
-                self.write_answer(body, route, windows, queued)
+                self.write_answer(body, windows, queued)
             }
             // A Graph PATCH, then the comment if there is one.
             (Dialect::Graph, true, comment) => {
@@ -145,7 +145,6 @@ impl Proxy {
                             return Err(partial(
                                 format!("the update of {} was applied, {comment}", job.plan.fields.join(", ")),
                                 cause,
-                                route,
                                 windows,
                             ));
                         }
@@ -171,11 +170,11 @@ impl Proxy {
                             } else {
                                 "the update was applied; reading the incident back failed"
                             };
-                            return Err(partial(applied.into(), cause, route, windows));
+                            return Err(partial(applied.into(), cause, windows));
                         }
                     },
                 };
-                self.write_answer(body, route, windows, queued)
+                self.write_answer(body, windows, queued)
             }
             // A comment alone on Graph: the POST's answer is the comment list.
             (Dialect::Graph, false, _) => {
@@ -195,13 +194,12 @@ impl Proxy {
                             return Err(partial(
                                 "the comment was added (do not send it again); reading the incident back failed".into(),
                                 cause,
-                                route,
                                 windows,
                             ))
                         }
                     },
                 };
-                self.write_answer(body, route, windows, queued)
+                self.write_answer(body, windows, queued)
             }
         }
     }
@@ -226,7 +224,7 @@ impl Proxy {
         match self.exchange.send(route, &req, admitted, Retry::Write).await {
             Ok(sent) => Ok(sent),
             Err(e) => {
-                let budget = Some((route, self.exchange.budget().status(route).windows));
+                let budget = Some(self.exchange.budget().status(route).windows);
                 let error = match e {
                     CallError::Upstream(UpstreamError::Connect(_)) | CallError::NoToken(_) | CallError::Refused(_) => {
                         return Err(Failure {
@@ -251,20 +249,18 @@ impl Proxy {
     }
 
     /// A write the upstream did not accept (anything but 200).
-    fn write_refused(&self, route: RouteKind, sent: Sent, queued: Duration, job: &Job) -> Outcome {
+    fn write_refused(&self, sent: Sent, queued: Duration, job: &Job) -> Outcome {
         let status = sent.response.status.as_u16();
         if sent.response.status.is_server_error() {
             return Err(Failure {
                 error: ApiError::OutcomeUnknown(
                     format!("the upstream answered {status}: the update may or may not have been applied").into(),
                 ),
-                budget: Some((route, sent.windows)),
+                budget: Some(sent.windows),
                 upstream_status: Some(status),
             });
         }
-        let mut answer = self
-            .non_success(route, sent, None, &job.request_id)?
-            .in_view(job.view)?;
+        let mut answer = self.non_success(sent, None, &job.request_id)?.in_view(job.view)?;
         answer.cache = CacheResult::Bypass { status: Some(status) };
         answer.queued = queued;
         Ok(answer)
@@ -345,7 +341,6 @@ impl Proxy {
     fn write_answer(
         &self,
         body: Option<Bytes>,
-        route: RouteKind,
         windows: Vec<crate::budget::WindowStatus>,
         queued: Duration,
     ) -> Outcome {
@@ -355,7 +350,7 @@ impl Proxy {
                     "the update was applied, but the upstream's answer cannot be shown in this API's dialect; read the incident"
                         .into(),
                 ),
-                budget: Some((route, windows)),
+                budget: Some(windows),
                 upstream_status: Some(200),
             });
         };
@@ -366,7 +361,7 @@ impl Proxy {
             bodies: None,
             cache: CacheResult::Bypass { status: Some(200) },
             age: None,
-            budget: Some((route, windows)),
+            budget: Some(windows),
             queued,
             upstream_status: Some(200),
         })
@@ -409,13 +404,13 @@ fn defender_after_graph_write(patched: &Bytes, comments: Option<&Bytes>, alerts:
 
 /// A write stopped part-way: what was applied, and why the rest was not (see
 /// [`ApiError::PartiallyApplied`]).
-fn partial(applied: String, cause: ApiError, route: RouteKind, windows: Vec<crate::budget::WindowStatus>) -> Failure {
+fn partial(applied: String, cause: ApiError, windows: Vec<crate::budget::WindowStatus>) -> Failure {
     Failure {
         error: ApiError::PartiallyApplied {
             applied: applied.into(),
             cause: Box::new(cause),
         },
-        budget: Some((route, windows)),
+        budget: Some(windows),
         upstream_status: Some(200),
     }
 }
